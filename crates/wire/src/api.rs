@@ -1,0 +1,262 @@
+//! JSON bodies of the HTTP API (see docs/protocol.md).
+//!
+//! Binary fields travel as base64 strings. Identifiers are validated by the
+//! server with the `valid_*` helpers below before anything touches the store.
+
+use serde::{Deserialize, Serialize};
+
+/// Inbox entry kinds, shared by the HTTP inbox and the WebSocket frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum EntryKind {
+    /// An MLS Welcome for this device.
+    Welcome = 1,
+    /// An MLS commit accepted for a group this device is in.
+    Commit = 2,
+    /// An MLS application message.
+    Application = 3,
+}
+
+impl EntryKind {
+    /// Decode the one-byte tag used in binary frames.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Welcome),
+            2 => Some(Self::Commit),
+            3 => Some(Self::Application),
+            _ => None,
+        }
+    }
+}
+
+/// Every error the API returns: a stable machine code and a human message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable code, e.g. `epoch_conflict`, `unauthorised`, `too_large`.
+    pub error: String,
+    /// A sentence for a person; never contains user data.
+    pub message: String,
+    /// For `epoch_conflict`: the group's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u64>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok` when the server answers.
+    pub status: String,
+    /// Organisation key fingerprint.
+    pub org_fingerprint: String,
+}
+
+/// `POST /v1/enrol`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// The single-use code from `sitrep admin invite`.
+    pub code: String,
+    /// The device's MLS signature public key (Ed25519), made on the device.
+    #[serde(with = "crate::b64")]
+    pub signature_key: Vec<u8>,
+}
+
+/// Answer to [`EnrolRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    /// The organisation's Ed25519 public key.
+    #[serde(with = "crate::b64")]
+    pub org_public_key: Vec<u8>,
+    /// The organisation's name.
+    pub org_name: String,
+    /// Who this device belongs to.
+    pub user_id: String,
+    /// The new device's id.
+    pub device_id: String,
+    /// The signed credential ([`crate::credential::SignedCredential`] CBOR).
+    #[serde(with = "crate::b64")]
+    pub credential: Vec<u8>,
+    /// Bearer token for this device; the server keeps only its hash.
+    pub token: String,
+}
+
+/// `POST /v1/keypackages`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UploadKeyPackages {
+    /// Serialized MLS KeyPackages (each handed out once).
+    #[serde(with = "crate::b64::vec")]
+    pub key_packages: Vec<Vec<u8>>,
+    /// Replaces the device's last-resort KeyPackage.
+    #[serde(default, with = "crate::b64::opt", skip_serializing_if = "Option::is_none")]
+    pub last_resort: Option<Vec<u8>>,
+}
+
+/// `GET /v1/keypackages/count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyPackageCount {
+    /// One-time KeyPackages still on the server for this device.
+    pub available: u64,
+    /// Whether a last-resort KeyPackage is stored.
+    pub last_resort: bool,
+}
+
+/// `POST /v1/keypackages/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// Users whose every active device should get one KeyPackage claimed.
+    pub user_ids: Vec<String>,
+}
+
+/// One claimed KeyPackage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// Owner.
+    pub user_id: String,
+    /// Device.
+    pub device_id: String,
+    /// The serialized KeyPackage.
+    #[serde(with = "crate::b64")]
+    pub key_package: Vec<u8>,
+}
+
+/// Answer to [`ClaimRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    /// One per device found.
+    pub key_packages: Vec<ClaimedKeyPackage>,
+    /// Users with no device or no KeyPackage at all.
+    pub missing: Vec<String>,
+}
+
+/// `POST /v1/groups`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateGroup {
+    /// The MLS group id the creator chose (random, 16 bytes).
+    #[serde(with = "crate::b64")]
+    pub group_id: Vec<u8>,
+}
+
+/// `POST /v1/groups/{group}/commit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitRequest {
+    /// Client-chosen id (32 hex chars) making the submission idempotent.
+    pub client_id: String,
+    /// The epoch this commit was built on.
+    pub epoch: u64,
+    /// The MLS commit message.
+    #[serde(with = "crate::b64")]
+    pub commit: Vec<u8>,
+    /// The Welcome for joiners, released only if the commit wins its epoch.
+    #[serde(default, with = "crate::b64::opt", skip_serializing_if = "Option::is_none")]
+    pub welcome: Option<Vec<u8>>,
+    /// Devices the commit adds (routing: they get the Welcome).
+    #[serde(default)]
+    pub add_devices: Vec<String>,
+    /// Devices the commit removes (routing: they stop getting messages).
+    #[serde(default)]
+    pub remove_devices: Vec<String>,
+}
+
+/// Answer to an accepted [`CommitRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitResponse {
+    /// The group's epoch after this commit.
+    pub epoch: u64,
+    /// True when this client id had already been accepted (a retry).
+    pub duplicate: bool,
+}
+
+/// `POST /v1/groups/{group}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// Client-chosen id (32 hex chars) making the submission idempotent.
+    pub client_id: String,
+    /// The MLS application message (PrivateMessage).
+    #[serde(with = "crate::b64")]
+    pub payload: Vec<u8>,
+}
+
+/// Answer to [`SendRequest`]: sent only after the message is durably stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendResponse {
+    /// Devices the message was queued for.
+    pub recipients: u64,
+    /// True when this client id had already been accepted (a retry).
+    pub duplicate: bool,
+}
+
+/// One entry of a device's inbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// Position in this device's queue; acknowledge up to it.
+    pub seq: u64,
+    /// What the payload is.
+    pub kind: EntryKind,
+    /// The MLS message.
+    #[serde(with = "crate::b64")]
+    pub payload: Vec<u8>,
+}
+
+/// `GET /v1/inbox?after=SEQ&limit=N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxResponse {
+    /// Entries in queue order.
+    pub entries: Vec<InboxEntry>,
+    /// More entries wait beyond this page.
+    pub more: bool,
+}
+
+/// `POST /v1/inbox/ack`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckRequest {
+    /// Delete every entry with `seq <= up_to`.
+    pub up_to: u64,
+}
+
+/// Longest user id, device id, name or role accepted.
+pub const MAX_ID_LEN: usize = 64;
+
+/// User and device ids: 1..=64 of `[A-Za-z0-9._-]`.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Client-chosen message ids: exactly 32 lowercase hex chars.
+pub fn valid_client_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(valid_id("alice"));
+        assert!(valid_id("dr.smith-2"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a b"));
+        assert!(!valid_id(&"x".repeat(65)));
+        assert!(valid_client_id("0123456789abcdef0123456789abcdef"));
+        assert!(!valid_client_id("0123456789ABCDEF0123456789abcdef"));
+        assert!(!valid_client_id("abc"));
+    }
+
+    #[test]
+    fn entry_kind_round_trips() {
+        for k in [EntryKind::Welcome, EntryKind::Commit, EntryKind::Application] {
+            assert_eq!(EntryKind::from_u8(k as u8), Some(k));
+        }
+        assert_eq!(EntryKind::from_u8(0), None);
+        assert_eq!(EntryKind::from_u8(9), None);
+    }
+
+    #[test]
+    fn bad_base64_is_an_error() {
+        let r: Result<SendRequest, _> =
+            serde_json::from_str(r#"{"client_id":"x","payload":"!!!"}"#);
+        assert!(r.is_err());
+    }
+}
