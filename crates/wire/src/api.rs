@@ -87,7 +87,11 @@ pub struct UploadKeyPackages {
     #[serde(with = "crate::b64::vec")]
     pub key_packages: Vec<Vec<u8>>,
     /// Replaces the device's last-resort KeyPackage.
-    #[serde(default, with = "crate::b64::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_resort: Option<Vec<u8>>,
 }
 
@@ -147,7 +151,11 @@ pub struct CommitRequest {
     #[serde(with = "crate::b64")]
     pub commit: Vec<u8>,
     /// The Welcome for joiners, released only if the commit wins its epoch.
-    #[serde(default, with = "crate::b64::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub welcome: Option<Vec<u8>>,
     /// Devices the commit adds (routing: they get the Welcome).
     #[serde(default)]
@@ -220,7 +228,8 @@ pub const MAX_ID_LEN: usize = 64;
 pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Client-chosen message ids: exactly 32 lowercase hex chars.
@@ -246,7 +255,11 @@ mod tests {
 
     #[test]
     fn entry_kind_round_trips() {
-        for k in [EntryKind::Welcome, EntryKind::Commit, EntryKind::Application] {
+        for k in [
+            EntryKind::Welcome,
+            EntryKind::Commit,
+            EntryKind::Application,
+        ] {
             assert_eq!(EntryKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(EntryKind::from_u8(0), None);

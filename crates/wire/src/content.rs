@@ -136,9 +136,15 @@ mod tests {
         assert_eq!(Content::decode(&c.encode()), Err(ContentError::Version(2)));
         let mut c = Content::text([1u8; 16], 1, "x");
         c.id = ByteBuf::from(vec![1, 2]);
-        assert_eq!(Content::decode(&c.encode()), Err(ContentError::Invalid("id")));
+        assert_eq!(
+            Content::decode(&c.encode()),
+            Err(ContentError::Invalid("id"))
+        );
         let c = Content::text([1u8; 16], 1, "x".repeat(crate::MAX_BODY_BYTES + 1));
-        assert_eq!(Content::decode(&c.encode()), Err(ContentError::Invalid("body")));
+        assert_eq!(
+            Content::decode(&c.encode()),
+            Err(ContentError::Invalid("body"))
+        );
         assert_eq!(
             Content::decode(&vec![0u8; crate::MAX_CONTENT_BYTES + 1]),
             Err(ContentError::TooLarge)
@@ -157,7 +163,13 @@ mod tests {
         }
         let mut out = Vec::new();
         ciborium::into_writer(
-            &Future { v: 1, id: ByteBuf::from(vec![0u8; 16]), sent_at: 5, kind: "methane", body: "" },
+            &Future {
+                v: 1,
+                id: ByteBuf::from(vec![0u8; 16]),
+                sent_at: 5,
+                kind: "methane",
+                body: "",
+            },
             &mut out,
         )
         .expect("encode");

@@ -74,7 +74,10 @@ impl SignedCredential {
         let mut msg = CONTEXT.to_vec();
         msg.extend_from_slice(&credential);
         let signature = org_key.sign(&msg).to_bytes().to_vec();
-        Self { credential: ByteBuf::from(credential), signature: ByteBuf::from(signature) }
+        Self {
+            credential: ByteBuf::from(credential),
+            signature: ByteBuf::from(signature),
+        }
     }
 
     /// Encode for transport (the MLS credential identity).
@@ -97,10 +100,15 @@ impl SignedCredential {
         org_public_key: &[u8],
         leaf_signature_key: &[u8],
     ) -> Result<DeviceCredential, CredentialError> {
-        let key: [u8; 32] = org_public_key.try_into().map_err(|_| CredentialError::BadSignature)?;
+        let key: [u8; 32] = org_public_key
+            .try_into()
+            .map_err(|_| CredentialError::BadSignature)?;
         let key = VerifyingKey::from_bytes(&key).map_err(|_| CredentialError::BadSignature)?;
-        let sig: [u8; 64] =
-            self.signature.as_slice().try_into().map_err(|_| CredentialError::BadSignature)?;
+        let sig: [u8; 64] = self
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| CredentialError::BadSignature)?;
         let mut msg = CONTEXT.to_vec();
         msg.extend_from_slice(&self.credential);
         key.verify_strict(&msg, &Signature::from_bytes(&sig))
@@ -151,10 +159,19 @@ mod tests {
         let sc = SignedCredential::sign(&cred(&[9u8; 32]), &org);
         let sc = SignedCredential::decode(&sc.encode()).expect("decodes");
         let org_pub = org.verifying_key().to_bytes();
-        assert_eq!(sc.verify(&org_pub, &[9u8; 32]).expect("valid").user_id, "alice");
-        assert_eq!(sc.verify(&org_pub, &[8u8; 32]), Err(CredentialError::KeyMismatch));
+        assert_eq!(
+            sc.verify(&org_pub, &[9u8; 32]).expect("valid").user_id,
+            "alice"
+        );
+        assert_eq!(
+            sc.verify(&org_pub, &[8u8; 32]),
+            Err(CredentialError::KeyMismatch)
+        );
         let forged = SignedCredential::sign(&cred(&[9u8; 32]), &other);
-        assert_eq!(forged.verify(&org_pub, &[9u8; 32]), Err(CredentialError::BadSignature));
+        assert_eq!(
+            forged.verify(&org_pub, &[9u8; 32]),
+            Err(CredentialError::BadSignature)
+        );
         let mut tampered = sc.clone();
         let last = tampered.credential.len() - 1;
         tampered.credential[last] ^= 1;

@@ -1,0 +1,983 @@
+//! The device: enrolment, KeyPackages, conversations, sending and receiving.
+
+use std::collections::{BTreeMap, HashMap};
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use serde_bytes::ByteBuf;
+use sitrep_wire::api::{
+    ClaimedKeyPackage, CommitRequest, CreateGroup, EnrolResponse, EntryKind, SendRequest,
+    UploadKeyPackages,
+};
+use sitrep_wire::content::{Content, Kind};
+use sitrep_wire::credential::{DeviceCredential, SignedCredential};
+use sitrep_wire::meta::{self, ConversationMeta};
+
+use crate::Error;
+use crate::provider::Provider;
+use crate::state::{Conversation, Device, HistoryEntry, Pending, State};
+
+/// How many past epochs keep their secrets, so an application message sent just
+/// before a commit still decrypts after it.
+const MAX_PAST_EPOCHS: usize = 5;
+/// Sender ratchet tolerance for reordered and skipped messages.
+const OUT_OF_ORDER_TOLERANCE: u32 = 200;
+const MAX_FORWARD_DISTANCE: u32 = 5_000;
+
+/// A device being enrolled: its signature key exists, its credential does not yet.
+pub struct PendingEnrolment {
+    provider: Provider,
+    signer: SignatureKeyPair,
+    ciphersuite: Ciphersuite,
+}
+
+impl PendingEnrolment {
+    /// Make the device's MLS signature key (it never leaves the device).
+    pub fn new(ciphersuite: Ciphersuite) -> Result<Self, Error> {
+        let signer =
+            SignatureKeyPair::new(ciphersuite.signature_algorithm()).map_err(Error::mls)?;
+        Ok(Self {
+            provider: Provider::default(),
+            signer,
+            ciphersuite,
+        })
+    }
+
+    /// The public key to send to the authentication service.
+    pub fn signature_key(&self) -> Vec<u8> {
+        self.signer.public().to_vec()
+    }
+
+    /// Check the server's answer (the credential must be signed by the returned
+    /// organisation key and name our signature key) and become a device.
+    pub fn finish(self, server: &str, resp: EnrolResponse) -> Result<Client, Error> {
+        let sc = SignedCredential::decode(&resp.credential)
+            .map_err(|e| Error::Unverified(e.to_string()))?;
+        let cred = sc
+            .verify(&resp.org_public_key, self.signer.public())
+            .map_err(|e| Error::Unverified(e.to_string()))?;
+        if cred.user_id != resp.user_id || cred.device_id != resp.device_id {
+            return Err(Error::Protocol("credential names another device".into()));
+        }
+        self.signer
+            .store(self.provider.storage())
+            .map_err(Error::mls)?;
+        let state = State {
+            v: 1,
+            device: Device {
+                server: server.to_string(),
+                org_name: resp.org_name,
+                org_public_key: ByteBuf::from(resp.org_public_key),
+                user_id: cred.user_id,
+                device_id: cred.device_id,
+                display_name: cred.display_name,
+                role: cred.role,
+                token: resp.token,
+                credential: ByteBuf::from(resp.credential),
+                ciphersuite: u16::from(self.ciphersuite),
+                signer_public: ByteBuf::from(self.signer.public().to_vec()),
+            },
+            mls: Vec::new(),
+            conversations: BTreeMap::new(),
+            last_seq: 0,
+            outbox: Vec::new(),
+            has_last_resort: false,
+        };
+        Ok(Client {
+            provider: self.provider,
+            signer: self.signer,
+            state,
+        })
+    }
+}
+
+/// A commit ready for the server; apply the outcome with
+/// [`Client::commit_accepted`] or [`Client::commit_rejected`].
+#[derive(Debug, Clone)]
+pub struct PreparedCommit {
+    /// Group id, hex (the URL path segment).
+    pub group_hex: String,
+    /// The request body.
+    pub request: CommitRequest,
+}
+
+/// An application message ready for the server.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Group id, hex.
+    pub group_hex: String,
+    /// The request body.
+    pub request: SendRequest,
+}
+
+/// A member of a conversation, as its verified credential says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// User id.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Role.
+    pub role: String,
+}
+
+/// What processing an inbox entry did, for a front end to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// This device joined a conversation.
+    Joined {
+        /// Its name.
+        conversation: String,
+    },
+    /// A message arrived.
+    Message {
+        /// Conversation name.
+        conversation: String,
+        /// The stored entry.
+        entry: HistoryEntry,
+    },
+    /// Members were added or removed.
+    Membership {
+        /// Conversation name.
+        conversation: String,
+        /// What changed, for people.
+        summary: String,
+    },
+    /// This device was removed from a conversation.
+    Removed {
+        /// Conversation name.
+        conversation: String,
+    },
+    /// Something was refused: an unverifiable member, an undecryptable message.
+    Refused {
+        /// Why, for people (no message content).
+        reason: String,
+    },
+}
+
+/// An unlocked device.
+pub struct Client {
+    provider: Provider,
+    signer: SignatureKeyPair,
+    state: State,
+}
+
+fn hex_id(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+impl Client {
+    /// Restore from the plaintext of a sealed profile.
+    pub fn from_bytes(plain: &[u8]) -> Result<Self, Error> {
+        let state: State =
+            ciborium::from_reader(plain).map_err(|_| Error::BadStore("state does not decode"))?;
+        if state.v != 1 {
+            return Err(Error::BadStore("unknown state version"));
+        }
+        let cs = Ciphersuite::try_from(state.device.ciphersuite)
+            .map_err(|_| Error::BadStore("ciphersuite"))?;
+        let values: HashMap<Vec<u8>, Vec<u8>> = state
+            .mls
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        let provider = Provider::from_values(values);
+        let signer = SignatureKeyPair::read(
+            provider.storage(),
+            &state.device.signer_public,
+            cs.signature_algorithm(),
+        )
+        .ok_or(Error::BadStore("signature key missing"))?;
+        let mut state = state;
+        state.mls = Vec::new();
+        Ok(Self {
+            provider,
+            signer,
+            state,
+        })
+    }
+
+    /// Everything to seal, as bytes.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut state = self.state.clone();
+        let mut mls: Vec<(ByteBuf, ByteBuf)> = self
+            .provider
+            .values()
+            .into_iter()
+            .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
+            .collect();
+        mls.sort();
+        state.mls = mls;
+        let mut out = zeroize::Zeroizing::new(Vec::new());
+        ciborium::into_writer(&state, &mut *out).expect("writing CBOR to a Vec cannot fail");
+        out
+    }
+
+    /// `N` random bytes from the injected provider.
+    pub fn random<const N: usize>(&self) -> [u8; N] {
+        self.provider
+            .rand()
+            .random_array()
+            .expect("the OS random source is available")
+    }
+
+    /// A fresh client message id (32 hex chars).
+    pub fn new_client_id(&self) -> String {
+        hex::encode(self.random::<16>())
+    }
+
+    /// The server this device enrolled with.
+    pub fn server(&self) -> &str {
+        &self.state.device.server
+    }
+    /// Bearer token for the server.
+    pub fn token(&self) -> &str {
+        &self.state.device.token
+    }
+    /// User id.
+    pub fn user_id(&self) -> &str {
+        &self.state.device.user_id
+    }
+    /// Device id.
+    pub fn device_id(&self) -> &str {
+        &self.state.device.device_id
+    }
+    /// Display name.
+    pub fn display_name(&self) -> &str {
+        &self.state.device.display_name
+    }
+    /// Organisation name.
+    pub fn org_name(&self) -> &str {
+        &self.state.device.org_name
+    }
+    /// Highest inbox sequence number processed.
+    pub fn last_seq(&self) -> u64 {
+        self.state.last_seq
+    }
+    /// The suite this device's groups use.
+    pub fn ciphersuite(&self) -> Ciphersuite {
+        Ciphersuite::try_from(self.state.device.ciphersuite)
+            .expect("the ciphersuite was valid when the profile was created")
+    }
+
+    fn credential_with_key(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.state.device.credential.to_vec()).into(),
+            signature_key: self.signer.public().into(),
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(
+            None,
+            Some(&[self.ciphersuite()]),
+            Some(&[ExtensionType::Unknown(meta::EXTENSION_TYPE)]),
+            None,
+            None,
+        )
+    }
+
+    /// `n` fresh one-time KeyPackages, plus a last-resort one if this device has
+    /// none on the server yet.
+    pub fn key_packages(&mut self, n: usize) -> Result<UploadKeyPackages, Error> {
+        let cs = self.ciphersuite();
+        let mut out = UploadKeyPackages::default();
+        for _ in 0..n {
+            let kp = KeyPackage::builder()
+                .leaf_node_capabilities(self.capabilities())
+                .build(cs, &self.provider, &self.signer, self.credential_with_key())
+                .map_err(Error::mls)?;
+            out.key_packages.push(ser(kp.key_package())?);
+        }
+        if !self.state.has_last_resort {
+            let kp = KeyPackage::builder()
+                .leaf_node_capabilities(self.capabilities())
+                .mark_as_last_resort()
+                .build(cs, &self.provider, &self.signer, self.credential_with_key())
+                .map_err(Error::mls)?;
+            out.last_resort = Some(ser(kp.key_package())?);
+        }
+        Ok(out)
+    }
+
+    /// The server stored our last-resort KeyPackage.
+    pub fn last_resort_uploaded(&mut self) {
+        self.state.has_last_resort = true;
+    }
+
+    fn verify_leaf(
+        &self,
+        credential: &Credential,
+        signature_key: &[u8],
+    ) -> Result<DeviceCredential, Error> {
+        let basic = BasicCredential::try_from(credential.clone())
+            .map_err(|_| Error::Unverified("a member has no Sitrep credential".into()))?;
+        let sc = SignedCredential::decode(basic.identity())
+            .map_err(|e| Error::Unverified(format!("a member's credential: {e}")))?;
+        let cred = sc
+            .verify(&self.state.device.org_public_key, signature_key)
+            .map_err(|e| Error::Unverified(format!("a member's {e}")))?;
+        if cred.org != self.state.device.org_name {
+            return Err(Error::Unverified(
+                "a member belongs to another organisation".into(),
+            ));
+        }
+        Ok(cred)
+    }
+
+    fn group_config_builder(&self) -> MlsGroupBuilder {
+        MlsGroup::builder()
+            .ciphersuite(self.ciphersuite())
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+                OUT_OF_ORDER_TOLERANCE,
+                MAX_FORWARD_DISTANCE,
+            ))
+            .with_capabilities(self.capabilities())
+    }
+
+    fn join_config() -> MlsGroupJoinConfig {
+        MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+                OUT_OF_ORDER_TOLERANCE,
+                MAX_FORWARD_DISTANCE,
+            ))
+            .build()
+    }
+
+    fn unique_name(&self, name: &str) -> String {
+        let taken = |n: &str| {
+            self.state
+                .conversations
+                .values()
+                .any(|c| c.active && c.name == n)
+        };
+        if !taken(name) {
+            return name.to_string();
+        }
+        (2..)
+            .map(|i| format!("{name} ({i})"))
+            .find(|n| !taken(n))
+            .expect("some suffix is free")
+    }
+
+    fn group_hex_by_name(&self, name: &str) -> Result<String, Error> {
+        self.state
+            .conversations
+            .iter()
+            .rev()
+            .find(|(_, c)| c.name == name && c.active)
+            .or_else(|| {
+                self.state
+                    .conversations
+                    .iter()
+                    .find(|(_, c)| c.name == name)
+            })
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| Error::UnknownConversation(name.to_string()))
+    }
+
+    fn load_group(&self, group_hex: &str) -> Result<MlsGroup, Error> {
+        let gid = hex::decode(group_hex).map_err(|_| Error::Invalid("group id".into()))?;
+        MlsGroup::load(self.provider.storage(), &GroupId::from_slice(&gid))
+            .map_err(Error::mls)?
+            .ok_or_else(|| Error::Invalid("this device holds no state for that group".into()))
+    }
+
+    /// Create a conversation with only this device in it. Returns the request
+    /// that registers it with the server.
+    pub fn create_conversation(
+        &mut self,
+        name: &str,
+        pid_policy: &str,
+    ) -> Result<(String, CreateGroup), Error> {
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::Invalid(
+                "a conversation name is 1 to 256 bytes".into(),
+            ));
+        }
+        if self
+            .state
+            .conversations
+            .values()
+            .any(|c| c.active && c.name == name)
+        {
+            return Err(Error::ConversationExists(name.to_string()));
+        }
+        if !matches!(pid_policy, "off" | "warn" | "block" | "pseudonymise") {
+            return Err(Error::Invalid(format!("unknown PID policy {pid_policy:?}")));
+        }
+        let meta = ConversationMeta {
+            v: 1,
+            name: name.to_string(),
+            created_by: self.state.device.user_id.clone(),
+            pid_policy: pid_policy.to_string(),
+        };
+        let ext = Extensions::single(Extension::Unknown(
+            meta::EXTENSION_TYPE,
+            UnknownExtension(meta.encode()),
+        ))
+        .map_err(Error::mls)?;
+        let gid = self.random::<16>();
+        let group = self
+            .group_config_builder()
+            .with_group_id(GroupId::from_slice(&gid))
+            .with_group_context_extensions(ext)
+            .build(&self.provider, &self.signer, self.credential_with_key())
+            .map_err(Error::mls)?;
+        let group_hex = hex_id(group.group_id().as_slice());
+        self.state.conversations.insert(
+            group_hex.clone(),
+            Conversation {
+                group_id: ByteBuf::from(gid.to_vec()),
+                name: name.to_string(),
+                pid_policy: pid_policy.to_string(),
+                active: true,
+                history: Vec::new(),
+            },
+        );
+        Ok((
+            group_hex,
+            CreateGroup {
+                group_id: gid.to_vec(),
+            },
+        ))
+    }
+
+    /// Name to group id.
+    pub fn group_hex(&self, name: &str) -> Result<String, Error> {
+        self.group_hex_by_name(name)
+    }
+
+    /// Build a commit adding the devices whose KeyPackages were claimed. Every
+    /// KeyPackage is validated and its credential checked against the
+    /// organisation key first; one bad KeyPackage refuses the whole add.
+    pub fn prepare_add(
+        &mut self,
+        name: &str,
+        claimed: &[ClaimedKeyPackage],
+    ) -> Result<PreparedCommit, Error> {
+        let group_hex = self.group_hex_by_name(name)?;
+        let mut group = self.load_group(&group_hex)?;
+        let present: Vec<String> = self
+            .members_of(&group)?
+            .into_iter()
+            .map(|m| m.device_id)
+            .collect();
+        let mut kps = Vec::new();
+        let mut devices = Vec::new();
+        for c in claimed {
+            if present.contains(&c.device_id) {
+                continue;
+            }
+            let kp_in = match MlsMessageIn::tls_deserialize_exact(c.key_package.as_slice())
+                .map(MlsMessageIn::extract)
+            {
+                Ok(MlsMessageBodyIn::KeyPackage(kp)) => kp,
+                _ => return Err(Error::Protocol("malformed KeyPackage".into())),
+            };
+            let kp = kp_in
+                .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                .map_err(|e| {
+                    Error::Unverified(format!("KeyPackage of device {}: {e:?}", c.device_id))
+                })?;
+            if kp.ciphersuite() != self.ciphersuite() {
+                return Err(Error::Unverified(format!(
+                    "device {} uses another ciphersuite",
+                    c.device_id
+                )));
+            }
+            let leaf = kp.leaf_node();
+            let cred = self
+                .verify_leaf(leaf.credential(), leaf.signature_key().as_slice())
+                .map_err(|e| {
+                    Error::Unverified(format!("device {} of {}: {e}", c.device_id, c.user_id))
+                })?;
+            if cred.user_id != c.user_id || cred.device_id != c.device_id {
+                return Err(Error::Unverified(format!(
+                    "KeyPackage for {} carries another device's credential",
+                    c.device_id
+                )));
+            }
+            devices.push(c.device_id.clone());
+            kps.push(kp);
+        }
+        if kps.is_empty() {
+            return Err(Error::Invalid("nobody new to add".into()));
+        }
+        let epoch = group.epoch().as_u64();
+        let (commit, welcome, _) = group
+            .add_members(&self.provider, &self.signer, &kps)
+            .map_err(Error::mls)?;
+        Ok(PreparedCommit {
+            group_hex,
+            request: CommitRequest {
+                client_id: self.new_client_id(),
+                epoch,
+                commit: ser_msg(&commit)?,
+                welcome: Some(ser_msg(&welcome)?),
+                add_devices: devices,
+                remove_devices: Vec::new(),
+            },
+        })
+    }
+
+    /// Build a commit removing every device of `user_id`.
+    pub fn prepare_remove(&mut self, name: &str, user_id: &str) -> Result<PreparedCommit, Error> {
+        let group_hex = self.group_hex_by_name(name)?;
+        let mut group = self.load_group(&group_hex)?;
+        let mut leaves = Vec::new();
+        let mut devices = Vec::new();
+        for m in group.members() {
+            let cred = self.verify_leaf(&m.credential, &m.signature_key)?;
+            if cred.user_id == user_id {
+                leaves.push(m.index);
+                devices.push(cred.device_id);
+            }
+        }
+        if leaves.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{user_id} is not in this conversation"
+            )));
+        }
+        let epoch = group.epoch().as_u64();
+        let (commit, _, _) = group
+            .remove_members(&self.provider, &self.signer, &leaves)
+            .map_err(Error::mls)?;
+        Ok(PreparedCommit {
+            group_hex,
+            request: CommitRequest {
+                client_id: self.new_client_id(),
+                epoch,
+                commit: ser_msg(&commit)?,
+                welcome: None,
+                add_devices: Vec::new(),
+                remove_devices: devices,
+            },
+        })
+    }
+
+    /// Build a commit that refreshes this device's leaf keys (post-compromise security).
+    pub fn prepare_update(&mut self, name: &str) -> Result<PreparedCommit, Error> {
+        let group_hex = self.group_hex_by_name(name)?;
+        let mut group = self.load_group(&group_hex)?;
+        let epoch = group.epoch().as_u64();
+        let bundle = group
+            .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+            .map_err(Error::mls)?;
+        Ok(PreparedCommit {
+            group_hex,
+            request: CommitRequest {
+                client_id: self.new_client_id(),
+                epoch,
+                commit: ser_msg(bundle.commit())?,
+                welcome: None,
+                add_devices: Vec::new(),
+                remove_devices: Vec::new(),
+            },
+        })
+    }
+
+    /// The server accepted our commit: merge it.
+    pub fn commit_accepted(&mut self, group_hex: &str, now_ms: u64) -> Result<Vec<Event>, Error> {
+        let mut group = self.load_group(group_hex)?;
+        let summary = match group.pending_commit() {
+            Some(staged) => self.describe(&group, staged),
+            None => return Err(Error::Invalid("no commit is pending".into())),
+        };
+        group
+            .merge_pending_commit(&self.provider)
+            .map_err(Error::mls)?;
+        Ok(self.system_line(group_hex, group.epoch().as_u64(), summary, now_ms))
+    }
+
+    /// The server refused our commit (another won the epoch): forget it. The
+    /// caller syncs and builds the commit again.
+    pub fn commit_rejected(&mut self, group_hex: &str) -> Result<(), Error> {
+        let mut group = self.load_group(group_hex)?;
+        group
+            .clear_pending_commit(self.provider.storage())
+            .map_err(Error::mls)?;
+        Ok(())
+    }
+
+    fn describe(&self, group: &MlsGroup, staged: &StagedCommit) -> String {
+        let mut parts = Vec::new();
+        for add in staged.add_proposals() {
+            let leaf = add.add_proposal().key_package().leaf_node();
+            if let Ok(c) = self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice()) {
+                parts.push(format!("{} ({}) joined", c.display_name, c.user_id));
+            }
+        }
+        for rem in staged.remove_proposals() {
+            let idx = rem.remove_proposal().removed();
+            if let Some(m) = group.members().find(|m| m.index == idx) {
+                if let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key) {
+                    parts.push(format!("{} ({}) left", c.display_name, c.user_id));
+                }
+            }
+        }
+        parts.join("; ")
+    }
+
+    fn system_line(
+        &mut self,
+        group_hex: &str,
+        epoch: u64,
+        summary: String,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        if summary.is_empty() {
+            return Vec::new();
+        }
+        let Some(conv) = self.state.conversations.get_mut(group_hex) else {
+            return Vec::new();
+        };
+        conv.history.push(HistoryEntry {
+            id: format!("{epoch:032x}"),
+            sender: "system".into(),
+            sender_device: String::new(),
+            sender_name: "Sitrep".into(),
+            sent_at: now_ms,
+            received_at: now_ms,
+            kind: "system".into(),
+            body: summary.clone(),
+        });
+        vec![Event::Membership {
+            conversation: conv.name.clone(),
+            summary,
+        }]
+    }
+
+    fn members_of(&self, group: &MlsGroup) -> Result<Vec<MemberInfo>, Error> {
+        group
+            .members()
+            .map(|m| {
+                let c = self.verify_leaf(&m.credential, &m.signature_key)?;
+                Ok(MemberInfo {
+                    user_id: c.user_id,
+                    device_id: c.device_id,
+                    display_name: c.display_name,
+                    role: c.role,
+                })
+            })
+            .collect()
+    }
+
+    /// Members of a conversation, each verified against the organisation key.
+    pub fn members(&self, name: &str) -> Result<Vec<MemberInfo>, Error> {
+        let group_hex = self.group_hex_by_name(name)?;
+        self.members_of(&self.load_group(&group_hex)?)
+    }
+
+    /// Encrypt a text message; it waits in the outbox until [`Client::sent`].
+    pub fn encrypt_text(&mut self, name: &str, body: &str, now_ms: u64) -> Result<Outgoing, Error> {
+        if body.len() > sitrep_wire::MAX_BODY_BYTES {
+            return Err(Error::Invalid(format!(
+                "message longer than {} bytes",
+                sitrep_wire::MAX_BODY_BYTES
+            )));
+        }
+        let group_hex = self.group_hex_by_name(name)?;
+        if !self.state.conversations[&group_hex].active {
+            return Err(Error::Invalid(
+                "you are no longer in this conversation".into(),
+            ));
+        }
+        let mut group = self.load_group(&group_hex)?;
+        let id = self.random::<16>();
+        let content = Content::text(id, now_ms, body);
+        let msg = group
+            .create_message(&self.provider, &self.signer, &content.encode())
+            .map_err(Error::mls)?;
+        let client_id = hex_id(&id);
+        let entry = HistoryEntry {
+            id: client_id.clone(),
+            sender: self.state.device.user_id.clone(),
+            sender_device: self.state.device.device_id.clone(),
+            sender_name: self.state.device.display_name.clone(),
+            sent_at: now_ms,
+            received_at: now_ms,
+            kind: "text".into(),
+            body: body.to_string(),
+        };
+        let payload = ser_msg(&msg)?;
+        self.state.outbox.push(Pending {
+            group_hex: group_hex.clone(),
+            client_id: client_id.clone(),
+            payload: ByteBuf::from(payload.clone()),
+            entry,
+        });
+        Ok(Outgoing {
+            group_hex,
+            request: SendRequest { client_id, payload },
+        })
+    }
+
+    /// Messages encrypted but not yet acknowledged, oldest first (to retry).
+    pub fn outbox(&self) -> Vec<Outgoing> {
+        self.state
+            .outbox
+            .iter()
+            .map(|p| Outgoing {
+                group_hex: p.group_hex.clone(),
+                request: SendRequest {
+                    client_id: p.client_id.clone(),
+                    payload: p.payload.to_vec(),
+                },
+            })
+            .collect()
+    }
+
+    /// The server durably stored this message: move it to history.
+    pub fn sent(&mut self, client_id: &str) {
+        if let Some(pos) = self
+            .state
+            .outbox
+            .iter()
+            .position(|p| p.client_id == client_id)
+        {
+            let p = self.state.outbox.remove(pos);
+            if let Some(c) = self.state.conversations.get_mut(&p.group_hex) {
+                c.history.push(p.entry);
+            }
+        }
+    }
+
+    /// Drop an outbox entry the server refused for good.
+    pub fn drop_outgoing(&mut self, client_id: &str) {
+        self.state.outbox.retain(|p| p.client_id != client_id);
+    }
+
+    /// Conversations this device knows.
+    pub fn conversations(&self) -> impl Iterator<Item = &Conversation> {
+        self.state.conversations.values()
+    }
+
+    /// One conversation by name.
+    pub fn conversation(&self, name: &str) -> Result<&Conversation, Error> {
+        let hex = self.group_hex_by_name(name)?;
+        Ok(&self.state.conversations[&hex])
+    }
+
+    /// Process one inbox entry. Entries at or below [`Client::last_seq`] were
+    /// processed before and are skipped, so redelivery after a crash is harmless.
+    /// Bad entries never fail the sync: they come back as [`Event::Refused`].
+    pub fn handle_entry(
+        &mut self,
+        seq: u64,
+        kind: EntryKind,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Vec<Event> {
+        if seq <= self.state.last_seq {
+            return Vec::new();
+        }
+        self.state.last_seq = seq;
+        let result = match kind {
+            EntryKind::Welcome => self.handle_welcome(payload),
+            EntryKind::Commit | EntryKind::Application => {
+                self.handle_group_message(payload, now_ms)
+            }
+        };
+        result.unwrap_or_else(|e| {
+            vec![Event::Refused {
+                reason: e.to_string(),
+            }]
+        })
+    }
+
+    fn handle_welcome(&mut self, payload: &[u8]) -> Result<Vec<Event>, Error> {
+        let msg = MlsMessageIn::tls_deserialize_exact(payload)
+            .map_err(|_| Error::Protocol("malformed Welcome".into()))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err(Error::Protocol("expected a Welcome".into()));
+        };
+        let staged =
+            StagedWelcome::build_from_welcome(&self.provider, &Self::join_config(), welcome)
+                .map_err(Error::mls)?
+                .replace_old_group()
+                .build()
+                .map_err(Error::mls)?;
+        for m in staged.members() {
+            self.verify_leaf(&m.credential, &m.signature_key)
+                .map_err(|e| Error::Unverified(format!("invitation refused: {e}")))?;
+        }
+        let meta = staged
+            .group_context()
+            .extensions()
+            .unknown(meta::EXTENSION_TYPE)
+            .ok_or_else(|| Error::Protocol("conversation has no metadata".into()))
+            .and_then(|u| {
+                ConversationMeta::decode(&u.0).map_err(|e| Error::Protocol(e.to_string()))
+            })?;
+        let group = staged.into_group(&self.provider).map_err(Error::mls)?;
+        let group_hex = hex_id(group.group_id().as_slice());
+        let name = self.unique_name(&meta.name);
+        let conv = self
+            .state
+            .conversations
+            .entry(group_hex)
+            .or_insert_with(|| Conversation {
+                group_id: ByteBuf::from(group.group_id().as_slice().to_vec()),
+                name: name.clone(),
+                pid_policy: meta.pid_policy.clone(),
+                active: true,
+                history: Vec::new(),
+            });
+        conv.name = name.clone();
+        conv.active = true;
+        conv.pid_policy = meta.pid_policy;
+        Ok(vec![Event::Joined { conversation: name }])
+    }
+
+    fn handle_group_message(&mut self, payload: &[u8], now_ms: u64) -> Result<Vec<Event>, Error> {
+        let msg = MlsMessageIn::tls_deserialize_exact(payload)
+            .map_err(|_| Error::Protocol("malformed MLS message".into()))?;
+        let proto = msg
+            .try_into_protocol_message()
+            .map_err(|_| Error::Protocol("not a group message".into()))?;
+        let group_hex = hex_id(proto.group_id().as_slice());
+        let Some(conv) = self.state.conversations.get(&group_hex) else {
+            return Err(Error::Protocol(
+                "message for a conversation this device is not in".into(),
+            ));
+        };
+        let conv_name = conv.name.clone();
+        let mut group = self.load_group(&group_hex)?;
+        let processed = group.process_message(&self.provider, proto).map_err(|e| {
+            Error::Undecryptable(format!(
+                "a message in {conv_name:?} could not be decrypted: {e:?}"
+            ))
+        })?;
+        let sender_leaf = match processed.sender() {
+            Sender::Member(idx) => Some(idx),
+            _ => None,
+        };
+        let sender_cred = sender_leaf
+            .and_then(|idx| group.members().find(|m| m.index == *idx))
+            .map(|m| self.verify_leaf(&m.credential, &m.signature_key));
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let sender = match sender_cred {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        return Err(Error::Protocol(
+                            "application message from a non-member".into(),
+                        ));
+                    }
+                };
+                let content = Content::decode(&app.into_bytes())
+                    .map_err(|e| Error::Protocol(format!("content: {e}")))?;
+                let entry = HistoryEntry {
+                    id: content.id_hex(),
+                    sender: sender.user_id,
+                    sender_device: sender.device_id,
+                    sender_name: sender.display_name,
+                    sent_at: content.sent_at,
+                    received_at: now_ms,
+                    kind: match content.kind {
+                        Kind::Text => "text".into(),
+                        _ => "unknown".into(),
+                    },
+                    body: content.body,
+                };
+                let conv = self
+                    .state
+                    .conversations
+                    .get_mut(&group_hex)
+                    .expect("looked up above");
+                if conv.history.iter().any(|h| h.id == entry.id) {
+                    return Ok(Vec::new());
+                }
+                conv.history.push(entry.clone());
+                Ok(vec![Event::Message {
+                    conversation: conv_name,
+                    entry,
+                }])
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                // Check every credential the commit brings in before merging.
+                for add in staged.add_proposals() {
+                    let leaf = add.add_proposal().key_package().leaf_node();
+                    if let Err(e) =
+                        self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice())
+                    {
+                        return self.refuse_group(&group_hex, group, e);
+                    }
+                }
+                if let Some(leaf) = staged.update_path_leaf_node() {
+                    if let Err(e) =
+                        self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice())
+                    {
+                        return self.refuse_group(&group_hex, group, e);
+                    }
+                }
+                if let Some(Err(e)) = sender_cred {
+                    return self.refuse_group(&group_hex, group, e);
+                }
+                let summary = self.describe(&group, &staged);
+                let removed = staged.self_removed();
+                group
+                    .merge_staged_commit(&self.provider, *staged)
+                    .map_err(Error::mls)?;
+                let mut events =
+                    self.system_line(&group_hex, group.epoch().as_u64(), summary, now_ms);
+                if removed {
+                    if let Some(c) = self.state.conversations.get_mut(&group_hex) {
+                        c.active = false;
+                    }
+                    events.push(Event::Removed {
+                        conversation: conv_name,
+                    });
+                }
+                Ok(events)
+            }
+            ProcessedMessageContent::OwnPendingCommit => {
+                group
+                    .merge_pending_commit(&self.provider)
+                    .map_err(Error::mls)?;
+                Ok(Vec::new())
+            }
+            ProcessedMessageContent::OwnPrivateMessage
+            | ProcessedMessageContent::ProposalMessage(_)
+            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// A commit brought in an unverifiable member: this device stops taking part.
+    fn refuse_group(
+        &mut self,
+        group_hex: &str,
+        _group: MlsGroup,
+        e: Error,
+    ) -> Result<Vec<Event>, Error> {
+        let name = match self.state.conversations.get_mut(group_hex) {
+            Some(c) => {
+                c.active = false;
+                c.name.clone()
+            }
+            None => String::new(),
+        };
+        Err(Error::Unverified(format!(
+            "conversation {name:?} suspended: a commit brought in a member the organisation did not vouch for ({e})"
+        )))
+    }
+}
+
+fn ser(kp: &KeyPackage) -> Result<Vec<u8>, Error> {
+    let msg: MlsMessageOut = kp.clone().into();
+    ser_msg(&msg)
+}
+
+fn ser_msg(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
+    msg.tls_serialize_detached().map_err(Error::mls)
+}

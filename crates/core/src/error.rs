@@ -1,0 +1,43 @@
+//! Errors of the client core. Messages never contain message text, names or keys.
+
+/// Everything the client core can refuse.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The passcode does not open this store (or the store was tampered with).
+    #[error("wrong passcode, or the local store is damaged")]
+    WrongPasscode,
+    /// The store file is not a Sitrep store.
+    #[error("not a Sitrep local store: {0}")]
+    BadStore(&'static str),
+    /// Reading or writing the local store failed.
+    #[error("local store: {0}")]
+    Io(String),
+    /// No conversation by that name.
+    #[error("no conversation named {0:?}")]
+    UnknownConversation(String),
+    /// A conversation by that name exists already.
+    #[error("a conversation named {0:?} exists already")]
+    ConversationExists(String),
+    /// A member's credential failed verification.
+    #[error("refused: {0}")]
+    Unverified(String),
+    /// The server's answer does not fit what we asked.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// A message could not be decrypted (e.g. sent after this device was removed).
+    #[error("{0}")]
+    Undecryptable(String),
+    /// An MLS operation failed.
+    #[error("MLS: {0}")]
+    Mls(String),
+    /// A request was not valid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn mls(e: impl std::fmt::Debug) -> Self {
+        Self::Mls(format!("{e:?}"))
+    }
+}

@@ -1,0 +1,84 @@
+//! The serialisable state of one device profile. Sealed as a whole by
+//! [`crate::vault`]; never written anywhere in clear.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
+
+/// Who this device is, as the organisation enrolled it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Device {
+    pub server: String,
+    pub org_name: String,
+    pub org_public_key: ByteBuf,
+    pub user_id: String,
+    pub device_id: String,
+    pub display_name: String,
+    pub role: String,
+    pub token: String,
+    pub credential: ByteBuf,
+    pub ciphersuite: u16,
+    pub signer_public: ByteBuf,
+}
+
+/// One line of a conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Message id (32 hex chars); for system lines, derived from the epoch.
+    pub id: String,
+    /// Sender's user id (`system` for membership changes).
+    pub sender: String,
+    /// Sender's device id.
+    pub sender_device: String,
+    /// Sender's display name as the organisation vouches for it.
+    pub sender_name: String,
+    /// Milliseconds since the Unix epoch on the sender's clock.
+    pub sent_at: u64,
+    /// Milliseconds since the Unix epoch when this device stored it.
+    pub received_at: u64,
+    /// `text` or `system`.
+    pub kind: String,
+    /// The text.
+    pub body: String,
+}
+
+/// A conversation this device is (or was) in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Conversation {
+    /// MLS group id.
+    pub group_id: ByteBuf,
+    /// Name from the encrypted group context.
+    pub name: String,
+    /// PID guard policy from the encrypted group context.
+    pub pid_policy: String,
+    /// False once this device was removed or left.
+    pub active: bool,
+    /// Messages, in the order this device received them.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A message encrypted and waiting for the server's acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    pub group_hex: String,
+    pub client_id: String,
+    pub payload: ByteBuf,
+    pub entry: HistoryEntry,
+}
+
+/// Everything sealed in a profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub v: u8,
+    pub device: Device,
+    /// openmls storage provider contents.
+    pub mls: Vec<(ByteBuf, ByteBuf)>,
+    /// Keyed by group id hex.
+    pub conversations: BTreeMap<String, Conversation>,
+    /// Highest inbox sequence number processed.
+    pub last_seq: u64,
+    /// Encrypted but not yet acknowledged by the server.
+    pub outbox: Vec<Pending>,
+    /// Whether this device holds a last-resort KeyPackage on the server.
+    pub has_last_resort: bool,
+}
