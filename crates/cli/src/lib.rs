@@ -1,0 +1,394 @@
+//! The I/O shell around the sans-I/O client core: the local profile on disk
+//! (sealed), the HTTP client, and the operations the `sitrep` command offers.
+//! Integration tests drive these same functions against a real server.
+
+pub mod bench;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use sitrep_core::store::{FileStore, ProfileStore as _};
+use sitrep_core::vault::{KdfParams, Vault};
+use sitrep_core::{Ciphersuite, Client, Event, PendingEnrolment};
+use sitrep_wire::api;
+
+/// KeyPackages a device keeps on the server; topped up below half.
+pub const KEY_PACKAGE_TARGET: u64 = 20;
+/// How often a conflicting commit is rebuilt before giving up.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An unlocked profile: the sealed store, its key, the client, and an exclusive
+/// lock so two commands never interleave on one profile.
+pub struct Profile {
+    store: FileStore,
+    vault: Vault,
+    /// The device.
+    pub client: Client,
+    _lock: std::fs::File,
+}
+
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    f.lock()
+        .context("another sitrep command is using this profile")?;
+    Ok(f)
+}
+
+impl Profile {
+    /// Unlock an existing profile.
+    pub fn open(dir: &Path, passcode: &str) -> anyhow::Result<Self> {
+        let l = lock(dir)?;
+        let store = FileStore::new(dir)?;
+        let sealed = store
+            .load()?
+            .ok_or_else(|| anyhow!("no profile in {}; run `sitrep enrol` first", dir.display()))?;
+        let (vault, plain) = Vault::open(passcode, &sealed)?;
+        let client = Client::from_bytes(&plain)?;
+        Ok(Self {
+            store,
+            vault,
+            client,
+            _lock: l,
+        })
+    }
+
+    fn create(dir: &Path, passcode: &str, client: Client) -> anyhow::Result<Self> {
+        let l = lock(dir)?;
+        let store = FileStore::new(dir)?;
+        if store.load()?.is_some() {
+            bail!("{} already holds a profile", dir.display());
+        }
+        let vault = Vault::create(passcode, KdfParams::default(), client.random::<16>())?;
+        let mut p = Self {
+            store,
+            vault,
+            client,
+            _lock: l,
+        };
+        p.save()?;
+        Ok(p)
+    }
+
+    /// Seal and write the whole state.
+    pub fn save(&mut self) -> anyhow::Result<()> {
+        let plain = self.client.to_bytes();
+        let sealed = self.vault.seal(&plain, self.client.random::<12>());
+        self.store.save(&sealed)?;
+        Ok(())
+    }
+
+    fn remote(&self) -> Remote {
+        Remote::new(self.client.server(), Some(self.client.token()))
+    }
+}
+
+/// An API error the server answered with.
+#[derive(Debug, thiserror::Error)]
+#[error("server refused ({status}): {}", .body.message)]
+pub struct ServerError {
+    /// HTTP status.
+    pub status: u16,
+    /// Its JSON body.
+    pub body: api::ApiError,
+}
+
+/// HTTP access to one server.
+#[derive(Clone)]
+pub struct Remote {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Remote {
+    /// A client for `base` (e.g. `http://127.0.0.1:8448`).
+    pub fn new(base: &str, token: Option<&str>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a plain HTTP client builds");
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map(String::from),
+        }
+    }
+
+    async fn call<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<R> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.json().await?);
+        }
+        let body = resp.json::<api::ApiError>().await.unwrap_or(api::ApiError {
+            error: "unknown".into(),
+            message: format!("HTTP {status}"),
+            current_epoch: None,
+        });
+        Err(ServerError {
+            status: status.as_u16(),
+            body,
+        }
+        .into())
+    }
+
+    /// POST JSON.
+    pub async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// GET JSON.
+    pub async fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        self.call::<(), R>(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn is_conflict(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ServerError>()
+        .is_some_and(|s| s.status == 409 && s.body.error == "epoch_conflict")
+}
+
+/// Enrol a new device with an invitation code and create its sealed profile.
+pub async fn enrol(
+    dir: &Path,
+    server: &str,
+    code: &str,
+    passcode: &str,
+    cs: Ciphersuite,
+) -> anyhow::Result<Profile> {
+    if passcode.chars().count() < 6 {
+        bail!("the passcode must be at least 6 characters");
+    }
+    let pending = PendingEnrolment::new(cs)?;
+    let remote = Remote::new(server, None);
+    let resp: api::EnrolResponse = remote
+        .post(
+            "/v1/enrol",
+            &api::EnrolRequest {
+                code: code.trim().to_string(),
+                signature_key: pending.signature_key(),
+            },
+        )
+        .await?;
+    let client = pending.finish(server, resp)?;
+    let mut profile = Profile::create(dir, passcode, client)?;
+    top_up(&mut profile).await?;
+    Ok(profile)
+}
+
+/// Keep enough KeyPackages on the server.
+pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
+    let remote = p.remote();
+    let count: api::KeyPackageCount = remote.get("/v1/keypackages/count").await?;
+    if count.available >= KEY_PACKAGE_TARGET / 2 && count.last_resort {
+        return Ok(());
+    }
+    let n = (KEY_PACKAGE_TARGET - count.available.min(KEY_PACKAGE_TARGET)) as usize;
+    let upload = p.client.key_packages(n)?;
+    p.save()?;
+    let _: api::KeyPackageCount = remote.post("/v1/keypackages", &upload).await?;
+    if upload.last_resort.is_some() {
+        p.client.last_resort_uploaded();
+        p.save()?;
+    }
+    Ok(())
+}
+
+/// Fetch and process everything pending, then retry the outbox. Each page is
+/// processed and sealed to disk before it is acknowledged, so a crash at any
+/// point loses nothing and processes nothing twice.
+pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    let remote = p.remote();
+    let mut events = Vec::new();
+    loop {
+        let page: api::InboxResponse = remote
+            .get(&format!(
+                "/v1/inbox?after={}&limit=500",
+                p.client.last_seq()
+            ))
+            .await?;
+        let Some(last) = page.entries.last().map(|e| e.seq) else {
+            break;
+        };
+        for e in &page.entries {
+            events.extend(p.client.handle_entry(e.seq, e.kind, &e.payload, now_ms()));
+        }
+        p.save()?;
+        let _: serde_json::Value = remote
+            .post("/v1/inbox/ack", &api::AckRequest { up_to: last })
+            .await?;
+        if !page.more {
+            break;
+        }
+    }
+    flush_outbox(p).await?;
+    top_up(p).await?;
+    Ok(events)
+}
+
+async fn flush_outbox(p: &mut Profile) -> anyhow::Result<()> {
+    let remote = p.remote();
+    for out in p.client.outbox() {
+        let r: anyhow::Result<api::SendResponse> = remote
+            .post(
+                &format!("/v1/groups/{}/messages", out.group_hex),
+                &out.request,
+            )
+            .await;
+        match r {
+            Ok(_) => p.client.sent(&out.request.client_id),
+            Err(e)
+                if e.downcast_ref::<ServerError>()
+                    .is_some_and(|s| (400..500).contains(&s.status) && s.status != 429) =>
+            {
+                p.client.drop_outgoing(&out.request.client_id);
+                p.save()?;
+                return Err(e.context("a queued message was refused and dropped"));
+            }
+            Err(e) => return Err(e),
+        }
+        p.save()?;
+    }
+    Ok(())
+}
+
+/// Run a commit-building step until the server accepts it, rebuilding after
+/// another member's commit wins the epoch.
+async fn commit_with_retry(
+    p: &mut Profile,
+    mut build: impl FnMut(&mut Client) -> Result<sitrep_core::PreparedCommit, sitrep_core::Error>,
+) -> anyhow::Result<Vec<Event>> {
+    let remote = p.remote();
+    let mut last_err = None;
+    for attempt in 0..COMMIT_ATTEMPTS {
+        if attempt > 0 {
+            sync(p).await?;
+        }
+        let prepared = build(&mut p.client)?;
+        p.save()?;
+        let r: anyhow::Result<api::CommitResponse> = remote
+            .post(
+                &format!("/v1/groups/{}/commit", prepared.group_hex),
+                &prepared.request,
+            )
+            .await;
+        match r {
+            Ok(_) => {
+                let ev = p.client.commit_accepted(&prepared.group_hex, now_ms())?;
+                p.save()?;
+                return Ok(ev);
+            }
+            Err(e) => {
+                p.client.commit_rejected(&prepared.group_hex)?;
+                p.save()?;
+                if !is_conflict(&e) {
+                    return Err(e);
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err
+        .unwrap_or_else(|| anyhow!("commit not accepted"))
+        .context("gave up after repeated epoch conflicts"))
+}
+
+/// Create a conversation and add the given users (all their devices).
+pub async fn chat_create(
+    p: &mut Profile,
+    name: &str,
+    members: &[String],
+    pid_policy: &str,
+) -> anyhow::Result<()> {
+    sync(p).await?;
+    let (_, req) = p.client.create_conversation(name, pid_policy)?;
+    p.save()?;
+    let _: serde_json::Value = p.remote().post("/v1/groups", &req).await?;
+    let others: Vec<String> = members
+        .iter()
+        .filter(|m| *m != p.client.user_id())
+        .cloned()
+        .collect();
+    if !others.is_empty() {
+        chat_add(p, name, &others).await?;
+    }
+    Ok(())
+}
+
+/// Add users to a conversation.
+pub async fn chat_add(p: &mut Profile, name: &str, users: &[String]) -> anyhow::Result<()> {
+    let claim: api::ClaimResponse = p
+        .remote()
+        .post(
+            "/v1/keypackages/claim",
+            &api::ClaimRequest {
+                user_ids: users.to_vec(),
+            },
+        )
+        .await?;
+    if !claim.missing.is_empty() {
+        bail!("no enrolled device for: {}", claim.missing.join(", "));
+    }
+    commit_with_retry(p, |c| c.prepare_add(name, &claim.key_packages)).await?;
+    Ok(())
+}
+
+/// Remove a user (all their devices) from a conversation.
+pub async fn chat_remove(p: &mut Profile, name: &str, user: &str) -> anyhow::Result<()> {
+    commit_with_retry(p, |c| c.prepare_remove(name, user)).await?;
+    Ok(())
+}
+
+/// Refresh this device's keys in a conversation.
+pub async fn chat_update(p: &mut Profile, name: &str) -> anyhow::Result<()> {
+    commit_with_retry(p, |c| c.prepare_update(name)).await?;
+    Ok(())
+}
+
+/// Encrypt and send a text message; returns its id once the server has stored it.
+pub async fn send(p: &mut Profile, name: &str, text: &str) -> anyhow::Result<String> {
+    sync(p).await?;
+    let out = p.client.encrypt_text(name, text, now_ms())?;
+    p.save()?;
+    let id = out.request.client_id.clone();
+    flush_outbox(p).await?;
+    Ok(id)
+}
+
+/// Default profile directory.
+pub fn default_profile() -> PathBuf {
+    PathBuf::from("sitrep-profile")
+}

@@ -1,0 +1,325 @@
+//! `sitrep`: the server, the admin tools and the client in one binary.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use sitrep_cli::{Profile, now_ms};
+use sitrep_core::Event;
+
+#[derive(Parser)]
+#[command(
+    name = "sitrep",
+    version,
+    about = "End-to-end encrypted messaging for hospital staff"
+)]
+struct Cli {
+    /// Profile directory of this device (sealed local store).
+    #[arg(long, global = true, default_value = "sitrep-profile")]
+    profile: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (delivery and authentication service) on its embedded store.
+    Serve {
+        /// Data directory (database and organisation key).
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8448")]
+        listen: SocketAddr,
+        /// Organisation name, used when the data directory is new.
+        #[arg(long, default_value = "Sitrep Organisation")]
+        org_name: String,
+    },
+    /// Administration on the server's data directory (works while it runs).
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+    /// Enrol this device with an invitation code.
+    Enrol {
+        /// Server URL, e.g. http://127.0.0.1:8448
+        #[arg(long)]
+        server: String,
+        /// The code from `sitrep admin invite`.
+        #[arg(long)]
+        code: String,
+        /// MLS ciphersuite (`pq` default, or `classic` for RFC 9420's mandatory suite).
+        #[arg(long, default_value = "pq")]
+        ciphersuite: String,
+    },
+    /// Conversations.
+    Chat {
+        #[command(subcommand)]
+        cmd: ChatCmd,
+    },
+    /// Send a text message.
+    Send {
+        /// Conversation name.
+        name: String,
+        /// The message.
+        text: String,
+    },
+    /// Fetch and process everything pending.
+    Sync,
+    /// Show a conversation's messages, one per line.
+    History {
+        /// Conversation name.
+        name: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the server and the MLS layer (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        cmd: sitrep_cli::bench::BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Create a single-use, expiring enrolment code (printed on the last line).
+    Invite {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// User id (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        user: String,
+        /// Name colleagues see.
+        #[arg(long)]
+        name: String,
+        /// Role, e.g. "ED consultant".
+        #[arg(long)]
+        role: String,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 72)]
+        ttl_hours: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChatCmd {
+    /// Create a conversation with the given users.
+    Create {
+        /// Conversation name (travels encrypted).
+        name: String,
+        /// Comma-separated user ids.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+        /// PID guard policy: off, warn, block, pseudonymise.
+        #[arg(long, default_value = "warn")]
+        pid_policy: String,
+    },
+    /// Add users to a conversation.
+    Add {
+        /// Conversation name.
+        name: String,
+        /// User ids.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove a user (all their devices) from a conversation.
+    Remove {
+        /// Conversation name.
+        name: String,
+        /// User id.
+        user: String,
+    },
+    /// Refresh this device's keys in a conversation.
+    Update {
+        /// Conversation name.
+        name: String,
+    },
+    /// List conversations.
+    List,
+    /// Show a conversation's members (verified) and policy.
+    Info {
+        /// Conversation name.
+        name: String,
+    },
+}
+
+fn passcode() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("SITREP_PASSCODE") {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("set SITREP_PASSCODE or run in a terminal to be asked for the passcode");
+    }
+    Ok(rpassword::prompt_password("Passcode: ")?)
+}
+
+fn print_events(events: &[Event]) {
+    for e in events {
+        match e {
+            Event::Joined { conversation } => println!("joined {conversation}"),
+            Event::Message {
+                conversation,
+                entry,
+            } => {
+                println!("[{conversation}] {}: {}", entry.sender_name, entry.body)
+            }
+            Event::Membership {
+                conversation,
+                summary,
+            } => println!("[{conversation}] {summary}"),
+            Event::Removed { conversation } => println!("removed from {conversation}"),
+            Event::Refused { reason } => eprintln!("refused: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SITREP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            data,
+            listen,
+            org_name,
+        } => {
+            let (org, created) = sitrep_server::org::Org::open_or_create(&data, Some(&org_name))?;
+            if created {
+                println!("created organisation {:?} in {}", org.name, data.display());
+            }
+            println!("organisation key fingerprint: {}", org.fingerprint());
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("listening on http://{}", listener.local_addr()?);
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            sitrep_server::run(listener, sitrep_server::Config::new(data), shutdown).await?;
+        }
+        Cmd::Admin {
+            cmd:
+                AdminCmd::Invite {
+                    data,
+                    user,
+                    name,
+                    role,
+                    ttl_hours,
+                },
+        } => {
+            if !sitrep_wire::api::valid_id(&user) {
+                bail!("user ids are 1-64 of letters, digits, '.', '_' and '-'");
+            }
+            if name.is_empty() || name.len() > 64 || role.is_empty() || role.len() > 64 {
+                bail!("name and role are 1 to 64 bytes");
+            }
+            sitrep_server::org::Org::open_or_create(&data, None)?;
+            let code = sitrep_server::create_invite(&data, &user, &name, &role, ttl_hours * 3600)?;
+            println!("invitation for {user}, valid {ttl_hours} h, single use:");
+            println!("{code}");
+        }
+        Cmd::Enrol {
+            server,
+            code,
+            ciphersuite,
+        } => {
+            let cs = sitrep_core::parse_ciphersuite(&ciphersuite).context("unknown ciphersuite")?;
+            let p = sitrep_cli::enrol(&cli.profile, &server, &code, &passcode()?, cs).await?;
+            println!(
+                "enrolled {} ({}) as device {} of {}",
+                p.client.display_name(),
+                p.client.user_id(),
+                p.client.device_id(),
+                p.client.org_name()
+            );
+        }
+        Cmd::Chat { cmd } => {
+            let mut p = Profile::open(&cli.profile, &passcode()?)?;
+            match cmd {
+                ChatCmd::Create {
+                    name,
+                    members,
+                    pid_policy,
+                } => {
+                    sitrep_cli::chat_create(&mut p, &name, &members, &pid_policy).await?;
+                    println!("created {name}");
+                }
+                ChatCmd::Add { name, users } => {
+                    sitrep_cli::chat_add(&mut p, &name, &users).await?;
+                    println!("added {} to {name}", users.join(", "));
+                }
+                ChatCmd::Remove { name, user } => {
+                    sitrep_cli::chat_remove(&mut p, &name, &user).await?;
+                    println!("removed {user} from {name}");
+                }
+                ChatCmd::Update { name } => {
+                    sitrep_cli::chat_update(&mut p, &name).await?;
+                    println!("keys refreshed in {name}");
+                }
+                ChatCmd::List => {
+                    for c in p.client.conversations() {
+                        println!("{}\t{}", c.name, if c.active { "active" } else { "left" });
+                    }
+                }
+                ChatCmd::Info { name } => {
+                    let conv = p.client.conversation(&name)?;
+                    println!("conversation: {}", conv.name);
+                    println!("PID policy: {}", conv.pid_policy);
+                    for m in p.client.members(&name)? {
+                        println!(
+                            "member: {} ({}) {} device {}",
+                            m.display_name, m.user_id, m.role, m.device_id
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Send { name, text } => {
+            let mut p = Profile::open(&cli.profile, &passcode()?)?;
+            let id = sitrep_cli::send(&mut p, &name, &text).await?;
+            println!("{id}");
+        }
+        Cmd::Sync => {
+            let mut p = Profile::open(&cli.profile, &passcode()?)?;
+            let events = sitrep_cli::sync(&mut p).await?;
+            print_events(&events);
+        }
+        Cmd::History { name, json } => {
+            let p = Profile::open(&cli.profile, &passcode()?)?;
+            let conv = p.client.conversation(&name)?;
+            for h in &conv.history {
+                if json {
+                    println!("{}", serde_json::to_string(h)?);
+                } else {
+                    println!("{} {}: {}", fmt_time(h.sent_at), h.sender_name, h.body);
+                }
+            }
+        }
+        Cmd::Bench { cmd } => sitrep_cli::bench::run(cmd).await?,
+    }
+    let _ = now_ms;
+    Ok(())
+}
+
+fn fmt_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}Z")
+}

@@ -1,0 +1,119 @@
+//! Sitrep server: the MLS delivery service and authentication service a trust
+//! runs itself.
+//!
+//! It enrols devices (signing their credentials with the organisation key),
+//! hands out KeyPackages, orders each group's commits by epoch, and keeps a
+//! durable queue per device, pushed over WebSocket and fetched over HTTP.
+//!
+//! It must never see message plaintext, conversation names, patient data or any
+//! device's private keys: everything it stores about a message is ciphertext and
+//! routing metadata (group id, epoch, sender device, sizes, times). Its logs carry
+//! ids and sizes only.
+
+mod db;
+mod error;
+mod http;
+mod hub;
+pub mod org;
+mod ws;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use db::{Db, create_invite};
+pub use error::ApiErr;
+
+/// Server settings; the defaults suit one trust on one machine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory with the database and the organisation key.
+    pub data_dir: PathBuf,
+    /// Largest request body (commits with Welcomes for large groups are big).
+    pub max_body: usize,
+    /// Largest application message payload.
+    pub max_message: usize,
+    /// Most entries waiting for one device; past it, new entries for that device
+    /// are dropped and counted, and the device is told.
+    pub max_queue: u64,
+    /// Requests per second per device (token bucket), and burst.
+    pub rate_per_sec: f64,
+    /// Burst for the token bucket.
+    pub rate_burst: f64,
+}
+
+impl Config {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            max_body: 16 * 1024 * 1024,
+            max_message: 256 * 1024,
+            max_queue: 100_000,
+            rate_per_sec: 2_000.0,
+            rate_burst: 4_000.0,
+        }
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub db: Db,
+    pub org: org::Org,
+    pub hub: hub::Hub,
+    pub config: Config,
+    pub limiter: http::RateLimiter,
+}
+
+/// Open (or create) the organisation and the store, then serve on `listener`
+/// until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (org, _) = org::Org::open_or_create(&config.data_dir, None)?;
+    let db = Db::open(&config.data_dir)?;
+    let state = Arc::new(AppState {
+        db,
+        org,
+        hub: hub::Hub::default(),
+        limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
+        config,
+    });
+    let app = http::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServeError::Io(e.to_string()))
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Database trouble.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// File or socket trouble.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for ServeError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e.to_string())
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).expect("the OS random source is available");
+    b
+}

@@ -1,0 +1,124 @@
+//! The organisation: its Ed25519 signing key (in the data directory, mode 0600)
+//! and its enrolment invitations.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize as _;
+
+use crate::ServeError;
+
+const KEY_FILE: &str = "org.key";
+const NAME_FILE: &str = "org.name";
+
+/// The organisation this server vouches for.
+pub struct Org {
+    /// Display name.
+    pub name: String,
+    /// Signs device credentials.
+    pub key: SigningKey,
+}
+
+impl Org {
+    /// Load the organisation from `dir`, creating it (and the directory) on first
+    /// start. Returns whether it was created.
+    pub fn open_or_create(dir: &Path, name: Option<&str>) -> Result<(Self, bool), ServeError> {
+        std::fs::create_dir_all(dir)?;
+        let key_path = dir.join(KEY_FILE);
+        let name_path = dir.join(NAME_FILE);
+        match std::fs::read(&key_path) {
+            Ok(mut bytes) => {
+                let seed: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ServeError::Io(format!("{} is damaged", key_path.display())))?;
+                bytes.zeroize();
+                let name = std::fs::read_to_string(&name_path)
+                    .unwrap_or_else(|_| "Sitrep Organisation".into())
+                    .trim()
+                    .to_string();
+                Ok((
+                    Self {
+                        name,
+                        key: SigningKey::from_bytes(&seed),
+                    },
+                    false,
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let seed = crate::random::<32>();
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut f = opts.open(&key_path)?;
+                f.write_all(&seed)?;
+                f.sync_all()?;
+                let name = name.unwrap_or("Sitrep Organisation").to_string();
+                std::fs::write(&name_path, &name)?;
+                Ok((
+                    Self {
+                        name,
+                        key: SigningKey::from_bytes(&seed),
+                    },
+                    true,
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Public key bytes.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Fingerprint for people to compare.
+    pub fn fingerprint(&self) -> String {
+        sitrep_wire::credential::fingerprint(&self.public_key())
+    }
+}
+
+/// Crockford base32 without I, L, O, U: easy to read out over a phone.
+const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A new enrolment code: 16 characters (80 bits) in groups of four.
+pub fn new_code() -> String {
+    let bytes = crate::random::<16>();
+    let chars: Vec<u8> = bytes.iter().map(|b| ALPHABET[(b & 31) as usize]).collect();
+    chars
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// What the store keeps of a code: its hash, after normalising case and dashes.
+pub fn code_hash(code: &str) -> Vec<u8> {
+    let norm: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    Sha256::digest(norm.as_bytes()).to_vec()
+}
+
+/// What the store keeps of a token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_long_and_normalise() {
+        let c = new_code();
+        assert_eq!(c.len(), 19);
+        assert_eq!(code_hash(&c), code_hash(&c.to_lowercase().replace('-', "")));
+        assert_ne!(code_hash(&c), code_hash(&new_code()));
+    }
+}
