@@ -1,0 +1,141 @@
+//! Shared test harness: a real server on a loopback port, real SQLite files,
+//! real sealed profiles in fresh temporary directories.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use sitrep_cli::Profile;
+use sitrep_core::Ciphersuite;
+
+pub const PASSCODE: &str = "test-passcode-1";
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let mut b = [0u8; 8];
+        getrandom(&mut b);
+        let p = std::env::temp_dir().join(format!("sitrep-test-{tag}-{}", hex::encode(b)));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn getrandom(b: &mut [u8]) {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(b))
+        .expect("urandom");
+}
+
+/// The real server in this process, on 127.0.0.1:0.
+pub struct TestServer {
+    pub dir: TempDir,
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = TempDir::new("server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = sitrep_server::Config::new(dir.path());
+        let task = tokio::spawn(async move {
+            sitrep_server::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        // The organisation is created by `run`; wait until it answers.
+        for _ in 0..100 {
+            if reqwest::get(format!("{url}/healthz")).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self {
+            dir,
+            url,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn invite(&self, user: &str) -> String {
+        sitrep_server::create_invite(
+            self.dir.path(),
+            user,
+            &format!("Dr {user}"),
+            "ED consultant",
+            3600,
+        )
+        .expect("invite")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Enrol a user's device into a fresh profile directory.
+pub async fn device(server_url: &str, code: &str, cs: Ciphersuite) -> (TempDir, Profile) {
+    let dir = TempDir::new("profile");
+    let p = sitrep_cli::enrol(dir.path(), server_url, code, PASSCODE, cs)
+        .await
+        .expect("enrol");
+    (dir, p)
+}
+
+pub fn bodies(p: &Profile, name: &str) -> Vec<String> {
+    p.client
+        .conversation(name)
+        .expect("conversation")
+        .history
+        .iter()
+        .filter(|h| h.kind == "text")
+        .map(|h| h.body.clone())
+        .collect()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

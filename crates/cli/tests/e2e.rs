@@ -1,0 +1,420 @@
+//! End-to-end tests of the backbone: the real server on a loopback port, several
+//! real clients with real sealed profiles (issue 2, tests 1-4 and 6-9).
+
+mod common;
+
+use common::*;
+use sitrep_core::{Ciphersuite, DEFAULT_CIPHERSUITE, Event, INTEROP_CIPHERSUITE};
+use sitrep_wire::api;
+
+async fn three_staff(cs: Ciphersuite) -> (TestServer, Vec<(TempDir, sitrep_cli::Profile)>) {
+    let server = TestServer::start().await;
+    let mut devs = Vec::new();
+    for u in ["alice", "bob", "carol"] {
+        devs.push(device(&server.url, &server.invite(u), cs).await);
+    }
+    (server, devs)
+}
+
+async fn messages_flow_both_ways(cs: Ciphersuite) {
+    let (server, mut d) = three_staff(cs).await;
+    let marker = "PLAINTEXT-MARKER-7f3a";
+    let name = "resus-bay-secret-name";
+    sitrep_cli::chat_create(&mut d[0].1, name, &["bob".into(), "carol".into()], "warn")
+        .await
+        .expect("create");
+    for i in 0..3 {
+        sitrep_cli::send(&mut d[0].1, name, &format!("A{i} {marker}"))
+            .await
+            .expect("send");
+    }
+    let ev = sitrep_cli::sync(&mut d[1].1).await.expect("sync b");
+    assert!(ev.contains(&Event::Joined {
+        conversation: name.into()
+    }));
+    for i in 0..2 {
+        sitrep_cli::send(&mut d[1].1, name, &format!("B{i}"))
+            .await
+            .expect("send");
+    }
+    sitrep_cli::sync(&mut d[0].1).await.expect("sync a");
+    sitrep_cli::sync(&mut d[2].1).await.expect("sync c");
+    let expect_c = vec![
+        format!("A0 {marker}"),
+        format!("A1 {marker}"),
+        format!("A2 {marker}"),
+        "B0".to_string(),
+        "B1".to_string(),
+    ];
+    assert_eq!(bodies(&d[2].1, name), expect_c);
+    assert_eq!(bodies(&d[0].1, name), expect_c);
+    assert_eq!(bodies(&d[1].1, name), expect_c);
+
+    // Test 6: the server's files (database, WAL) and the clients' sealed stores
+    // hold neither the message text nor the conversation name.
+    let mut scanned = 0;
+    for dir in [
+        server.dir.path(),
+        d[0].0.path(),
+        d[1].0.path(),
+        d[2].0.path(),
+    ] {
+        for f in files_under(dir) {
+            let bytes = std::fs::read(&f).expect("read");
+            scanned += bytes.len();
+            assert!(
+                !contains(&bytes, marker.as_bytes()),
+                "plaintext in {}",
+                f.display()
+            );
+            assert!(
+                !contains(&bytes, name.as_bytes()),
+                "conversation name in {}",
+                f.display()
+            );
+        }
+    }
+    assert!(scanned > 10_000, "scanned only {scanned} bytes");
+    assert!(
+        files_under(server.dir.path())
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with("-wal"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_t6_messages_flow_pq_suite() {
+    messages_flow_both_ways(DEFAULT_CIPHERSUITE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_t6_messages_flow_rfc9420_suite() {
+    messages_flow_both_ways(INTEROP_CIPHERSUITE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_offline_member_gets_all_100_in_order_once() {
+    let (server, mut d) = three_staff(DEFAULT_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut d[0].1, "ward", &["bob".into(), "carol".into()], "warn")
+        .await
+        .expect("create");
+    let sent: Vec<String> = (0..100).map(|i| format!("update {i:03}")).collect();
+    for m in &sent {
+        sitrep_cli::send(&mut d[0].1, "ward", m)
+            .await
+            .expect("send");
+    }
+    sitrep_cli::sync(&mut d[2].1).await.expect("sync c");
+    assert_eq!(bodies(&d[2].1, "ward"), sent);
+    // A second sync brings nothing twice.
+    sitrep_cli::sync(&mut d[2].1).await.expect("sync again");
+    assert_eq!(bodies(&d[2].1, "ward").len(), 100);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t3_removed_member_cannot_decrypt_later_messages() {
+    let (server, mut d) = three_staff(INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut d[0].1, "ward", &["bob".into(), "carol".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut d[2].1).await.expect("c joins");
+    sitrep_cli::chat_remove(&mut d[0].1, "ward", "carol")
+        .await
+        .expect("remove");
+    sitrep_cli::send(&mut d[0].1, "ward", "after removal")
+        .await
+        .expect("send");
+    let ev = sitrep_cli::sync(&mut d[2].1).await.expect("c syncs");
+    assert!(
+        ev.contains(&Event::Removed {
+            conversation: "ward".into()
+        }),
+        "{ev:?}"
+    );
+    assert!(bodies(&d[2].1, "ward").is_empty());
+    // The server no longer routes to carol; hand her the ciphertext anyway.
+    let conn = rusqlite::Connection::open(server.dir.path().join("sitrep.db")).expect("db");
+    let payload: Vec<u8> = conn
+        .query_row(
+            "SELECT payload FROM messages WHERE kind = 3 ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the message waits for bob");
+    let seq = d[2].1.client.last_seq() + 1;
+    let ev = d[2]
+        .1
+        .client
+        .handle_entry(seq, api::EntryKind::Application, &payload, 0);
+    assert!(matches!(ev.as_slice(), [Event::Refused { .. }]), "{ev:?}");
+    assert!(bodies(&d[2].1, "ward").is_empty());
+    sitrep_cli::sync(&mut d[1].1).await.expect("b syncs");
+    assert_eq!(bodies(&d[1].1, "ward"), vec!["after removal"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t4_concurrent_commits_one_wins_other_retries() {
+    let (server, mut d) = three_staff(INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut d[0].1, "ward", &["bob".into(), "carol".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut d[1].1).await.expect("b joins");
+    sitrep_cli::sync(&mut d[2].1).await.expect("c joins");
+
+    // Two commits built on the same epoch: exactly one is accepted.
+    let pa = d[0].1.client.prepare_update("ward").expect("a builds");
+    let pb = d[1].1.client.prepare_update("ward").expect("b builds");
+    let ra = sitrep_cli::Remote::new(&server.url, Some(d[0].1.client.token()));
+    let rb = sitrep_cli::Remote::new(&server.url, Some(d[1].1.client.token()));
+    let url_a = format!("/v1/groups/{}/commit", pa.group_hex);
+    let (a, b) = tokio::join!(
+        ra.post::<_, api::CommitResponse>(&url_a, &pa.request),
+        rb.post::<_, api::CommitResponse>(&url_a, &pb.request),
+    );
+    let (winner, loser) = match (a, b) {
+        (Ok(_), Err(e)) => (0, (1, e)),
+        (Err(e), Ok(_)) => (1, (0, e)),
+        other => panic!("expected exactly one winner: {other:?}"),
+    };
+    let err = loser
+        .1
+        .downcast::<sitrep_cli::ServerError>()
+        .expect("server error");
+    assert_eq!(err.status, 409);
+    assert_eq!(err.body.current_epoch, Some(pa.request.epoch + 1));
+    let (wp, lp) = if winner == 0 { (&pa, &pb) } else { (&pb, &pa) };
+    d[winner]
+        .1
+        .client
+        .commit_accepted(&wp.group_hex, 0)
+        .expect("merge");
+    d[loser.0]
+        .1
+        .client
+        .commit_rejected(&lp.group_hex)
+        .expect("clear");
+
+    // The loser recovers without user action: its next commit syncs and retries.
+    sitrep_cli::chat_update(&mut d[loser.0].1, "ward")
+        .await
+        .expect("retry succeeds");
+    // And a stale member's commit (carol has not synced) also retries by itself.
+    sitrep_cli::chat_update(&mut d[2].1, "ward")
+        .await
+        .expect("stale member retries");
+    for i in 0..3 {
+        sitrep_cli::send(&mut d[i].1, "ward", &format!("from {i}"))
+            .await
+            .expect("send");
+    }
+    for i in 0..3 {
+        sitrep_cli::sync(&mut d[i].1).await.expect("sync");
+        let mut got = bodies(&d[i].1, "ward");
+        got.sort();
+        assert_eq!(got, vec!["from 0", "from 1", "from 2"], "device {i}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t7_device_inserted_behind_the_servers_back_is_refused() {
+    let (server, mut d) = three_staff(INTEROP_CIPHERSUITE).await;
+    // Mallory enrols against a rogue organisation key...
+    let rogue = TestServer::start().await;
+    let (_rd, mut m) = device(&rogue.url, &rogue.invite("mallory"), INTEROP_CIPHERSUITE).await;
+    let kps = m.client.key_packages(1).expect("kp");
+    // ...and someone with database access slips her device into our server.
+    let conn = rusqlite::Connection::open(server.dir.path().join("sitrep.db")).expect("db");
+    conn.execute(
+        "INSERT INTO devices (device_id, user_id, display_name, role, token_hash, signature_key, credential, created_at)
+         VALUES ('dmallory', 'mallory', 'Dr M', 'ED consultant', x'00', x'00', x'00', 0)",
+        [],
+    )
+    .expect("insert device");
+    conn.execute(
+        "INSERT INTO key_packages (device_id, last_resort, kp) VALUES ('dmallory', 0, ?1)",
+        [&kps.key_packages[0]],
+    )
+    .expect("insert kp");
+    sitrep_cli::chat_create(&mut d[0].1, "ward", &["bob".into()], "warn")
+        .await
+        .expect("create");
+    let err = sitrep_cli::chat_add(&mut d[0].1, "ward", &["mallory".into()])
+        .await
+        .expect_err("refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("not signed by the organisation"), "{msg}");
+    assert_eq!(d[0].1.client.members("ward").expect("members").len(), 2);
+    rogue.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t8_wrong_passcode_cannot_open_a_store() {
+    let server = TestServer::start().await;
+    let (dir, p) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    drop(p);
+    let err = sitrep_cli::Profile::open(dir.path(), "not-the-passcode")
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("wrong passcode"), "{err}");
+    assert!(sitrep_cli::Profile::open(dir.path(), PASSCODE).is_ok());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t9_malformed_and_oversized_requests_get_clear_4xx() {
+    let server = TestServer::start().await;
+    let (_dir, mut a) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut a, "x", &[], "warn")
+        .await
+        .expect("create");
+    let http = reqwest::Client::new();
+    let token = a.client.token().to_string();
+    let check = |resp: reqwest::Response, status: u16, code: &'static str| async move {
+        assert_eq!(resp.status().as_u16(), status);
+        let body: api::ApiError = resp.json().await.expect("JSON error body");
+        assert_eq!(body.error, code);
+        assert!(!body.message.is_empty());
+    };
+    let u = &server.url;
+    check(
+        http.post(format!("{u}/v1/enrol"))
+            .body("{not json")
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_json",
+    )
+    .await;
+    check(
+        http.post(format!("{u}/v1/enrol"))
+            .json(&serde_json::json!({"code":"AAAA-BBBB","signature_key":"AAAA"}))
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_enrolment",
+    )
+    .await;
+    check(
+        http.post(format!("{u}/v1/enrol"))
+            .json(&serde_json::json!({"code":"AAAA-BBBB-CCCC-DDDD","signature_key":sitrep_wire::b64::encode(&[1u8; 32])}))
+            .send()
+            .await
+            .expect("req"),
+        403,
+        "invalid_code",
+    )
+    .await;
+    check(
+        http.get(format!("{u}/v1/inbox")).send().await.expect("req"),
+        401,
+        "unauthorised",
+    )
+    .await;
+    check(
+        http.get(format!("{u}/v1/inbox"))
+            .bearer_auth("forged")
+            .send()
+            .await
+            .expect("req"),
+        401,
+        "unauthorised",
+    )
+    .await;
+    let big = vec![b'a'; 17 * 1024 * 1024];
+    check(
+        http.post(format!("{u}/v1/groups/00/messages"))
+            .bearer_auth(&token)
+            .body(big)
+            .send()
+            .await
+            .expect("req"),
+        413,
+        "too_large",
+    )
+    .await;
+    check(
+        http.post(format!("{u}/v1/groups/zz/messages"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"client_id":"0","payload":""}))
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_group",
+    )
+    .await;
+    check(
+        http.post(format!("{u}/v1/groups/00ff/messages"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"client_id":"0123456789abcdef0123456789abcdef","payload":"AAAA"}))
+            .send()
+            .await
+            .expect("req"),
+        404,
+        "unknown_group",
+    )
+    .await;
+    check(
+        http.post(format!("{u}/v1/groups/00ff/messages"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"client_id":"nope","payload":"AAAA"}))
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_client_id",
+    )
+    .await;
+    check(
+        http.get(format!("{u}/v1/inbox?after=minus-one"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_query",
+    )
+    .await;
+    check(
+        http.post(format!("{u}/v1/keypackages/claim"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"user_ids":["bad id!"]}))
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_users",
+    )
+    .await;
+    check(
+        http.get(format!("{u}/v1/nowhere"))
+            .send()
+            .await
+            .expect("req"),
+        404,
+        "no_route",
+    )
+    .await;
+    // Idempotent retry: the same client id twice stores one message.
+    let gid = a.client.group_hex("x").expect("group");
+    let out = a.client.encrypt_text("x", "one", 0).expect("encrypt");
+    let r = sitrep_cli::Remote::new(u, Some(&token));
+    let first: api::SendResponse = r
+        .post(&format!("/v1/groups/{gid}/messages"), &out.request)
+        .await
+        .expect("send");
+    let again: api::SendResponse = r
+        .post(&format!("/v1/groups/{gid}/messages"), &out.request)
+        .await
+        .expect("retry");
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    server.stop().await;
+}
