@@ -299,12 +299,20 @@ async fn commit_with_retry(
         }
         let prepared = build(&mut p.client)?;
         p.save()?;
-        let r: anyhow::Result<api::CommitResponse> = remote
-            .post(
-                &format!("/v1/groups/{}/commit", prepared.group_hex),
-                &prepared.request,
-            )
-            .await;
+        let path = format!("/v1/groups/{}/commit", prepared.group_hex);
+        let mut r: anyhow::Result<api::CommitResponse> =
+            remote.post(&path, &prepared.request).await;
+        // A lost answer is not a refusal: the same client id makes the retry
+        // idempotent, so ask again before giving the commit up.
+        for _ in 0..3 {
+            match &r {
+                Err(e) if e.downcast_ref::<ServerError>().is_none() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    r = remote.post(&path, &prepared.request).await;
+                }
+                _ => break,
+            }
+        }
         match r {
             Ok(_) => {
                 let ev = p.client.commit_accepted(&prepared.group_hex, now_ms())?;

@@ -205,14 +205,14 @@ async fn t4_concurrent_commits_one_wins_other_retries() {
     sitrep_cli::chat_update(&mut d[2].1, "ward")
         .await
         .expect("stale member retries");
-    for i in 0..3 {
-        sitrep_cli::send(&mut d[i].1, "ward", &format!("from {i}"))
+    for (i, dev) in d.iter_mut().enumerate() {
+        sitrep_cli::send(&mut dev.1, "ward", &format!("from {i}"))
             .await
             .expect("send");
     }
-    for i in 0..3 {
-        sitrep_cli::sync(&mut d[i].1).await.expect("sync");
-        let mut got = bodies(&d[i].1, "ward");
+    for (i, dev) in d.iter_mut().enumerate() {
+        sitrep_cli::sync(&mut dev.1).await.expect("sync");
+        let mut got = bodies(&dev.1, "ward");
         got.sort();
         assert_eq!(got, vec!["from 0", "from 1", "from 2"], "device {i}");
     }

@@ -618,10 +618,10 @@ impl Client {
         }
         for rem in staged.remove_proposals() {
             let idx = rem.remove_proposal().removed();
-            if let Some(m) = group.members().find(|m| m.index == idx) {
-                if let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key) {
-                    parts.push(format!("{} ({}) left", c.display_name, c.user_id));
-                }
+            if let Some(m) = group.members().find(|m| m.index == idx)
+                && let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key)
+            {
+                parts.push(format!("{} ({}) left", c.display_name, c.user_id));
             }
         }
         parts.join("; ")
@@ -914,12 +914,11 @@ impl Client {
                         return self.refuse_group(&group_hex, group, e);
                     }
                 }
-                if let Some(leaf) = staged.update_path_leaf_node() {
-                    if let Err(e) =
+                if let Some(leaf) = staged.update_path_leaf_node()
+                    && let Err(e) =
                         self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice())
-                    {
-                        return self.refuse_group(&group_hex, group, e);
-                    }
+                {
+                    return self.refuse_group(&group_hex, group, e);
                 }
                 if let Some(Err(e)) = sender_cred {
                     return self.refuse_group(&group_hex, group, e);

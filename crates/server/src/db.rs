@@ -91,6 +91,9 @@ pub struct DeviceRow {
     pub user_id: String,
 }
 
+/// Claimed KeyPackages `(user, device, key package)` and users with none.
+pub type Claimed = (Vec<(String, String, Vec<u8>)>, Vec<String>);
+
 /// An entry queued for a device: what to push.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -281,7 +284,7 @@ impl Db {
     pub fn claim_key_packages(
         &self,
         user_ids: &[String],
-    ) -> Result<(Vec<(String, String, Vec<u8>)>, Vec<String>), ApiErr> {
+    ) -> Result<Claimed, ApiErr> {
         let mut g = self.lock();
         let tx = g
             .conn
@@ -372,6 +375,7 @@ impl Db {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         inner_len: &mut HashMap<String, u64>,
         tx: &rusqlite::Transaction<'_>,
