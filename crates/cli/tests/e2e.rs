@@ -267,7 +267,13 @@ async fn t8_wrong_passcode_cannot_open_a_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t9_malformed_and_oversized_requests_get_clear_4xx() {
-    let server = TestServer::start().await;
+    // A small body limit, so an oversized body fits in the socket buffers and the
+    // client reads the 413 instead of racing the server's close.
+    let server = TestServer::start_with(|c| {
+        c.max_body = 64 * 1024;
+        c.max_message = 16 * 1024;
+    })
+    .await;
     let (_dir, mut a) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
     sitrep_cli::chat_create(&mut a, "x", &[], "warn")
         .await
@@ -327,11 +333,25 @@ async fn t9_malformed_and_oversized_requests_get_clear_4xx() {
         "unauthorised",
     )
     .await;
-    let big = vec![b'a'; 17 * 1024 * 1024];
+    let big = vec![b'a'; 100 * 1024];
     check(
         http.post(format!("{u}/v1/groups/00/messages"))
             .bearer_auth(&token)
             .body(big)
+            .send()
+            .await
+            .expect("req"),
+        413,
+        "too_large",
+    )
+    .await;
+    check(
+        http.post(format!("{u}/v1/groups/00ff/messages"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({
+                "client_id": "0123456789abcdef0123456789abcdef",
+                "payload": sitrep_wire::b64::encode(&[0u8; 20 * 1024]),
+            }))
             .send()
             .await
             .expect("req"),

@@ -281,10 +281,7 @@ impl Db {
 
     /// Claim one KeyPackage for every active device of each user: a one-time one
     /// is consumed (atomically), else the last-resort one is handed out.
-    pub fn claim_key_packages(
-        &self,
-        user_ids: &[String],
-    ) -> Result<Claimed, ApiErr> {
+    pub fn claim_key_packages(&self, user_ids: &[String]) -> Result<Claimed, ApiErr> {
         let mut g = self.lock();
         let tx = g
             .conn

@@ -49,13 +49,18 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut sitrep_server::Config)) -> Self {
         let dir = TempDir::new("server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let config = sitrep_server::Config::new(dir.path());
+        let mut config = sitrep_server::Config::new(dir.path());
+        tune(&mut config);
         let task = tokio::spawn(async move {
             sitrep_server::run(listener, config, async {
                 let _ = rx.await;
