@@ -17,6 +17,7 @@ fn free_port() -> u16 {
         .port()
 }
 
+#[allow(clippy::zombie_processes)] // the caller kills and waits for the returned child
 async fn spawn_server(data: &std::path::Path, port: u16) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_sitrep"))
         .args(["serve", "--data"])
