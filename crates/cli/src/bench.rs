@@ -1,24 +1,685 @@
-//! `sitrep bench ...`: measurements recorded in BENCHMARKS.md.
+//! `sitrep bench ...`: the measurements behind BENCHMARKS.md. Each starts the
+//! real server in this process on a loopback port with a real SQLite file in a
+//! fresh temporary directory, and talks to it over HTTP and WebSocket.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
 use clap::Subcommand;
+use futures_util::{SinkExt as _, StreamExt as _};
+use sitrep_core::{Ciphersuite, Client, PendingEnrolment};
+use sitrep_wire::api;
+
+use crate::Remote;
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Durable sends, one client, one message at a time.
+    /// (a) Durable sends, one client, one message at a time.
     Send {
-        /// Messages to send.
+        /// Messages through the bare API (pre-encrypted).
         #[arg(long, default_value_t = 2000)]
         count: usize,
+        /// Messages through the whole client (`sitrep send`: encrypt, seal the profile, POST).
+        #[arg(long, default_value_t = 200)]
+        client_count: usize,
+    },
+    /// (b) One sender to a group of devices all connected over WebSocket.
+    Fanout {
+        /// Devices in the group (sender included).
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Messages sent one at a time for the latency distribution.
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Messages sent back to back for sustained throughput.
+        #[arg(long, default_value_t = 500)]
+        burst: usize,
+    },
+    /// (c) MLS costs through the client core against bare openmls.
+    Mls {
+        /// Group sizes.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        members: Vec<usize>,
+        /// Operations timed per measurement.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
     },
 }
 
 /// Run a benchmark.
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Send { count } => {
-            let _ = count;
-            anyhow::bail!("not implemented yet")
+        BenchCmd::Send {
+            count,
+            client_count,
+        } => bench_send(count, client_count).await,
+        BenchCmd::Fanout {
+            devices,
+            messages,
+            burst,
+        } => bench_fanout(devices, messages, burst).await,
+        BenchCmd::Mls {
+            members,
+            iterations,
+        } => tokio::task::spawn_blocking(move || mls::bench(&members, iterations)).await?,
+    }
+}
+
+struct Server {
+    dir: PathBuf,
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_server(tune: impl FnOnce(&mut sitrep_server::Config)) -> anyhow::Result<Server> {
+    let dir = std::env::temp_dir().join(format!("sitrep-bench-{}", hex::encode(rand16())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mut config = sitrep_server::Config::new(&dir);
+    tune(&mut config);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = sitrep_server::run(listener, config, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    let r = Remote::new(&url, None);
+    for _ in 0..200 {
+        if r.get::<api::Health>("/healthz").await.is_ok() {
+            return Ok(Server {
+                dir,
+                url,
+                stop: Some(tx),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("server did not start")
+}
+
+fn rand16() -> [u8; 16] {
+    let c = PendingEnrolment::new(sitrep_core::INTEROP_CIPHERSUITE).expect("signer");
+    let k = c.signature_key();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&k[..16]);
+    out
+}
+
+/// Enrol an in-memory device (no sealed profile) and upload KeyPackages.
+async fn device(
+    server: &Server,
+    user: &str,
+    cs: Ciphersuite,
+    kps: usize,
+) -> anyhow::Result<Client> {
+    let code = sitrep_server::create_invite(&server.dir, user, user, "bench", 3600)?;
+    let pending = PendingEnrolment::new(cs)?;
+    let resp: api::EnrolResponse = Remote::new(&server.url, None)
+        .post(
+            "/v1/enrol",
+            &api::EnrolRequest {
+                code,
+                signature_key: pending.signature_key(),
+            },
+        )
+        .await?;
+    let mut c = pending.finish(&server.url, resp)?;
+    let up = c.key_packages(kps)?;
+    let _: api::KeyPackageCount = Remote::new(&server.url, Some(c.token()))
+        .post("/v1/keypackages", &up)
+        .await?;
+    c.last_resort_uploaded();
+    Ok(c)
+}
+
+/// Create a conversation of `sender` with `users`, through the server.
+async fn conversation(
+    server: &Server,
+    sender: &mut Client,
+    name: &str,
+    users: &[String],
+) -> anyhow::Result<String> {
+    let r = Remote::new(&server.url, Some(sender.token()));
+    let (gid, req) = sender.create_conversation(name, "off")?;
+    let _: serde_json::Value = r.post("/v1/groups", &req).await?;
+    let mut kps = Vec::new();
+    for chunk in users.chunks(1000) {
+        let claim: api::ClaimResponse = r
+            .post(
+                "/v1/keypackages/claim",
+                &api::ClaimRequest {
+                    user_ids: chunk.to_vec(),
+                },
+            )
+            .await?;
+        kps.extend(claim.key_packages);
+    }
+    let prepared = sender.prepare_add(name, &kps)?;
+    let _: api::CommitResponse = r
+        .post(&format!("/v1/groups/{gid}/commit"), &prepared.request)
+        .await?;
+    sender.commit_accepted(&gid, crate::now_ms())?;
+    Ok(gid)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(label: &str, mut ms: Vec<f64>) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{label}: n={} p50={:.3} ms p90={:.3} ms p99={:.3} ms max={:.3} ms",
+        ms.len(),
+        pct(&ms, 0.5),
+        pct(&ms, 0.9),
+        pct(&ms, 0.99),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+async fn bench_send(count: usize, client_count: usize) -> anyhow::Result<()> {
+    let server = start_server(|_| {}).await?;
+    let cs = sitrep_core::DEFAULT_CIPHERSUITE;
+    let mut a = device(&server, "alice", cs, 2).await?;
+    let _b = device(&server, "bob", cs, 2).await?;
+    let gid = conversation(&server, &mut a, "bench", &["bob".to_string()]).await?;
+    let r = Remote::new(&server.url, Some(a.token()));
+    let path = format!("/v1/groups/{gid}/messages");
+    let outs: Vec<_> = (0..count)
+        .map(|i| {
+            a.encrypt_text(
+                "bench",
+                &format!("observation update {i}: BP 120/80 HR 88"),
+                0,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut lat = Vec::with_capacity(count);
+    let t0 = Instant::now();
+    for o in &outs {
+        let t = Instant::now();
+        let resp: api::SendResponse = r.post(&path, &o.request).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        if resp.recipients != 1 {
+            bail!("expected one recipient");
+        }
+    }
+    let total = t0.elapsed().as_secs_f64();
+    println!("(a) durable sends over HTTP, one at a time, SQLite WAL synchronous=FULL");
+    summary("    send latency (POST until stored)", lat);
+    println!(
+        "    throughput: {:.0} msgs/s ({count} messages in {total:.2} s)",
+        count as f64 / total
+    );
+
+    // The whole client path: encrypt, seal the profile to disk, POST, seal again.
+    let dir = server.dir.join("profile-alice2");
+    let code = sitrep_server::create_invite(&server.dir, "alice2", "alice2", "bench", 3600)?;
+    let mut p = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+    crate::chat_create(&mut p, "bench2", &["bob".to_string()], "off").await?;
+    let mut lat = Vec::with_capacity(client_count);
+    let t0 = Instant::now();
+    for i in 0..client_count {
+        let t = Instant::now();
+        let out = p
+            .client
+            .encrypt_text("bench2", &format!("update {i}"), crate::now_ms())?;
+        p.save()?;
+        let _: api::SendResponse = r_for(&p)
+            .post(
+                &format!("/v1/groups/{}/messages", out.group_hex),
+                &out.request,
+            )
+            .await?;
+        p.client.sent(&out.request.client_id);
+        p.save()?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    println!("    whole client (encrypt + seal profile + POST + seal), one at a time:");
+    summary("    client send latency", lat);
+    println!("    throughput: {:.0} msgs/s", client_count as f64 / total);
+    Ok(())
+}
+
+fn r_for(p: &crate::Profile) -> Remote {
+    Remote::new(p.client.server(), Some(p.client.token()))
+}
+
+async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::Result<()> {
+    if devices < 2 {
+        bail!("need at least two devices");
+    }
+    let server = start_server(|c| {
+        c.enrol_per_sec = 1e6;
+    })
+    .await?;
+    let cs = sitrep_core::INTEROP_CIPHERSUITE;
+    let t_setup = Instant::now();
+    let mut sender = device(&server, "sender", cs, 1).await?;
+    let mut tokens = Vec::new();
+    let mut users = Vec::new();
+    for i in 1..devices {
+        let u = format!("staff{i:05}");
+        let c = device(&server, &u, cs, 1).await?;
+        tokens.push(c.token().to_string());
+        users.push(u);
+    }
+    let gid = conversation(&server, &mut sender, "fanout", &users).await?;
+    println!(
+        "(b) fan-out to {} receiving devices over WebSocket (setup {:.1} s)",
+        devices - 1,
+        t_setup.elapsed().as_secs_f64()
+    );
+
+    let total_msgs = messages + burst;
+    let receivers = devices - 1;
+    let t0 = Instant::now();
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..total_msgs).map(|_| AtomicU64::new(0)).collect());
+    let counts: Arc<Vec<AtomicU64>> =
+        Arc::new((0..total_msgs).map(|_| AtomicU64::new(0)).collect());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let ws_url = server.url.replacen("http://", "ws://", 1) + "/v1/ws";
+    let mut tasks = Vec::new();
+    let ready = Arc::new(AtomicU64::new(0));
+    for token in tokens {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut req = ws_url.as_str().into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .context("websocket")?;
+        let (last, counts, delivered, done, ready) = (
+            last.clone(),
+            counts.clone(),
+            delivered.clone(),
+            done.clone(),
+            ready.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            let mut k = 0usize;
+            let mut unacked = 0;
+            while let Some(Ok(msg)) = stream.next().await {
+                let tokio_tungstenite::tungstenite::Message::Binary(b) = msg else {
+                    continue;
+                };
+                let Ok((seq, kind, _)) = sitrep_wire::frame::decode(&b, 1 << 24) else {
+                    continue;
+                };
+                if kind == api::EntryKind::Welcome {
+                    ready.fetch_add(1, Ordering::Relaxed);
+                } else if kind == api::EntryKind::Application && k < last.len() {
+                    let now = t0.elapsed().as_nanos() as u64;
+                    last[k].fetch_max(now, Ordering::Relaxed);
+                    if counts[k].fetch_add(1, Ordering::AcqRel) + 1 == receivers as u64 {
+                        done.notify_waiters();
+                    }
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    k += 1;
+                }
+                unacked += 1;
+                if unacked >= 256 {
+                    unacked = 0;
+                    let ack = format!("{{\"ack\":{seq}}}");
+                    if sink
+                        .send(tokio_tungstenite::tungstenite::Message::Text(ack.into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                if k >= last.len() {
+                    let ack = format!("{{\"ack\":{seq}}}");
+                    let _ = sink
+                        .send(tokio_tungstenite::tungstenite::Message::Text(ack.into()))
+                        .await;
+                    break;
+                }
+            }
+        }));
+    }
+    while ready.load(Ordering::Relaxed) < receivers as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = Remote::new(&server.url, Some(sender.token()));
+    let path = format!("/v1/groups/{gid}/messages");
+    let outs: Vec<_> = (0..total_msgs)
+        .map(|i| sender.encrypt_text("fanout", &format!("major incident update {i}"), 0))
+        .collect::<Result<_, _>>()?;
+    // Latency: one message at a time, wait for the last delivery.
+    let mut lat = Vec::new();
+    for (k, o) in outs.iter().take(messages).enumerate() {
+        let notified = done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let start = t0.elapsed().as_nanos() as u64;
+        let _: api::SendResponse = r.post(&path, &o.request).await?;
+        while counts[k].load(Ordering::Acquire) < receivers as u64 {
+            tokio::time::timeout(Duration::from_millis(50), notified.as_mut())
+                .await
+                .ok();
+            notified.set(done.notified());
+            notified.as_mut().enable();
+        }
+        lat.push((last[k].load(Ordering::Relaxed).saturating_sub(start)) as f64 / 1e6);
+    }
+    summary("    send-to-last-delivery", lat);
+    // Sustained: back to back, four requests in flight.
+    let before = delivered.load(Ordering::Relaxed);
+    let tb = Instant::now();
+    let burst_outs: Vec<_> = outs.into_iter().skip(messages).collect();
+    let mut inflight = futures_util::stream::iter(burst_outs.into_iter().map(|o| {
+        let r = r.clone();
+        let path = path.clone();
+        async move { r.post::<_, api::SendResponse>(&path, &o.request).await }
+    }))
+    .buffered(4);
+    while let Some(res) = inflight.next().await {
+        res?;
+    }
+    let sent_for = tb.elapsed().as_secs_f64();
+    let want = before + (burst * receivers) as u64;
+    while delivered.load(Ordering::Relaxed) < want {
+        if tb.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "deliveries stalled at {}",
+                delivered.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all = tb.elapsed().as_secs_f64();
+    println!(
+        "    sustained: {burst} messages x {receivers} devices = {} deliveries in {all:.2} s: {:.0} deliveries/s ({:.0} msgs/s accepted)",
+        burst * receivers,
+        (burst * receivers) as f64 / all,
+        burst as f64 / sent_for
+    );
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+mod mls {
+    //! Our client core against bare openmls on the same operations.
+
+    use std::time::Instant;
+
+    use ed25519_dalek::SigningKey;
+    use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+    use openmls::prelude::*;
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use serde_bytes::ByteBuf;
+    use sitrep_core::{Ciphersuite, Client, PendingEnrolment};
+    use sitrep_wire::api::{ClaimedKeyPackage, EnrolResponse, EntryKind};
+    use sitrep_wire::credential::{DeviceCredential, SignedCredential};
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    }
+
+    fn ours_member(
+        org: &SigningKey,
+        cs: Ciphersuite,
+        i: usize,
+    ) -> anyhow::Result<(Client, ClaimedKeyPackage)> {
+        let pending = PendingEnrolment::new(cs)?;
+        let user = format!("u{i}");
+        let cred = DeviceCredential {
+            v: 1,
+            org: "Bench Trust".into(),
+            user_id: user.clone(),
+            device_id: format!("d{i}"),
+            display_name: user.clone(),
+            role: "bench".into(),
+            signature_key: ByteBuf::from(pending.signature_key()),
+            issued_at: 0,
+        };
+        let resp = EnrolResponse {
+            org_public_key: org.verifying_key().to_bytes().to_vec(),
+            org_name: "Bench Trust".into(),
+            user_id: user.clone(),
+            device_id: format!("d{i}"),
+            credential: SignedCredential::sign(&cred, org).encode(),
+            token: String::new(),
+        };
+        let mut c = pending.finish("http://bench", resp)?;
+        let mut up = c.key_packages(1)?;
+        let kp = ClaimedKeyPackage {
+            user_id: user,
+            device_id: format!("d{i}"),
+            key_package: up.key_packages.remove(0),
+        };
+        Ok((c, kp))
+    }
+
+    struct Row {
+        enc: f64,
+        dec: f64,
+        commit: f64,
+        process_commit: f64,
+    }
+
+    fn ours(cs: Ciphersuite, n: usize, iters: usize) -> anyhow::Result<Row> {
+        let org = SigningKey::from_bytes(&[9u8; 32]);
+        let (mut a, _) = ours_member(&org, cs, 0)?;
+        let mut kps = Vec::new();
+        let mut b = None;
+        for i in 1..n {
+            let (c, kp) = ours_member(&org, cs, i)?;
+            if i == 1 {
+                b = Some(c);
+            }
+            kps.push(kp);
+        }
+        let mut b = b.ok_or_else(|| anyhow::anyhow!("need two members"))?;
+        a.create_conversation("bench", "off")?;
+        let add = a.prepare_add("bench", &kps)?;
+        a.commit_accepted(&add.group_hex, 0)?;
+        let welcome = add.request.welcome.clone().unwrap_or_default();
+        let mut seq = 1u64;
+        b.handle_entry(seq, EntryKind::Welcome, &welcome, 0);
+        let mut enc = Vec::new();
+        let mut dec = Vec::new();
+        for i in 0..iters {
+            let t = Instant::now();
+            let out =
+                a.encrypt_text("bench", &format!("message {i} with some clinical text"), 0)?;
+            enc.push(t.elapsed().as_secs_f64() * 1e3);
+            a.sent(&out.request.client_id);
+            seq += 1;
+            let t = Instant::now();
+            let ev = b.handle_entry(seq, EntryKind::Application, &out.request.payload, 0);
+            dec.push(t.elapsed().as_secs_f64() * 1e3);
+            if ev.len() != 1 {
+                anyhow::bail!("message not delivered: {ev:?}");
+            }
+        }
+        let mut commit = Vec::new();
+        let mut process = Vec::new();
+        for _ in 0..(iters / 10).max(5) {
+            let t = Instant::now();
+            let p = a.prepare_update("bench")?;
+            a.commit_accepted(&p.group_hex, 0)?;
+            commit.push(t.elapsed().as_secs_f64() * 1e3);
+            seq += 1;
+            let t = Instant::now();
+            b.handle_entry(seq, EntryKind::Commit, &p.request.commit, 0);
+            process.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(Row {
+            enc: median(enc),
+            dec: median(dec),
+            commit: median(commit),
+            process_commit: median(process),
+        })
+    }
+
+    fn bare(cs: Ciphersuite, n: usize, iters: usize) -> anyhow::Result<Row> {
+        let member = |i: usize| -> anyhow::Result<(
+            OpenMlsRustCrypto,
+            SignatureKeyPair,
+            CredentialWithKey,
+        )> {
+            let p = OpenMlsRustCrypto::default();
+            let s = SignatureKeyPair::new(cs.signature_algorithm())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            s.store(p.storage()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let cwk = CredentialWithKey {
+                credential: BasicCredential::new(format!("u{i}").into_bytes()).into(),
+                signature_key: s.public().into(),
+            };
+            Ok((p, s, cwk))
+        };
+        let e = |e: &dyn std::fmt::Debug| anyhow::anyhow!("{e:?}");
+        let (pa, sa, ca) = member(0)?;
+        let mut kps = Vec::new();
+        let mut b = None;
+        for i in 1..n {
+            let (p, s, c) = member(i)?;
+            let kp = KeyPackage::builder()
+                .build(cs, &p, &s, c)
+                .map_err(|x| e(&x))?;
+            kps.push(kp.key_package().clone());
+            if i == 1 {
+                b = Some((p, s));
+            }
+        }
+        let (pb, _sb) = b.ok_or_else(|| anyhow::anyhow!("need two members"))?;
+        let mut ga = MlsGroup::builder()
+            .ciphersuite(cs)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(5)
+            .build(&pa, &sa, ca)
+            .map_err(|x| e(&x))?;
+        let (_, welcome, _) = ga.add_members(&pa, &sa, &kps).map_err(|x| e(&x))?;
+        ga.merge_pending_commit(&pa).map_err(|x| e(&x))?;
+        let wbytes = welcome.tls_serialize_detached().map_err(|x| e(&x))?;
+        let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(wbytes.as_slice())
+            .map_err(|x| e(&x))?
+            .extract()
+        else {
+            anyhow::bail!("not a welcome");
+        };
+        let join = MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(5)
+            .build();
+        let mut gb = StagedWelcome::new_from_welcome(&pb, &join, w, None)
+            .map_err(|x| e(&x))?
+            .into_group(&pb)
+            .map_err(|x| e(&x))?;
+        let mut enc = Vec::new();
+        let mut dec = Vec::new();
+        for i in 0..iters {
+            let text = format!("message {i} with some clinical text");
+            let t = Instant::now();
+            let m = ga
+                .create_message(&pa, &sa, text.as_bytes())
+                .map_err(|x| e(&x))?;
+            let bytes = m.tls_serialize_detached().map_err(|x| e(&x))?;
+            enc.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let proto = MlsMessageIn::tls_deserialize_exact(bytes.as_slice())
+                .map_err(|x| e(&x))?
+                .try_into_protocol_message()
+                .map_err(|x| e(&x))?;
+            let pm = gb.process_message(&pb, proto).map_err(|x| e(&x))?;
+            dec.push(t.elapsed().as_secs_f64() * 1e3);
+            if !matches!(
+                pm.into_content(),
+                ProcessedMessageContent::ApplicationMessage(_)
+            ) {
+                anyhow::bail!("not an application message");
+            }
+        }
+        let mut commit = Vec::new();
+        let mut process = Vec::new();
+        for _ in 0..(iters / 10).max(5) {
+            let t = Instant::now();
+            let bundle = ga
+                .self_update(&pa, &sa, LeafNodeParameters::default())
+                .map_err(|x| e(&x))?;
+            let bytes = bundle
+                .commit()
+                .tls_serialize_detached()
+                .map_err(|x| e(&x))?;
+            ga.merge_pending_commit(&pa).map_err(|x| e(&x))?;
+            commit.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let proto = MlsMessageIn::tls_deserialize_exact(bytes.as_slice())
+                .map_err(|x| e(&x))?
+                .try_into_protocol_message()
+                .map_err(|x| e(&x))?;
+            let pm = gb.process_message(&pb, proto).map_err(|x| e(&x))?;
+            if let ProcessedMessageContent::StagedCommitMessage(sc) = pm.into_content() {
+                gb.merge_staged_commit(&pb, *sc).map_err(|x| e(&x))?;
+            }
+            process.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(Row {
+            enc: median(enc),
+            dec: median(dec),
+            commit: median(commit),
+            process_commit: median(process),
+        })
+    }
+
+    pub(super) fn bench(sizes: &[usize], iters: usize) -> anyhow::Result<()> {
+        println!("(c) MLS costs, medians in ms: Sitrep client core vs bare openmls 0.9.2");
+        println!("| suite | members | operation | sitrep | openmls | overhead |");
+        println!("|---|---|---|---|---|---|");
+        for cs in [
+            sitrep_core::INTEROP_CIPHERSUITE,
+            sitrep_core::DEFAULT_CIPHERSUITE,
+        ] {
+            for &n in sizes {
+                let o = ours(cs, n, iters)?;
+                let b = bare(cs, n, iters)?;
+                let name = if cs == sitrep_core::DEFAULT_CIPHERSUITE {
+                    "0x004E"
+                } else {
+                    "0x0001"
+                };
+                for (op, x, y) in [
+                    ("encrypt message", o.enc, b.enc),
+                    ("decrypt message", o.dec, b.dec),
+                    ("self-update commit", o.commit, b.commit),
+                    ("process commit", o.process_commit, b.process_commit),
+                ] {
+                    println!(
+                        "| {name} | {n} | {op} | {x:.3} | {y:.3} | {:+.0}% |",
+                        (x / y - 1.0) * 100.0
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }

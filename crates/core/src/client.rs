@@ -1,5 +1,6 @@
 //! The device: enrolment, KeyPackages, conversations, sending and receiving.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
@@ -88,6 +89,8 @@ impl PendingEnrolment {
             provider: self.provider,
             signer: self.signer,
             state,
+            groups: HashMap::new(),
+            verified: RefCell::default(),
         })
     }
 }
@@ -159,11 +162,19 @@ pub enum Event {
     },
 }
 
+/// Verified credentials by leaf signature key: (credential bytes, result).
+type VerifiedCache = HashMap<Vec<u8>, (Vec<u8>, DeviceCredential)>;
+
 /// An unlocked device.
 pub struct Client {
     provider: Provider,
     signer: SignatureKeyPair,
     state: State,
+    /// Groups in memory. openmls writes through to the provider's storage on
+    /// every change, so this is only a cache: dropping an entry loses nothing.
+    groups: HashMap<String, MlsGroup>,
+    /// Credentials already verified, by leaf signature key: (credential bytes, result).
+    verified: RefCell<VerifiedCache>,
 }
 
 fn hex_id(bytes: &[u8]) -> String {
@@ -198,6 +209,8 @@ impl Client {
             provider,
             signer,
             state,
+            groups: HashMap::new(),
+            verified: RefCell::default(),
         })
     }
 
@@ -316,6 +329,11 @@ impl Client {
     ) -> Result<DeviceCredential, Error> {
         let basic = BasicCredential::try_from(credential.clone())
             .map_err(|_| Error::Unverified("a member has no Sitrep credential".into()))?;
+        if let Some((bytes, cred)) = self.verified.borrow().get(signature_key)
+            && bytes.as_slice() == basic.identity()
+        {
+            return Ok(cred.clone());
+        }
         let sc = SignedCredential::decode(basic.identity())
             .map_err(|e| Error::Unverified(format!("a member's credential: {e}")))?;
         let cred = sc
@@ -326,6 +344,10 @@ impl Client {
                 "a member belongs to another organisation".into(),
             ));
         }
+        self.verified.borrow_mut().insert(
+            signature_key.to_vec(),
+            (basic.identity().to_vec(), cred.clone()),
+        );
         Ok(cred)
     }
 
@@ -382,6 +404,19 @@ impl Client {
             })
             .map(|(k, _)| k.clone())
             .ok_or_else(|| Error::UnknownConversation(name.to_string()))
+    }
+
+    /// Take a group out of the cache (or load it); put it back with
+    /// [`Self::put_group`] once the operation succeeded.
+    fn take_group(&mut self, group_hex: &str) -> Result<MlsGroup, Error> {
+        match self.groups.remove(group_hex) {
+            Some(g) => Ok(g),
+            None => self.load_group(group_hex),
+        }
+    }
+
+    fn put_group(&mut self, group_hex: &str, group: MlsGroup) {
+        self.groups.insert(group_hex.to_string(), group);
     }
 
     fn load_group(&self, group_hex: &str) -> Result<MlsGroup, Error> {
@@ -465,7 +500,7 @@ impl Client {
         claimed: &[ClaimedKeyPackage],
     ) -> Result<PreparedCommit, Error> {
         let group_hex = self.group_hex_by_name(name)?;
-        let mut group = self.load_group(&group_hex)?;
+        let mut group = self.take_group(&group_hex)?;
         let present: Vec<String> = self
             .members_of(&group)?
             .into_iter()
@@ -516,6 +551,7 @@ impl Client {
         let (commit, welcome, _) = group
             .add_members(&self.provider, &self.signer, &kps)
             .map_err(Error::mls)?;
+        self.put_group(&group_hex, group);
         Ok(PreparedCommit {
             group_hex,
             request: CommitRequest {
@@ -532,7 +568,7 @@ impl Client {
     /// Build a commit removing every device of `user_id`.
     pub fn prepare_remove(&mut self, name: &str, user_id: &str) -> Result<PreparedCommit, Error> {
         let group_hex = self.group_hex_by_name(name)?;
-        let mut group = self.load_group(&group_hex)?;
+        let mut group = self.take_group(&group_hex)?;
         let mut leaves = Vec::new();
         let mut devices = Vec::new();
         for m in group.members() {
@@ -551,6 +587,7 @@ impl Client {
         let (commit, _, _) = group
             .remove_members(&self.provider, &self.signer, &leaves)
             .map_err(Error::mls)?;
+        self.put_group(&group_hex, group);
         Ok(PreparedCommit {
             group_hex,
             request: CommitRequest {
@@ -567,11 +604,12 @@ impl Client {
     /// Build a commit that refreshes this device's leaf keys (post-compromise security).
     pub fn prepare_update(&mut self, name: &str) -> Result<PreparedCommit, Error> {
         let group_hex = self.group_hex_by_name(name)?;
-        let mut group = self.load_group(&group_hex)?;
+        let mut group = self.take_group(&group_hex)?;
         let epoch = group.epoch().as_u64();
         let bundle = group
             .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
             .map_err(Error::mls)?;
+        self.put_group(&group_hex, group);
         Ok(PreparedCommit {
             group_hex,
             request: CommitRequest {
@@ -587,7 +625,7 @@ impl Client {
 
     /// The server accepted our commit: merge it.
     pub fn commit_accepted(&mut self, group_hex: &str, now_ms: u64) -> Result<Vec<Event>, Error> {
-        let mut group = self.load_group(group_hex)?;
+        let mut group = self.take_group(group_hex)?;
         let summary = match group.pending_commit() {
             Some(staged) => self.describe(&group, staged),
             None => return Err(Error::Invalid("no commit is pending".into())),
@@ -595,16 +633,19 @@ impl Client {
         group
             .merge_pending_commit(&self.provider)
             .map_err(Error::mls)?;
-        Ok(self.system_line(group_hex, group.epoch().as_u64(), summary, now_ms))
+        let epoch = group.epoch().as_u64();
+        self.put_group(group_hex, group);
+        Ok(self.system_line(group_hex, epoch, summary, now_ms))
     }
 
     /// The server refused our commit (another won the epoch): forget it. The
     /// caller syncs and builds the commit again.
     pub fn commit_rejected(&mut self, group_hex: &str) -> Result<(), Error> {
-        let mut group = self.load_group(group_hex)?;
+        let mut group = self.take_group(group_hex)?;
         group
             .clear_pending_commit(self.provider.storage())
             .map_err(Error::mls)?;
+        self.put_group(group_hex, group);
         Ok(())
     }
 
@@ -618,7 +659,7 @@ impl Client {
         }
         for rem in staged.remove_proposals() {
             let idx = rem.remove_proposal().removed();
-            if let Some(m) = group.members().find(|m| m.index == idx)
+            if let Some(m) = group.member_at(idx)
                 && let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key)
             {
                 parts.push(format!("{} ({}) left", c.display_name, c.user_id));
@@ -674,7 +715,10 @@ impl Client {
     /// Members of a conversation, each verified against the organisation key.
     pub fn members(&self, name: &str) -> Result<Vec<MemberInfo>, Error> {
         let group_hex = self.group_hex_by_name(name)?;
-        self.members_of(&self.load_group(&group_hex)?)
+        match self.groups.get(&group_hex) {
+            Some(g) => self.members_of(g),
+            None => self.members_of(&self.load_group(&group_hex)?),
+        }
     }
 
     /// Encrypt a text message; it waits in the outbox until [`Client::sent`].
@@ -691,12 +735,13 @@ impl Client {
                 "you are no longer in this conversation".into(),
             ));
         }
-        let mut group = self.load_group(&group_hex)?;
+        let mut group = self.take_group(&group_hex)?;
         let id = self.random::<16>();
         let content = Content::text(id, now_ms, body);
         let msg = group
             .create_message(&self.provider, &self.signer, &content.encode())
             .map_err(Error::mls)?;
+        self.put_group(&group_hex, group);
         let client_id = hex_id(&id);
         let entry = HistoryEntry {
             id: client_id.clone(),
@@ -851,7 +896,7 @@ impl Client {
             ));
         };
         let conv_name = conv.name.clone();
-        let mut group = self.load_group(&group_hex)?;
+        let mut group = self.take_group(&group_hex)?;
         let processed = group.process_message(&self.provider, proto).map_err(|e| {
             Error::Undecryptable(format!(
                 "a message in {conv_name:?} could not be decrypted: {e:?}"
@@ -862,10 +907,11 @@ impl Client {
             _ => None,
         };
         let sender_cred = sender_leaf
-            .and_then(|idx| group.members().find(|m| m.index == *idx))
+            .and_then(|idx| group.member_at(*idx))
             .map(|m| self.verify_leaf(&m.credential, &m.signature_key));
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
+                self.put_group(&group_hex, group);
                 let sender = match sender_cred {
                     Some(Ok(c)) => c,
                     Some(Err(e)) => return Err(e),
@@ -895,9 +941,8 @@ impl Client {
                     .conversations
                     .get_mut(&group_hex)
                     .expect("looked up above");
-                if conv.history.iter().any(|h| h.id == entry.id) {
-                    return Ok(Vec::new());
-                }
+                // Redelivery is already excluded by the inbox sequence number
+                // and by MLS itself (a generation key decrypts once).
                 conv.history.push(entry.clone());
                 Ok(vec![Event::Message {
                     conversation: conv_name,
@@ -928,8 +973,11 @@ impl Client {
                 group
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(Error::mls)?;
-                let mut events =
-                    self.system_line(&group_hex, group.epoch().as_u64(), summary, now_ms);
+                let epoch = group.epoch().as_u64();
+                if !removed {
+                    self.put_group(&group_hex, group);
+                }
+                let mut events = self.system_line(&group_hex, epoch, summary, now_ms);
                 if removed {
                     if let Some(c) = self.state.conversations.get_mut(&group_hex) {
                         c.active = false;
@@ -944,11 +992,15 @@ impl Client {
                 group
                     .merge_pending_commit(&self.provider)
                     .map_err(Error::mls)?;
+                self.put_group(&group_hex, group);
                 Ok(Vec::new())
             }
             ProcessedMessageContent::OwnPrivateMessage
             | ProcessedMessageContent::ProposalMessage(_)
-            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => Ok(Vec::new()),
+            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
+                self.put_group(&group_hex, group);
+                Ok(Vec::new())
+            }
         }
     }
 

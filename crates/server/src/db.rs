@@ -63,15 +63,20 @@ CREATE TABLE IF NOT EXISTS messages (
     epoch INTEGER,
     sender_device TEXT NOT NULL,
     payload BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    refs INTEGER NOT NULL DEFAULT 0
 );
+-- One B-tree, clustered the way it is read: a device's entries in order.
 CREATE TABLE IF NOT EXISTS queue (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
-    message_id INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queue_device ON queue(device_id, seq);
-CREATE INDEX IF NOT EXISTS queue_message ON queue(message_id);
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -109,8 +114,16 @@ pub struct Queued {
 
 struct Inner {
     conn: Connection,
+    counters: Counters,
+}
+
+struct Counters {
     /// Entries waiting per device (recomputed at start).
     queue_len: HashMap<String, u64>,
+    /// Next queue sequence number: strictly increasing, never reused (a device
+    /// skips sequence numbers it has processed). Persisted in `meta` with every
+    /// transaction that uses it.
+    next_seq: u64,
 }
 
 /// The store.
@@ -149,8 +162,23 @@ impl Db {
                 queue_len.insert(d, n as u64);
             }
         }
+        let stored: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(1);
+        let max_seq: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM queue", [], |r| r.get(0))?;
+        let next_seq = stored.max(max_seq + 1).max(1) as u64;
         Ok(Self {
-            inner: Mutex::new(Inner { conn, queue_len }),
+            inner: Mutex::new(Inner {
+                conn,
+                counters: Counters {
+                    queue_len,
+                    next_seq,
+                },
+            }),
         })
     }
 
@@ -374,7 +402,7 @@ impl Db {
 
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
-        inner_len: &mut HashMap<String, u64>,
+        counters: &mut Counters,
         tx: &rusqlite::Transaction<'_>,
         message_id: i64,
         kind: EntryKind,
@@ -383,12 +411,11 @@ impl Db {
         max_queue: u64,
         out: &mut Vec<Queued>,
     ) -> Result<u64, ApiErr> {
-        let mut stmt = tx
-            .prepare_cached("INSERT INTO queue (device_id, message_id) VALUES (?1, ?2)")
-            .map_err(db_err)?;
-        let mut n = 0;
+        // Rows go in CHUNK at a time: one statement step per chunk.
+        const CHUNK: usize = 64;
+        let mut rows: Vec<(&String, u64)> = Vec::with_capacity(recipients.len());
         for d in recipients {
-            let len = inner_len.entry(d.clone()).or_insert(0);
+            let len = counters.queue_len.entry(d.clone()).or_insert(0);
             if *len >= max_queue {
                 tx.execute(
                     "UPDATE devices SET dropped = dropped + 1 WHERE device_id = ?1",
@@ -397,16 +424,46 @@ impl Db {
                 .map_err(db_err)?;
                 continue;
             }
-            stmt.execute(params![d, message_id]).map_err(db_err)?;
             *len += 1;
-            n += 1;
+            let seq = counters.next_seq;
+            counters.next_seq += 1;
+            rows.push((d, seq));
+        }
+        for chunk in rows.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO queue (device_id, seq, message_id) VALUES {}",
+                vec!["(?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
+            let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 3);
+            for (d, seq) in chunk {
+                params.push(rusqlite::types::Value::Text((*d).clone()));
+                params.push(rusqlite::types::Value::Integer(*seq as i64));
+                params.push(rusqlite::types::Value::Integer(message_id));
+            }
+            stmt.execute(rusqlite::params_from_iter(params))
+                .map_err(db_err)?;
+        }
+        let n = rows.len() as u64;
+        for (d, seq) in rows {
             out.push(Queued {
                 device_id: d.clone(),
-                seq: tx.last_insert_rowid() as u64,
+                seq,
                 kind,
                 payload: payload.clone(),
             });
         }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [counters.next_seq as i64],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "UPDATE messages SET refs = ?2 WHERE id = ?1",
+            params![message_id, n as i64],
+        )
+        .map_err(db_err)?;
         Ok(n)
     }
 
@@ -435,7 +492,8 @@ impl Db {
         remove: &[String],
         now: u64,
         max_queue: u64,
-    ) -> Result<(u64, bool, Vec<Queued>), ApiErr> {
+        publish: impl FnOnce(Vec<Queued>),
+    ) -> Result<(u64, bool), ApiErr> {
         let mut g = self.lock();
         let inner = &mut *g;
         let tx = inner
@@ -451,7 +509,7 @@ impl Db {
             .optional()
             .map_err(db_err)?
         {
-            return Ok((e.unwrap_or(0) as u64, true, Vec::new()));
+            return Ok((e.unwrap_or(0) as u64, true));
         }
         let current: i64 = tx
             .query_row(
@@ -519,7 +577,7 @@ impl Db {
         let commit_id = tx.last_insert_rowid();
         let payload: Arc<[u8]> = Arc::from(commit);
         let n = Self::enqueue(
-            &mut inner.queue_len,
+            &mut inner.counters,
             &tx,
             commit_id,
             EntryKind::Commit,
@@ -551,7 +609,7 @@ impl Db {
             let wid = tx.last_insert_rowid();
             let wpayload: Arc<[u8]> = Arc::from(w);
             Self::enqueue(
-                &mut inner.queue_len,
+                &mut inner.counters,
                 &tx,
                 wid,
                 EntryKind::Welcome,
@@ -578,10 +636,14 @@ impl Db {
             recipients = n,
             "commit accepted"
         );
-        Ok((new_epoch, false, pushes))
+        // Publish while still holding the lock, so every connection sees its
+        // entries in sequence order.
+        publish(pushes);
+        Ok((new_epoch, false))
     }
 
     /// Store an application message for every other member of the group.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
         sender: &str,
@@ -590,7 +652,9 @@ impl Db {
         payload: Vec<u8>,
         now: u64,
         max_queue: u64,
-    ) -> Result<(u64, bool, Vec<Queued>), ApiErr> {
+        publish: impl FnOnce(Vec<Queued>),
+    ) -> Result<(u64, bool), ApiErr> {
+        let started = std::time::Instant::now();
         let mut g = self.lock();
         let inner = &mut *g;
         let tx = inner
@@ -606,7 +670,7 @@ impl Db {
             .optional()
             .map_err(db_err)?
         {
-            return Ok((n as u64, true, Vec::new()));
+            return Ok((n as u64, true));
         }
         let epoch: i64 = tx
             .query_row(
@@ -637,7 +701,7 @@ impl Db {
             let id = tx.last_insert_rowid();
             let payload: Arc<[u8]> = Arc::from(payload);
             Self::enqueue(
-                &mut inner.queue_len,
+                &mut inner.counters,
                 &tx,
                 id,
                 EntryKind::Application,
@@ -653,7 +717,13 @@ impl Db {
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok((n, false, pushes))
+        tracing::debug!(
+            recipients = n,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "message stored"
+        );
+        publish(pushes);
+        Ok((n, false))
     }
 
     /// Entries after `after`, in order, at most `limit`.
@@ -698,41 +768,79 @@ impl Db {
 
     /// Delete everything up to `up_to` for this device, and payloads nobody needs.
     pub fn ack(&self, device_id: &str, up_to: u64) -> Result<u64, ApiErr> {
+        self.ack_many(&[(device_id.to_string(), up_to)])
+    }
+
+    /// Apply many acknowledgements in one transaction. Acknowledgements only
+    /// delete, and losing one in a crash means a redelivery that the device
+    /// skips by sequence number, so they commit without waiting for fsync
+    /// (`synchronous=NORMAL` for this transaction only); the next durable
+    /// commit syncs them with it.
+    pub fn ack_many(&self, acks: &[(String, u64)]) -> Result<u64, ApiErr> {
         let mut g = self.lock();
         let inner = &mut *g;
+        inner
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
+        let result = Self::ack_tx(inner, acks);
+        inner
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        result
+    }
+
+    fn ack_tx(inner: &mut Inner, acks: &[(String, u64)]) -> Result<u64, ApiErr> {
         let tx = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let ids: Vec<i64> = {
-            let mut stmt = tx
+        let mut total = 0u64;
+        let mut per_device = Vec::with_capacity(acks.len());
+        {
+            let mut del_queue = tx
                 .prepare_cached(
                     "DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING message_id",
                 )
                 .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![device_id, up_to as i64], |r| r.get(0))
+            let mut unref = tx
+                .prepare_cached("UPDATE messages SET refs = refs - ?2 WHERE id = ?1 RETURNING refs")
                 .map_err(db_err)?;
-            rows.collect::<Result<_, _>>().map_err(db_err)?
-        };
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = ?1)",
-                )
+            let mut del_msg = tx
+                .prepare_cached("DELETE FROM messages WHERE id = ?1")
                 .map_err(db_err)?;
-            let mut seen = std::collections::HashSet::new();
-            for id in &ids {
-                if seen.insert(*id) {
-                    stmt.execute([id]).map_err(db_err)?;
+            let mut counts: HashMap<i64, i64> = HashMap::new();
+            for (device_id, up_to) in acks {
+                let rows = del_queue
+                    .query_map(params![device_id, *up_to as i64], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)?;
+                let mut n = 0u64;
+                for r in rows {
+                    *counts.entry(r.map_err(db_err)?).or_insert(0) += 1;
+                    n += 1;
+                }
+                total += n;
+                per_device.push((device_id.clone(), n));
+            }
+            // A payload is kept while any queue still refers to it.
+            for (id, k) in counts {
+                let left: Option<i64> = unref
+                    .query_row(params![id, k], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                if left.is_some_and(|l| l <= 0) {
+                    del_msg.execute([id]).map_err(db_err)?;
                 }
             }
         }
         tx.commit().map_err(db_err)?;
-        if let Some(len) = inner.queue_len.get_mut(device_id) {
-            *len = len.saturating_sub(ids.len() as u64);
+        for (d, n) in per_device {
+            if let Some(len) = inner.counters.queue_len.get_mut(&d) {
+                *len = len.saturating_sub(n);
+            }
         }
-        Ok(ids.len() as u64)
+        Ok(total)
     }
 
     /// Entries dropped for this device because its queue was full.

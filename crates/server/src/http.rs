@@ -169,7 +169,8 @@ async fn enrol(
     State(st): St,
     JsonBody(req): JsonBody<api::EnrolRequest>,
 ) -> Result<Json<api::EnrolResponse>, ApiErr> {
-    if !st.limiter.allow_with("\0enrol", 20.0, 40.0) {
+    let rate = st.config.enrol_per_sec;
+    if !st.limiter.allow_with("\0enrol", rate, rate * 2.0) {
         return Err(ApiErr::rate_limited());
     }
     if req.signature_key.len() != 32 || req.code.len() > 64 {
@@ -349,7 +350,7 @@ async fn commit(
     }
     let st2 = st.clone();
     let max_queue = st.config.max_queue;
-    let (epoch, duplicate, pushes) = blocking(move || {
+    let (epoch, duplicate) = blocking(move || {
         st2.db.commit(
             &dev.device_id,
             &gid,
@@ -361,10 +362,10 @@ async fn commit(
             &req.remove_devices,
             now_secs(),
             max_queue,
+            |p| st2.hub.publish(p),
         )
     })
     .await?;
-    st.hub.publish(pushes);
     Ok(Json(api::CommitResponse { epoch, duplicate }))
 }
 
@@ -388,7 +389,7 @@ async fn send(
     }
     let st2 = st.clone();
     let max_queue = st.config.max_queue;
-    let (recipients, duplicate, pushes) = blocking(move || {
+    let (recipients, duplicate) = blocking(move || {
         st2.db.send(
             &dev.device_id,
             &gid,
@@ -396,10 +397,10 @@ async fn send(
             req.payload,
             now_secs(),
             max_queue,
+            |p| st2.hub.publish(p),
         )
     })
     .await?;
-    st.hub.publish(pushes);
     Ok(Json(api::SendResponse {
         recipients,
         duplicate,

@@ -39,6 +39,9 @@ pub struct Config {
     pub rate_per_sec: f64,
     /// Burst for the token bucket.
     pub rate_burst: f64,
+    /// Enrolments per second across the whole server (codes are 80 bits, this
+    /// only blunts floods).
+    pub enrol_per_sec: f64,
 }
 
 impl Config {
@@ -51,6 +54,7 @@ impl Config {
             max_queue: 100_000,
             rate_per_sec: 2_000.0,
             rate_burst: 4_000.0,
+            enrol_per_sec: 20.0,
         }
     }
 }
@@ -62,6 +66,36 @@ pub(crate) struct AppState {
     pub hub: hub::Hub,
     pub config: Config,
     pub limiter: http::RateLimiter,
+    pub acks: AckBatcher,
+}
+
+/// WebSocket acknowledgements, coalesced per device and applied in one
+/// transaction every few milliseconds instead of one transaction each.
+#[derive(Default)]
+pub(crate) struct AckBatcher {
+    pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl AckBatcher {
+    pub(crate) fn add(&self, device_id: &str, seq: u64) {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let e = p.entry(device_id.to_string()).or_insert(0);
+        *e = (*e).max(seq);
+    }
+
+    fn take(&self) -> Vec<(String, u64)> {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.drain().collect()
+    }
+}
+
+async fn flush_acks(state: &Arc<AppState>) {
+    let batch = state.acks.take();
+    if batch.is_empty() {
+        return;
+    }
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.db.ack_many(&batch)).await;
 }
 
 /// Open (or create) the organisation and the store, then serve on `listener`
@@ -78,13 +112,26 @@ pub async fn run(
         org,
         hub: hub::Hub::default(),
         limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
+        acks: AckBatcher::default(),
         config,
     });
-    let app = http::router(state);
-    axum::serve(listener, app)
+    let flusher = {
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                flush_acks(&st).await;
+            }
+        })
+    };
+    let app = http::router(state.clone());
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| ServeError::Io(e.to_string()))
+        .map_err(|e| ServeError::Io(e.to_string()));
+    flusher.abort();
+    flush_acks(&state).await;
+    served
 }
 
 /// Why the server could not start or stopped.

@@ -67,12 +67,22 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
         }
         tokio::select! {
             pushed = rx.recv() => {
-                let Some(e) = pushed else { break };
-                if e.seq <= last_sent {
-                    continue;
+                let Some(first) = pushed else { break };
+                // Write everything already buffered, then flush once.
+                let mut next = Some(first);
+                let mut ok = true;
+                while let Some(e) = next.take() {
+                    if e.seq > last_sent {
+                        last_sent = e.seq;
+                        let f = Message::Binary(frame::encode(e.seq, e.kind, &e.payload).into());
+                        if sink.feed(f).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    next = rx.try_recv().ok();
                 }
-                last_sent = e.seq;
-                if sink.send(Message::Binary(frame::encode(e.seq, e.kind, &e.payload).into())).await.is_err() {
+                if !ok || sink.flush().await.is_err() {
                     break;
                 }
             }
@@ -80,9 +90,7 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
                 match incoming {
                     Some(Ok(Message::Text(t))) => {
                         if let Ok(a) = serde_json::from_str::<AckFrame>(t.as_str()) {
-                            let st2 = st.clone();
-                            let d = device_id.clone();
-                            let _ = tokio::task::spawn_blocking(move || st2.db.ack(&d, a.ack)).await;
+                            st.acks.add(&device_id, a.ack);
                         }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
