@@ -388,8 +388,20 @@ pub async fn chat_update(p: &mut Profile, name: &str) -> anyhow::Result<()> {
 
 /// Encrypt and send a text message; returns its id once the server has stored it.
 pub async fn send(p: &mut Profile, name: &str, text: &str) -> anyhow::Result<String> {
+    send_checked(p, name, text, false).await
+}
+
+/// [`send`], with PID-guard warnings confirmed by the sender when `allow_pid`.
+pub async fn send_checked(
+    p: &mut Profile,
+    name: &str,
+    text: &str,
+    allow_pid: bool,
+) -> anyhow::Result<String> {
     sync(p).await?;
-    let out = p.client.encrypt_text(name, text, now_ms())?;
+    let out = p
+        .client
+        .encrypt_text_checked(name, text, now_ms(), allow_pid)?;
     p.save()?;
     let id = out.request.client_id.clone();
     flush_outbox(p).await?;

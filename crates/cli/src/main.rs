@@ -59,12 +59,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ChatCmd,
     },
-    /// Send a text message.
+    /// Send a text message (checked by the PID guard first).
     Send {
         /// Conversation name.
         name: String,
         /// The message.
         text: String,
+        /// Accept PID-guard warnings without asking (for scripts).
+        #[arg(long)]
+        allow_pid: bool,
+        /// Print PID-guard findings as JSON when the message is held back.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The PID guard on its own.
+    Pid {
+        #[command(subcommand)]
+        cmd: PidCmd,
     },
     /// Fetch and process everything pending.
     Sync,
@@ -81,6 +92,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sitrep_cli::bench::BenchCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum PidCmd {
+    /// Read one message per line on stdin; write one JSON object per line:
+    /// {"findings":[{"kind":"nhs_number","start":B,"end":E,...}]}, byte offsets.
+    Scan,
 }
 
 #[derive(Subcommand)]
@@ -291,10 +309,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Send { name, text } => {
+        Cmd::Send {
+            name,
+            text,
+            allow_pid,
+            json,
+        } => {
             let mut p = Profile::open(&cli.profile, &passcode()?)?;
-            let id = sitrep_cli::send(&mut p, &name, &text).await?;
-            println!("{id}");
+            let mut confirmed = allow_pid;
+            if !confirmed
+                && let Err(sitrep_core::Error::PidNeedsConfirmation(findings)) =
+                    p.client.pid_check(&name, &text, false)
+            {
+                show_findings(&text, &findings, json)?;
+                confirmed = std::io::stdin().is_terminal() && ask("Send anyway? [y/N] ")?;
+                if !confirmed {
+                    bail!(
+                        "not sent: the message may contain patient-identifiable data (use --allow-pid to send anyway)"
+                    );
+                }
+            }
+            match sitrep_cli::send_checked(&mut p, &name, &text, confirmed).await {
+                Ok(id) => println!("{id}"),
+                Err(e) => {
+                    if let Some(sitrep_core::Error::PidBlocked(f)) =
+                        e.downcast_ref::<sitrep_core::Error>()
+                    {
+                        show_findings(&text, f, json)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Cmd::Pid { cmd: PidCmd::Scan } => {
+            use std::io::{BufRead as _, Write as _};
+            let stdin = std::io::stdin();
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for line in stdin.lock().split(b'\n') {
+                let line = line?;
+                let line = String::from_utf8_lossy(&line);
+                let line = line.strip_suffix('\r').unwrap_or(&line);
+                writeln!(out, "{}", sitrep_pid::scan_line_json(line))?;
+            }
+            out.flush()?;
         }
         Cmd::Sync => {
             let mut p = Profile::open(&cli.profile, &passcode()?)?;
@@ -316,6 +374,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let _ = now_ms;
     Ok(())
+}
+
+/// Show PID-guard findings: JSON, or the message with each finding highlighted.
+fn show_findings(text: &str, findings: &[sitrep_pid::Finding], json: bool) -> anyhow::Result<()> {
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "findings": findings }))?
+        );
+        return Ok(());
+    }
+    let colour = std::io::stderr().is_terminal();
+    let mut shown = String::new();
+    let mut at = 0;
+    for f in findings {
+        if f.start < at
+            || f.end > text.len()
+            || !text.is_char_boundary(f.start)
+            || !text.is_char_boundary(f.end)
+        {
+            continue;
+        }
+        shown.push_str(&text[at..f.start]);
+        if colour {
+            shown.push_str(&format!("\x1b[1;37;41m{}\x1b[0m", &text[f.start..f.end]));
+        } else {
+            shown.push_str(&format!("[[{}]]", &text[f.start..f.end]));
+        }
+        at = f.end;
+    }
+    shown.push_str(&text[at..]);
+    eprintln!("PID guard: this message may identify a patient:");
+    eprintln!("  {shown}");
+    for f in findings {
+        eprintln!(
+            "  - {} (confidence {:.2}); suggested: {}",
+            f.kind.as_str(),
+            f.confidence,
+            f.replacement
+        );
+    }
+    Ok(())
+}
+
+fn ask(prompt: &str) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 fn fmt_time(ms: u64) -> String {

@@ -438,3 +438,59 @@ async fn t9_malformed_and_oversized_requests_get_clear_4xx() {
     assert!(again.duplicate);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_policy_travels_in_the_group_and_is_enforced_before_encryption() {
+    let (server, mut d) = three_staff(INTEROP_CIPHERSUITE).await;
+    let nhs = "Pt NHS 943 476 5919 for CT";
+    sitrep_cli::chat_create(&mut d[0].1, "blocked", &["bob".into()], "block")
+        .await
+        .expect("create");
+    sitrep_cli::chat_create(&mut d[0].1, "pseudo", &["bob".into()], "pseudonymise")
+        .await
+        .expect("create");
+    sitrep_cli::chat_create(&mut d[0].1, "warned", &["bob".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut d[1].1).await.expect("b joins");
+    // The policy reached bob inside the encrypted group context.
+    assert_eq!(
+        d[1].1
+            .client
+            .conversation("blocked")
+            .expect("conv")
+            .pid_policy,
+        "block"
+    );
+    let err = sitrep_cli::send_checked(&mut d[0].1, "blocked", nhs, true)
+        .await
+        .expect_err("blocked");
+    assert!(
+        matches!(
+            err.downcast_ref::<sitrep_core::Error>(),
+            Some(sitrep_core::Error::PidBlocked(_))
+        ),
+        "{err}"
+    );
+    let err = sitrep_cli::send(&mut d[0].1, "warned", nhs)
+        .await
+        .expect_err("needs confirmation");
+    assert!(matches!(
+        err.downcast_ref::<sitrep_core::Error>(),
+        Some(sitrep_core::Error::PidNeedsConfirmation(_))
+    ));
+    sitrep_cli::send_checked(&mut d[0].1, "warned", nhs, true)
+        .await
+        .expect("confirmed");
+    sitrep_cli::send(&mut d[0].1, "pseudo", nhs)
+        .await
+        .expect("rewritten");
+    sitrep_cli::sync(&mut d[1].1).await.expect("b syncs");
+    assert!(bodies(&d[1].1, "blocked").is_empty());
+    assert_eq!(bodies(&d[1].1, "warned"), vec![nhs]);
+    assert_eq!(
+        bodies(&d[1].1, "pseudo"),
+        vec!["Pt NHS [NHS-NUMBER] for CT"]
+    );
+    server.stop().await;
+}

@@ -721,8 +721,42 @@ impl Client {
         }
     }
 
-    /// Encrypt a text message; it waits in the outbox until [`Client::sent`].
+    /// Apply the conversation's PID policy (carried in the encrypted group
+    /// context) to an outgoing text: the text to send, or why not. With
+    /// `confirmed`, findings under `warn` are accepted (the sender saw them).
+    pub fn pid_check(&self, name: &str, body: &str, confirmed: bool) -> Result<String, Error> {
+        let conv = self.conversation(name)?;
+        let policy: sitrep_pid::PidPolicy = conv.pid_policy.parse().unwrap_or_default();
+        match sitrep_pid::apply_policy(policy, body) {
+            sitrep_pid::PolicyOutcome::Send(t) | sitrep_pid::PolicyOutcome::Rewritten(t, _) => {
+                Ok(t)
+            }
+            sitrep_pid::PolicyOutcome::NeedsConfirmation(_) if confirmed => Ok(body.to_string()),
+            sitrep_pid::PolicyOutcome::NeedsConfirmation(f) => Err(Error::PidNeedsConfirmation(f)),
+            sitrep_pid::PolicyOutcome::Blocked(f) => Err(Error::PidBlocked(f)),
+        }
+    }
+
+    /// Encrypt a text message after the PID guard (unconfirmed); it waits in
+    /// the outbox until [`Client::sent`].
     pub fn encrypt_text(&mut self, name: &str, body: &str, now_ms: u64) -> Result<Outgoing, Error> {
+        self.encrypt_text_checked(name, body, now_ms, false)
+    }
+
+    /// [`Client::encrypt_text`], with the sender's confirmation of PID-guard
+    /// warnings when `confirmed`. `block` and `pseudonymise` apply regardless.
+    pub fn encrypt_text_checked(
+        &mut self,
+        name: &str,
+        body: &str,
+        now_ms: u64,
+        confirmed: bool,
+    ) -> Result<Outgoing, Error> {
+        let checked = self.pid_check(name, body, confirmed)?;
+        self.encrypt_raw(name, &checked, now_ms)
+    }
+
+    fn encrypt_raw(&mut self, name: &str, body: &str, now_ms: u64) -> Result<Outgoing, Error> {
         if body.len() > sitrep_wire::MAX_BODY_BYTES {
             return Err(Error::Invalid(format!(
                 "message longer than {} bytes",

@@ -25,6 +25,13 @@ pub enum Error {
     /// The server's answer does not fit what we asked.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// The conversation's PID policy is `warn` and the message holds
+    /// patient-identifiable data: show the findings, send only on confirmation.
+    #[error("the message may contain patient-identifiable data ({})", kinds(.0))]
+    PidNeedsConfirmation(Vec<sitrep_pid::Finding>),
+    /// The conversation's PID policy is `block` and the message holds PID.
+    #[error("blocked: this conversation does not allow patient-identifiable data ({})", kinds(.0))]
+    PidBlocked(Vec<sitrep_pid::Finding>),
     /// A message could not be decrypted (e.g. sent after this device was removed).
     #[error("{0}")]
     Undecryptable(String),
@@ -34,6 +41,12 @@ pub enum Error {
     /// A request was not valid.
     #[error("{0}")]
     Invalid(String),
+}
+
+fn kinds(f: &[sitrep_pid::Finding]) -> String {
+    let mut k: Vec<&str> = f.iter().map(|f| f.kind.as_str()).collect();
+    k.dedup();
+    k.join(", ")
 }
 
 impl Error {

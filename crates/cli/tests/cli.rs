@@ -1,0 +1,215 @@
+//! The CLI contract scripts rely on, run as real processes against a real
+//! `sitrep serve`: admin invite (code on the last line), enrol, chat create,
+//! send (with the PID guard), sync, history --json, pid scan.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::TempDir;
+
+fn sitrep(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sitrep"))
+        .args(args)
+        .env("SITREP_PASSCODE", "cli-test-passcode")
+        .env("SITREP_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sitrep")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sitrep(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn three_staff_chat_through_the_cli() {
+    let data = TempDir::new("cli-data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let d = data.path().to_str().expect("path").to_string();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
+        .args([
+            "serve",
+            "--data",
+            &d,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("SITREP_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(up, "server did not start");
+    let profiles = TempDir::new("cli-profiles");
+    let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
+    for u in ["alice", "bob", "carol"] {
+        let out = ok(&[
+            "admin",
+            "invite",
+            "--data",
+            &d,
+            "--user",
+            u,
+            "--name",
+            &format!("Dr {u}"),
+            "--role",
+            "ED consultant",
+        ]);
+        let code = out.lines().last().expect("code line").trim().to_string();
+        assert_eq!(code.len(), 19, "code on the last line: {out}");
+        ok(&[
+            "--profile",
+            &prof(u),
+            "enrol",
+            "--server",
+            &url,
+            "--code",
+            &code,
+        ]);
+        // Single use.
+        assert!(
+            !sitrep(&[
+                "--profile",
+                &prof(&format!("{u}2")),
+                "enrol",
+                "--server",
+                &url,
+                "--code",
+                &code
+            ])
+            .status
+            .success()
+        );
+    }
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "chat",
+        "create",
+        "resus",
+        "--members",
+        "bob,carol",
+    ]);
+    let id = ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "resus",
+        "Resus 2 ready",
+    ]);
+    assert_eq!(id.trim().len(), 32);
+    // The PID guard holds back a message with an NHS number unless confirmed.
+    let held = sitrep(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "resus",
+        "NHS 943 476 5919 to CT",
+        "--json",
+    ]);
+    assert!(!held.status.success());
+    assert!(String::from_utf8_lossy(&held.stderr).contains("nhs_number"));
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "resus",
+        "NHS 943 476 5919 to CT",
+        "--allow-pid",
+    ]);
+    let synced = ok(&["--profile", &prof("bob"), "sync"]);
+    assert!(synced.contains("joined resus"), "{synced}");
+    ok(&["--profile", &prof("bob"), "send", "resus", "On my way"]);
+    ok(&["--profile", &prof("carol"), "sync"]);
+    let hist = ok(&["--profile", &prof("carol"), "history", "resus", "--json"]);
+    let texts: Vec<String> = hist
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object per line"))
+        .filter(|v| v["kind"] == "text")
+        .map(|v| v["body"].as_str().expect("body").to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        ["Resus 2 ready", "NHS 943 476 5919 to CT", "On my way"]
+    );
+    let info = ok(&["--profile", &prof("carol"), "chat", "info", "resus"]);
+    assert_eq!(
+        info.lines().filter(|l| l.starts_with("member:")).count(),
+        3,
+        "{info}"
+    );
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "chat",
+        "remove",
+        "resus",
+        "carol",
+    ]);
+    // A wrong passcode opens nothing.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_sitrep"))
+        .args(["--profile", &prof("bob"), "history", "resus"])
+        .env("SITREP_PASSCODE", "wrong-passcode")
+        .output()
+        .expect("run");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passcode"));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn pid_scan_writes_one_json_object_per_input_line() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sitrep"))
+        .args(["pid", "scan"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let input = "Pt NHS 943 476 5919 in bay 3\nBP 120/80, bleep 2222, MI-0042\n\nemail j.smith@example.com\n";
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let f0 = &lines[0]["findings"][0];
+    assert_eq!(f0["kind"], "nhs_number");
+    assert_eq!(
+        (f0["start"].as_u64(), f0["end"].as_u64()),
+        (Some(7), Some(19))
+    );
+    assert_eq!(lines[1]["findings"].as_array().map(Vec::len), Some(0));
+    assert_eq!(lines[2]["findings"].as_array().map(Vec::len), Some(0));
+    assert_eq!(lines[3]["findings"][0]["kind"], "email");
+}
