@@ -138,7 +138,7 @@ async fn t3_removed_member_cannot_decrypt_later_messages() {
     let conn = rusqlite::Connection::open(server.dir.path().join("sitrep.db")).expect("db");
     let payload: Vec<u8> = conn
         .query_row(
-            "SELECT payload FROM messages WHERE kind = 3 ORDER BY id DESC LIMIT 1",
+            "SELECT payload FROM messages WHERE kind = 3 ORDER BY seq DESC LIMIT 1",
             [],
             |r| r.get(0),
         )

@@ -324,12 +324,14 @@ impl Scanner {
         resolve_overlaps(out)
     }
 
+    #[inline(never)]
     fn find_emails(&self, text: &str, out: &mut Vec<Finding>) {
         for m in self.email.find_iter(text) {
             out.push(Finding::new(PidKind::Email, m.start(), m.end(), 0.95));
         }
     }
 
+    #[inline(never)]
     fn find_hospital_numbers(&self, text: &str, out: &mut Vec<Finding>) {
         let b = text.as_bytes();
         for kw in self.hospital.find_iter(text) {
@@ -369,6 +371,7 @@ impl Scanner {
         }
     }
 
+    #[inline(never)]
     fn find_dates_of_birth(&self, text: &str, out: &mut Vec<Finding>) {
         let b = text.as_bytes();
         for kw in self.dob_keyword.find_iter(text) {
@@ -400,6 +403,7 @@ impl Scanner {
         }
     }
 
+    #[inline(never)]
     fn find_addresses(&self, text: &str, out: &mut Vec<Finding>) {
         for m in self.street.find_iter(text) {
             let (s, mut e) = (m.start(), m.end());
@@ -429,6 +433,7 @@ impl Scanner {
         }
     }
 
+    #[inline(never)]
     fn find_names(&self, text: &str, f: &Features, out: &mut Vec<Finding>) {
         let b = text.as_bytes();
         let mut i = 0;
@@ -512,6 +517,7 @@ enum Marks {
     None,
 }
 
+#[inline(never)]
 fn name_followed_by(b: &[u8], i: usize) -> Marks {
     const CURLY: &[u8] = "’".as_bytes();
     let mut j = i;
@@ -580,6 +586,7 @@ const NAME_CONTEXT: &[&str] = &[
 
 /// Look back from the capitalised word at `i` for a title or a context word,
 /// skipping spaces and one `:`, `-`, `=` or "is".
+#[inline(never)]
 fn preceding_cue(text: &str, i: usize) -> Cue {
     let b = text.as_bytes();
     let mut j = i;
@@ -683,6 +690,7 @@ const CLASS: [u8; 256] = {
 };
 
 impl Features {
+    #[inline(never)]
     fn of(b: &[u8]) -> Features {
         let mut f = Features::default();
         let mut run = 0usize;
@@ -839,6 +847,7 @@ fn is_street_type(w: &[u8]) -> bool {
 
 /// NHS/CHI numbers and phone numbers: both are long digit groups, so one walk over
 /// the starts of digit runs finds both without a regex.
+#[inline(never)]
 fn find_long_numbers(text: &str, out: &mut Vec<Finding>) {
     let b = text.as_bytes();
     let mut i = 0;
@@ -876,6 +885,7 @@ fn find_long_numbers(text: &str, out: &mut Vec<Finding>) {
 
 /// A Modulus 11-valid ten-digit number starting at `s`, written plain, 3-3-4,
 /// 3-7 or 6-4 with single spaces, dashes or dots.
+#[inline(never)]
 fn nhs_at(text: &str, s: usize) -> Option<Finding> {
     let b = text.as_bytes();
     let mut digits = [0u8; 10];
@@ -997,6 +1007,7 @@ fn identifier_after(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
 }
 
 /// Postcodes start where a capital letter is followed by a digit.
+#[inline(never)]
 fn find_postcodes(text: &str, out: &mut Vec<Finding>) {
     let b = text.as_bytes();
     let mut i = 0;
@@ -1164,6 +1175,7 @@ fn gap_is_filler(gap: &str) -> bool {
 }
 
 /// The date match stands alone and is a real calendar date.
+#[inline(never)]
 fn date_ok(b: &[u8], s: usize, e: usize, d: &str) -> bool {
     if s > 0 && b[s - 1].is_ascii_alphanumeric() {
         return false;
@@ -1200,6 +1212,7 @@ fn date_ok(b: &[u8], s: usize, e: usize, d: &str) -> bool {
 
 /// Trim a captured name: drop trailing words that are not names ("Mr Smith Bay"),
 /// and reject it if the first word is not a name ("Dr On call").
+#[inline(never)]
 fn trim_name(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let span = &text[s..e];
     let mut end = s;
@@ -1270,6 +1283,7 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 }
 
 /// Keep the best of overlapping candidates: higher kind priority, then longer span.
+#[inline(never)]
 fn resolve_overlaps(mut found: Vec<Finding>) -> Vec<Finding> {
     if found.len() <= 1 {
         return found;

@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conn = rusqlite::Connection::open(dir.join("sitrep.db"))?;
     for i in 1..1000 {
         conn.execute(
-            "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)",
+            "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, 0)",
             rusqlite::params![gid, format!("d{i:04}")],
         )?;
     }
@@ -23,7 +23,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &format!("{i:032x}"),
             vec![7u8; 300],
             0,
-            1_000_000,
             |_| {},
         )
         .map_err(|e| format!("{e:?}"))?;

@@ -5,7 +5,6 @@
 //! Payloads are stored once per message and referenced from each recipient's
 //! queue, so a commit to a thousand devices is not copied a thousand times.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,7 +33,8 @@ CREATE TABLE IF NOT EXISTS devices (
     credential BLOB NOT NULL,
     created_at INTEGER NOT NULL,
     revoked_at INTEGER,
-    dropped INTEGER NOT NULL DEFAULT 0
+    -- Everything up to here was acknowledged by the device.
+    cursor INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS key_packages (
@@ -50,27 +50,33 @@ CREATE TABLE IF NOT EXISTS groups (
     created_by TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS group_members (
+-- Who receives a group's log: a device gets entries with
+-- from_seq < seq <= to_seq (to_seq NULL while it is a member).
+CREATE TABLE IF NOT EXISTS memberships (
     group_id BLOB NOT NULL,
     device_id TEXT NOT NULL,
-    PRIMARY KEY (group_id, device_id)
+    from_seq INTEGER NOT NULL,
+    to_seq INTEGER,
+    PRIMARY KEY (group_id, device_id, from_seq)
 );
-CREATE INDEX IF NOT EXISTS members_device ON group_members(device_id);
+CREATE INDEX IF NOT EXISTS memberships_device ON memberships(device_id);
+-- Each message is stored once, in one global sequence; devices read their
+-- groups' logs (fan-out on read), so a message to a thousand devices is one
+-- row, not a thousand.
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    group_id BLOB,
+    seq INTEGER PRIMARY KEY,
+    group_id BLOB NOT NULL,
     kind INTEGER NOT NULL,
     epoch INTEGER,
     sender_device TEXT NOT NULL,
     payload BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    refs INTEGER NOT NULL DEFAULT 0
+    created_at INTEGER NOT NULL
 );
--- One B-tree, clustered the way it is read: a device's entries in order.
-CREATE TABLE IF NOT EXISTS queue (
+CREATE INDEX IF NOT EXISTS messages_group ON messages(group_id, seq);
+-- Welcomes go to the joiners only.
+CREATE TABLE IF NOT EXISTS welcome_targets (
     device_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    message_id INTEGER NOT NULL,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
@@ -118,10 +124,8 @@ struct Inner {
 }
 
 struct Counters {
-    /// Entries waiting per device (recomputed at start).
-    queue_len: HashMap<String, u64>,
-    /// Next queue sequence number: strictly increasing, never reused (a device
-    /// skips sequence numbers it has processed). Persisted in `meta` with every
+    /// Next sequence number: strictly increasing, never reused (a device skips
+    /// sequence numbers it has processed). Persisted in `meta` with every
     /// transaction that uses it.
     next_seq: u64,
 }
@@ -152,16 +156,6 @@ impl Db {
     pub fn open(dir: &Path) -> Result<Self, rusqlite::Error> {
         std::fs::create_dir_all(dir).map_err(|_| rusqlite::Error::InvalidPath(dir.into()))?;
         let conn = connect(dir)?;
-        let mut queue_len = HashMap::new();
-        {
-            let mut stmt =
-                conn.prepare("SELECT device_id, COUNT(*) FROM queue GROUP BY device_id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (d, n) = row?;
-                queue_len.insert(d, n as u64);
-            }
-        }
         let stored: i64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
                 r.get(0)
@@ -169,15 +163,14 @@ impl Db {
             .optional()?
             .unwrap_or(1);
         let max_seq: i64 =
-            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM queue", [], |r| r.get(0))?;
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM messages", [], |r| {
+                r.get(0)
+            })?;
         let next_seq = stored.max(max_seq + 1).max(1) as u64;
         Ok(Self {
             inner: Mutex::new(Inner {
                 conn,
-                counters: Counters {
-                    queue_len,
-                    next_seq,
-                },
+                counters: Counters { next_seq },
             }),
         })
     }
@@ -364,7 +357,8 @@ impl Db {
     /// Register a new group at epoch 0 with its creator as the only member.
     pub fn create_group(&self, group_id: &[u8], device_id: &str, now: u64) -> Result<(), ApiErr> {
         let mut g = self.lock();
-        let tx = g
+        let inner = &mut *g;
+        let tx = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -390,9 +384,10 @@ impl Db {
                 ));
             }
         } else {
+            let from = inner.counters.next_seq - 1;
             tx.execute(
-                "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)",
-                params![group_id, device_id],
+                "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
+                params![group_id, device_id, from as i64],
             )
             .map_err(db_err)?;
         }
@@ -400,85 +395,77 @@ impl Db {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue(
-        counters: &mut Counters,
-        tx: &rusqlite::Transaction<'_>,
-        message_id: i64,
-        kind: EntryKind,
-        payload: &Arc<[u8]>,
-        recipients: &[String],
-        max_queue: u64,
-        out: &mut Vec<Queued>,
-    ) -> Result<u64, ApiErr> {
-        // Rows go in CHUNK at a time: one statement step per chunk.
-        const CHUNK: usize = 64;
-        let mut rows: Vec<(&String, u64)> = Vec::with_capacity(recipients.len());
-        for d in recipients {
-            let len = counters.queue_len.entry(d.clone()).or_insert(0);
-            if *len >= max_queue {
-                tx.execute(
-                    "UPDATE devices SET dropped = dropped + 1 WHERE device_id = ?1",
-                    [d],
-                )
-                .map_err(db_err)?;
-                continue;
-            }
-            *len += 1;
-            let seq = counters.next_seq;
-            counters.next_seq += 1;
-            rows.push((d, seq));
-        }
-        for chunk in rows.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO queue (device_id, seq, message_id) VALUES {}",
-                vec!["(?, ?, ?)"; chunk.len()].join(", ")
-            );
-            let mut stmt = tx.prepare_cached(&sql).map_err(db_err)?;
-            let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 3);
-            for (d, seq) in chunk {
-                params.push(rusqlite::types::Value::Text((*d).clone()));
-                params.push(rusqlite::types::Value::Integer(*seq as i64));
-                params.push(rusqlite::types::Value::Integer(message_id));
-            }
-            stmt.execute(rusqlite::params_from_iter(params))
-                .map_err(db_err)?;
-        }
-        let n = rows.len() as u64;
-        for (d, seq) in rows {
-            out.push(Queued {
-                device_id: d.clone(),
-                seq,
-                kind,
-                payload: payload.clone(),
-            });
-        }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [counters.next_seq as i64],
-        )
-        .map_err(db_err)?;
-        tx.execute(
-            "UPDATE messages SET refs = ?2 WHERE id = ?1",
-            params![message_id, n as i64],
-        )
-        .map_err(db_err)?;
-        Ok(n)
-    }
-
     fn members(tx: &rusqlite::Transaction<'_>, group_id: &[u8]) -> Result<Vec<String>, ApiErr> {
         let mut stmt = tx
-            .prepare_cached("SELECT device_id FROM group_members WHERE group_id = ?1")
+            .prepare_cached(
+                "SELECT device_id FROM memberships WHERE group_id = ?1 AND to_seq IS NULL",
+            )
             .map_err(db_err)?;
         let rows = stmt.query_map([group_id], |r| r.get(0)).map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)
     }
 
-    /// Accept a commit if it was built on the group's current epoch, fan it out
-    /// to the other members (including those it removes) and release its
-    /// Welcome to the joiners only. Returns the new epoch, whether this was a
-    /// retry, and what to push.
+    /// Append one message to the log; returns its sequence number.
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        counters: &mut Counters,
+        tx: &rusqlite::Transaction<'_>,
+        group_id: &[u8],
+        kind: EntryKind,
+        epoch: u64,
+        sender: &str,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<u64, ApiErr> {
+        let seq = counters.next_seq;
+        counters.next_seq += 1;
+        tx.prepare_cached(
+            "INSERT INTO messages (seq, group_id, kind, epoch, sender_device, payload, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                seq as i64,
+                group_id,
+                kind as u8,
+                epoch as i64,
+                sender,
+                payload,
+                now as i64
+            ])
+        })
+        .map_err(db_err)?;
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .and_then(|mut st| st.execute([counters.next_seq as i64]))
+        .map_err(db_err)?;
+        Ok(seq)
+    }
+
+    fn pushes(
+        to: &[String],
+        skip: &str,
+        seq: u64,
+        kind: EntryKind,
+        payload: &Arc<[u8]>,
+    ) -> Vec<Queued> {
+        to.iter()
+            .filter(|d| *d != skip)
+            .map(|d| Queued {
+                device_id: d.clone(),
+                seq,
+                kind,
+                payload: payload.clone(),
+            })
+            .collect()
+    }
+
+    /// Accept a commit if it was built on the group's current epoch, append it
+    /// to the group's log (the members it removes still receive it) and release
+    /// its Welcome to the joiners only. Returns the new epoch and whether this
+    /// was a retry; `publish` runs under the lock, so pushes stay in order.
     #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &self,
@@ -491,7 +478,6 @@ impl Db {
         add: &[String],
         remove: &[String],
         now: u64,
-        max_queue: u64,
         publish: impl FnOnce(Vec<Queued>),
     ) -> Result<(u64, bool), ApiErr> {
         let mut g = self.lock();
@@ -530,13 +516,11 @@ impl Db {
         if current as u64 != epoch {
             return Err(ApiErr::epoch_conflict(current as u64));
         }
-        for r in remove {
-            if !members.contains(r) {
-                return Err(ApiErr::bad_request(
-                    "bad_remove",
-                    "a removed device is not in the group",
-                ));
-            }
+        if remove.iter().any(|r| !members.contains(r)) {
+            return Err(ApiErr::bad_request(
+                "bad_remove",
+                "a removed device is not in the group",
+            ));
         }
         for a in add {
             let ok: bool = tx
@@ -566,84 +550,82 @@ impl Db {
             params![group_id, new_epoch as i64],
         )
         .map_err(db_err)?;
-        let mut pushes = Vec::new();
-        let recipients: Vec<String> = members.iter().filter(|m| *m != sender).cloned().collect();
         let commit_len = commit.len();
-        tx.execute(
-            "INSERT INTO messages (group_id, kind, epoch, sender_device, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![group_id, EntryKind::Commit as u8, epoch as i64, sender, commit, now as i64],
-        )
-        .map_err(db_err)?;
-        let commit_id = tx.last_insert_rowid();
-        let payload: Arc<[u8]> = Arc::from(commit);
-        let n = Self::enqueue(
+        let seq = Self::append(
             &mut inner.counters,
             &tx,
-            commit_id,
+            group_id,
             EntryKind::Commit,
-            &payload,
-            &recipients,
-            max_queue,
-            &mut pushes,
+            epoch,
+            sender,
+            &commit,
+            now,
         )?;
+        let payload: Arc<[u8]> = Arc::from(commit);
+        let mut pushes = Self::pushes(&members, sender, seq, EntryKind::Commit, &payload);
         for r in remove {
             tx.execute(
-                "DELETE FROM group_members WHERE group_id = ?1 AND device_id = ?2",
-                params![group_id, r],
+                "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+                params![group_id, r, seq as i64],
             )
             .map_err(db_err)?;
         }
-        for a in add {
-            tx.execute(
-                "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)",
-                params![group_id, a],
-            )
-            .map_err(db_err)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db_err)?;
+            for a in add {
+                st.execute(params![group_id, a, seq as i64])
+                    .map_err(db_err)?;
+            }
         }
         if let Some(w) = welcome {
-            tx.execute(
-                "INSERT INTO messages (group_id, kind, epoch, sender_device, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![group_id, EntryKind::Welcome as u8, new_epoch as i64, sender, w, now as i64],
-            )
-            .map_err(db_err)?;
-            let wid = tx.last_insert_rowid();
-            let wpayload: Arc<[u8]> = Arc::from(w);
-            Self::enqueue(
+            let wseq = Self::append(
                 &mut inner.counters,
                 &tx,
-                wid,
+                group_id,
+                EntryKind::Welcome,
+                new_epoch,
+                sender,
+                &w,
+                now,
+            )?;
+            let mut st = tx
+                .prepare_cached("INSERT INTO welcome_targets (device_id, seq) VALUES (?1, ?2)")
+                .map_err(db_err)?;
+            for a in add {
+                st.execute(params![a, wseq as i64]).map_err(db_err)?;
+            }
+            let wpayload: Arc<[u8]> = Arc::from(w);
+            pushes.extend(Self::pushes(
+                add,
+                sender,
+                wseq,
                 EntryKind::Welcome,
                 &wpayload,
-                add,
-                max_queue,
-                &mut pushes,
-            )?;
+            ));
         }
-        if n == 0 {
-            // Nobody to deliver the commit to (a group of one): keep no payload.
-            tx.execute("DELETE FROM messages WHERE id = ?1", [commit_id])
-                .map_err(db_err)?;
-        }
+        let recipients = members.len().saturating_sub(1);
         tx.execute(
             "INSERT INTO submissions (sender_device, client_id, created_at, recipients, epoch) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![sender, client_id, now as i64, n as i64, new_epoch as i64],
+            params![sender, client_id, now as i64, recipients as i64, new_epoch as i64],
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         tracing::debug!(
             epoch = new_epoch,
             bytes = commit_len,
-            recipients = n,
+            recipients,
             "commit accepted"
         );
-        // Publish while still holding the lock, so every connection sees its
-        // entries in sequence order.
         publish(pushes);
         Ok((new_epoch, false))
     }
 
-    /// Store an application message for every other member of the group.
-    #[allow(clippy::too_many_arguments)]
+    /// Append an application message to the group's log for every other member.
+    /// Answers after the transaction is durable; `publish` runs under the lock.
     pub fn send(
         &self,
         sender: &str,
@@ -651,10 +633,8 @@ impl Db {
         client_id: &str,
         payload: Vec<u8>,
         now: u64,
-        max_queue: u64,
         publish: impl FnOnce(Vec<Queued>),
     ) -> Result<(u64, bool), ApiErr> {
-        let started = std::time::Instant::now();
         let mut g = self.lock();
         let inner = &mut *g;
         let tx = inner
@@ -688,45 +668,35 @@ impl Db {
                 "this device is not in the group",
             ));
         }
-        let recipients: Vec<String> = members.into_iter().filter(|m| m != sender).collect();
+        let n = members.len() - 1;
         let mut pushes = Vec::new();
-        let n = if recipients.is_empty() {
-            0
-        } else {
-            tx.execute(
-                "INSERT INTO messages (group_id, kind, epoch, sender_device, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![group_id, EntryKind::Application as u8, epoch, sender, payload, now as i64],
-            )
-            .map_err(db_err)?;
-            let id = tx.last_insert_rowid();
-            let payload: Arc<[u8]> = Arc::from(payload);
-            Self::enqueue(
+        if n > 0 {
+            let seq = Self::append(
                 &mut inner.counters,
                 &tx,
-                id,
+                group_id,
                 EntryKind::Application,
+                epoch as u64,
+                sender,
                 &payload,
-                &recipients,
-                max_queue,
-                &mut pushes,
-            )?
-        };
+                now,
+            )?;
+            let payload: Arc<[u8]> = Arc::from(payload);
+            pushes = Self::pushes(&members, sender, seq, EntryKind::Application, &payload);
+        }
         tx.execute(
             "INSERT INTO submissions (sender_device, client_id, created_at, recipients) VALUES (?1, ?2, ?3, ?4)",
             params![sender, client_id, now as i64, n as i64],
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        tracing::debug!(
-            recipients = n,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "message stored"
-        );
         publish(pushes);
-        Ok((n, false))
+        Ok((n as u64, false))
     }
 
-    /// Entries after `after`, in order, at most `limit`.
+    /// A device's entries after `after` (and after what it acknowledged), in
+    /// order, at most `limit`: its groups' logs while it was a member, minus its
+    /// own messages, plus Welcomes addressed to it.
     pub fn fetch(
         &self,
         device_id: &str,
@@ -734,15 +704,33 @@ impl Db {
         limit: u64,
     ) -> Result<(Vec<Queued>, bool), ApiErr> {
         let g = self.lock();
+        let cursor: i64 = g
+            .conn
+            .query_row(
+                "SELECT cursor FROM devices WHERE device_id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .unwrap_or(0);
+        let after = after.max(cursor as u64) as i64;
         let mut stmt = g
             .conn
             .prepare_cached(
-                "SELECT q.seq, m.kind, m.payload FROM queue q JOIN messages m ON m.id = q.message_id
-                 WHERE q.device_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
+                "SELECT m.seq, m.kind, m.payload FROM memberships ms
+                   JOIN messages m ON m.group_id = ms.group_id
+                    AND m.seq > ms.from_seq AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
+                  WHERE ms.device_id = ?1 AND m.seq > ?2 AND m.kind != 1 AND m.sender_device != ?1
+                 UNION ALL
+                 SELECT m.seq, m.kind, m.payload FROM welcome_targets w
+                   JOIN messages m ON m.seq = w.seq
+                  WHERE w.device_id = ?1 AND w.seq > ?2
+                 ORDER BY 1 LIMIT ?3",
             )
             .map_err(db_err)?;
         let rows = stmt
-            .query_map(params![device_id, after as i64, (limit + 1) as i64], |r| {
+            .query_map(params![device_id, after, (limit + 1) as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, u8>(1)?,
@@ -766,24 +754,40 @@ impl Db {
         Ok((out, more))
     }
 
-    /// Delete everything up to `up_to` for this device, and payloads nobody needs.
-    pub fn ack(&self, device_id: &str, up_to: u64) -> Result<u64, ApiErr> {
+    /// The device has processed everything up to `up_to`.
+    pub fn ack(&self, device_id: &str, up_to: u64) -> Result<(), ApiErr> {
         self.ack_many(&[(device_id.to_string(), up_to)])
     }
 
-    /// Apply many acknowledgements in one transaction. Acknowledgements only
-    /// delete, and losing one in a crash means a redelivery that the device
-    /// skips by sequence number, so they commit without waiting for fsync
-    /// (`synchronous=NORMAL` for this transaction only); the next durable
-    /// commit syncs them with it.
-    pub fn ack_many(&self, acks: &[(String, u64)]) -> Result<u64, ApiErr> {
+    /// Apply many acknowledgements in one transaction. An acknowledgement only
+    /// moves a cursor, and losing one in a crash means a redelivery that the
+    /// device skips by sequence number, so it commits without waiting for fsync
+    /// (`synchronous=NORMAL` for this transaction only); the next durable commit
+    /// syncs it with it.
+    pub fn ack_many(&self, acks: &[(String, u64)]) -> Result<(), ApiErr> {
         let mut g = self.lock();
         let inner = &mut *g;
         inner
             .conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_err)?;
-        let result = Self::ack_tx(inner, acks);
+        let result = (|| {
+            let tx = inner
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "UPDATE devices SET cursor = MAX(cursor, ?2) WHERE device_id = ?1",
+                    )
+                    .map_err(db_err)?;
+                for (d, up_to) in acks {
+                    st.execute(params![d, *up_to as i64]).map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })();
         inner
             .conn
             .pragma_update(None, "synchronous", "FULL")
@@ -791,69 +795,105 @@ impl Db {
         result
     }
 
-    fn ack_tx(inner: &mut Inner, acks: &[(String, u64)]) -> Result<u64, ApiErr> {
-        let tx = inner
+    /// Delete what no device still needs: log entries every current (or
+    /// not-yet-caught-up former) member has acknowledged, Welcomes their joiners
+    /// acknowledged, anything older than `max_age_secs`, and the oldest entries
+    /// of a group holding more than `max_backlog` (a device that far behind
+    /// misses them and is told by the gap in the log). Returns rows deleted.
+    pub fn gc(&self, now: u64, max_age_secs: u64, max_backlog: u64) -> Result<u64, ApiErr> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        inner
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_err)?;
-        let mut total = 0u64;
-        let mut per_device = Vec::with_capacity(acks.len());
-        {
-            let mut del_queue = tx
-                .prepare_cached(
-                    "DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING message_id",
+        let result = (|| {
+            let tx = inner
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let mut deleted = 0usize;
+            let groups: Vec<(Vec<u8>, i64)> = {
+                let mut st = tx
+                    .prepare(
+                        "SELECT g.group_id, (SELECT COUNT(*) FROM messages m WHERE m.group_id = g.group_id)
+                         FROM groups g WHERE EXISTS (SELECT 1 FROM messages m WHERE m.group_id = g.group_id)",
+                    )
+                    .map_err(db_err)?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)?
+            };
+            for (gid, count) in groups {
+                // The two devices furthest behind among those that still owe an
+                // acknowledgement: a message is done once everyone but its
+                // sender (who never receives it) has passed it.
+                let behind: Vec<(String, i64)> = {
+                    let mut st = tx
+                        .prepare_cached(
+                            "SELECT d.device_id, d.cursor FROM memberships ms JOIN devices d ON d.device_id = ms.device_id
+                              WHERE ms.group_id = ?1 AND d.revoked_at IS NULL
+                                AND (ms.to_seq IS NULL OR ms.to_seq > d.cursor)
+                              ORDER BY d.cursor LIMIT 2",
+                        )
+                        .map_err(db_err)?;
+                    let rows = st
+                        .query_map([&gid], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(db_err)?;
+                    rows.collect::<Result<_, _>>().map_err(db_err)?
+                };
+                let first = behind.first().map(|b| b.1).unwrap_or(i64::MAX);
+                let second = behind.get(1).map(|b| b.1).unwrap_or(i64::MAX);
+                deleted += tx
+                    .execute(
+                        "DELETE FROM messages WHERE group_id = ?1 AND kind != 1 AND seq <= ?2",
+                        params![gid, first],
+                    )
+                    .map_err(db_err)?;
+                if let Some((laggard, _)) = behind.first() {
+                    deleted += tx
+                        .execute(
+                            "DELETE FROM messages WHERE group_id = ?1 AND kind != 1 AND seq <= ?2 AND sender_device = ?3",
+                            params![gid, second, laggard],
+                        )
+                        .map_err(db_err)?;
+                }
+                if count as u64 > max_backlog {
+                    deleted += tx
+                        .execute(
+                            "DELETE FROM messages WHERE group_id = ?1 AND seq <= (
+                               SELECT seq FROM messages WHERE group_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                            params![gid, max_backlog as i64],
+                        )
+                        .map_err(db_err)?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM welcome_targets WHERE seq <= (SELECT cursor FROM devices d WHERE d.device_id = welcome_targets.device_id)",
+                [],
+            )
+            .map_err(db_err)?;
+            deleted += tx
+                .execute(
+                    "DELETE FROM messages WHERE kind = 1 AND NOT EXISTS (SELECT 1 FROM welcome_targets w WHERE w.seq = messages.seq)",
+                    [],
                 )
                 .map_err(db_err)?;
-            let mut unref = tx
-                .prepare_cached("UPDATE messages SET refs = refs - ?2 WHERE id = ?1 RETURNING refs")
+            deleted += tx
+                .execute(
+                    "DELETE FROM messages WHERE created_at < ?1",
+                    [now.saturating_sub(max_age_secs) as i64],
+                )
                 .map_err(db_err)?;
-            let mut del_msg = tx
-                .prepare_cached("DELETE FROM messages WHERE id = ?1")
-                .map_err(db_err)?;
-            let mut counts: HashMap<i64, i64> = HashMap::new();
-            for (device_id, up_to) in acks {
-                let rows = del_queue
-                    .query_map(params![device_id, *up_to as i64], |r| r.get::<_, i64>(0))
-                    .map_err(db_err)?;
-                let mut n = 0u64;
-                for r in rows {
-                    *counts.entry(r.map_err(db_err)?).or_insert(0) += 1;
-                    n += 1;
-                }
-                total += n;
-                per_device.push((device_id.clone(), n));
-            }
-            // A payload is kept while any queue still refers to it.
-            for (id, k) in counts {
-                let left: Option<i64> = unref
-                    .query_row(params![id, k], |r| r.get(0))
-                    .optional()
-                    .map_err(db_err)?;
-                if left.is_some_and(|l| l <= 0) {
-                    del_msg.execute([id]).map_err(db_err)?;
-                }
-            }
-        }
-        tx.commit().map_err(db_err)?;
-        for (d, n) in per_device {
-            if let Some(len) = inner.counters.queue_len.get_mut(&d) {
-                *len = len.saturating_sub(n);
-            }
-        }
-        Ok(total)
-    }
-
-    /// Entries dropped for this device because its queue was full.
-    pub fn dropped(&self, device_id: &str) -> Result<u64, ApiErr> {
-        let g = self.lock();
-        g.conn
-            .query_row(
-                "SELECT dropped FROM devices WHERE device_id = ?1",
-                [device_id],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(db_err)
+            tx.commit().map_err(db_err)?;
+            Ok(deleted as u64)
+        })();
+        inner
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        result
     }
 }
 
@@ -874,4 +914,158 @@ pub fn create_invite(
         params![crate::org::code_hash(&code), user_id, display_name, role, now as i64, (now + ttl_secs) as i64],
     )?;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "sitrep-db-{tag}-{}",
+            hex::encode(crate::random::<6>())
+        ));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    fn device(db: &Db, id: &str) {
+        let g = db.lock();
+        g.conn
+            .execute(
+                "INSERT INTO devices (device_id, user_id, display_name, role, token_hash, signature_key, credential, created_at)
+                 VALUES (?1, ?1, 'n', 'r', ?1, x'00', x'00', 0)",
+                [id],
+            )
+            .expect("device");
+    }
+
+    fn stored(db: &Db) -> i64 {
+        db.lock()
+            .conn
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn log_is_shared_and_collected_once_everyone_acknowledged() {
+        let d = dir("gc");
+        let db = Db::open(&d).expect("open");
+        for id in ["a", "b", "c"] {
+            device(&db, id);
+        }
+        let gid = [7u8; 16];
+        db.create_group(&gid, "a", 0).expect("group");
+        let (e, _) = db
+            .commit(
+                "a",
+                &gid,
+                &"0".repeat(32),
+                0,
+                vec![1],
+                Some(vec![2]),
+                &["b".into(), "c".into()],
+                &[],
+                0,
+                |_| {},
+            )
+            .expect("commit");
+        assert_eq!(e, 1);
+        let mut pushed = Vec::new();
+        for i in 0..3 {
+            db.send("a", &gid, &format!("{:032x}", 100 + i), vec![9, i], 0, |p| {
+                pushed.extend(p)
+            })
+            .expect("send");
+        }
+        // One row per message, pushed to both other members.
+        assert_eq!(pushed.len(), 6);
+        assert_eq!(stored(&db), 5);
+        let (b_entries, _) = db.fetch("b", 0, 100).expect("fetch");
+        let kinds: Vec<EntryKind> = b_entries.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EntryKind::Welcome,
+                EntryKind::Application,
+                EntryKind::Application,
+                EntryKind::Application
+            ]
+        );
+        assert!(
+            db.fetch("a", 0, 100).expect("fetch").0.is_empty(),
+            "the sender gets nothing of its own"
+        );
+        let last = b_entries.last().expect("entries").seq;
+        db.ack("b", last).expect("ack");
+        db.gc(0, u64::MAX / 2, 1000).expect("gc");
+        assert_eq!(
+            stored(&db),
+            5,
+            "c still needs every entry, the shared Welcome too"
+        );
+        db.ack("c", last).expect("ack");
+        db.gc(0, u64::MAX / 2, 1000).expect("gc");
+        assert_eq!(
+            stored(&db),
+            0,
+            "everyone but the sender has passed every entry"
+        );
+        assert!(
+            db.fetch("b", 0, 100).expect("fetch").0.is_empty(),
+            "acknowledged entries do not come back"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn removed_device_gets_its_removal_and_nothing_after() {
+        let d = dir("rm");
+        let db = Db::open(&d).expect("open");
+        for id in ["a", "b"] {
+            device(&db, id);
+        }
+        let gid = [8u8; 16];
+        db.create_group(&gid, "a", 0).expect("group");
+        db.commit(
+            "a",
+            &gid,
+            &"1".repeat(32),
+            0,
+            vec![1],
+            Some(vec![2]),
+            &["b".into()],
+            &[],
+            0,
+            |_| {},
+        )
+        .expect("add");
+        db.commit(
+            "a",
+            &gid,
+            &"2".repeat(32),
+            1,
+            vec![3],
+            None,
+            &[],
+            &["b".into()],
+            0,
+            |_| {},
+        )
+        .expect("remove");
+        db.send("a", &gid, &"3".repeat(32), vec![4], 0, |_| {})
+            .expect("send");
+        let (e, _) = db.fetch("b", 0, 100).expect("fetch");
+        let payloads: Vec<Vec<u8>> = e.iter().map(|e| e.payload.to_vec()).collect();
+        assert_eq!(
+            payloads,
+            [vec![2], vec![3]],
+            "Welcome, then the commit removing b; not the later message"
+        );
+        let err = db
+            .send("b", &gid, &"4".repeat(32), vec![5], 0, |_| {})
+            .expect_err("not a member");
+        assert_eq!(format!("{err:?}").contains("not_a_member"), true);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

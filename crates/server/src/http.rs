@@ -349,7 +349,6 @@ async fn commit(
         ));
     }
     let st2 = st.clone();
-    let max_queue = st.config.max_queue;
     let (epoch, duplicate) = blocking(move || {
         st2.db.commit(
             &dev.device_id,
@@ -361,7 +360,6 @@ async fn commit(
             &req.add_devices,
             &req.remove_devices,
             now_secs(),
-            max_queue,
             |p| st2.hub.publish(p),
         )
     })
@@ -388,7 +386,6 @@ async fn send(
         return Err(ApiErr::too_large(st.config.max_message));
     }
     let st2 = st.clone();
-    let max_queue = st.config.max_queue;
     let (recipients, duplicate) = blocking(move || {
         st2.db.send(
             &dev.device_id,
@@ -396,7 +393,6 @@ async fn send(
             &req.client_id,
             req.payload,
             now_secs(),
-            max_queue,
             |p| st2.hub.publish(p),
         )
     })
@@ -443,6 +439,6 @@ async fn ack(
     Auth(dev): Auth,
     JsonBody(req): JsonBody<api::AckRequest>,
 ) -> Result<Json<serde_json::Value>, ApiErr> {
-    let deleted = blocking(move || st.db.ack(&dev.device_id, req.up_to)).await?;
-    Ok(Json(serde_json::json!({ "deleted": deleted })))
+    blocking(move || st.db.ack(&dev.device_id, req.up_to)).await?;
+    Ok(Json(serde_json::json!({ "acknowledged": req.up_to })))
 }

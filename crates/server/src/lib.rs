@@ -32,9 +32,11 @@ pub struct Config {
     pub max_body: usize,
     /// Largest application message payload.
     pub max_message: usize,
-    /// Most entries waiting for one device; past it, new entries for that device
-    /// are dropped and counted, and the device is told.
-    pub max_queue: u64,
+    /// Most undelivered entries kept per group; past it the oldest are deleted
+    /// (a device that far behind sees a gap and must be re-added).
+    pub max_backlog: u64,
+    /// Undelivered entries older than this are deleted (seconds).
+    pub max_age_secs: u64,
     /// Requests per second per device (token bucket), and burst.
     pub rate_per_sec: f64,
     /// Burst for the token bucket.
@@ -51,7 +53,8 @@ impl Config {
             data_dir: data_dir.into(),
             max_body: 16 * 1024 * 1024,
             max_message: 256 * 1024,
-            max_queue: 100_000,
+            max_backlog: 100_000,
+            max_age_secs: 30 * 24 * 3600,
             rate_per_sec: 2_000.0,
             rate_burst: 4_000.0,
             enrol_per_sec: 20.0,
@@ -118,9 +121,18 @@ pub async fn run(
     let flusher = {
         let st = state.clone();
         tokio::spawn(async move {
+            let mut ticks = 0u64;
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 flush_acks(&st).await;
+                ticks += 1;
+                if ticks.is_multiple_of(100) {
+                    let st2 = st.clone();
+                    let (age, backlog) = (st.config.max_age_secs, st.config.max_backlog);
+                    let _ =
+                        tokio::task::spawn_blocking(move || st2.db.gc(now_secs(), age, backlog))
+                            .await;
+                }
             }
         })
     };
