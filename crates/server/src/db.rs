@@ -973,9 +973,14 @@ mod tests {
         assert_eq!(e, 1);
         let mut pushed = Vec::new();
         for i in 0..3 {
-            db.send("a", &gid, &format!("{:032x}", 100 + i), vec![9, i], 0, |p| {
-                pushed.extend(p)
-            })
+            db.send(
+                "a",
+                &gid,
+                &format!("{:032x}", 100 + i),
+                vec![9, i],
+                0,
+                |p| pushed.extend(p),
+            )
             .expect("send");
         }
         // One row per message, pushed to both other members.
@@ -1065,7 +1070,7 @@ mod tests {
         let err = db
             .send("b", &gid, &"4".repeat(32), vec![5], 0, |_| {})
             .expect_err("not a member");
-        assert_eq!(format!("{err:?}").contains("not_a_member"), true);
+        assert!(format!("{err:?}").contains("not_a_member"));
         let _ = std::fs::remove_dir_all(&d);
     }
 }
