@@ -2,8 +2,9 @@
 //! operation that acknowledges something to a client commits (WAL,
 //! `synchronous=FULL`) before the acknowledgement is sent.
 //!
-//! Payloads are stored once per message and referenced from each recipient's
-//! queue, so a commit to a thousand devices is not copied a thousand times.
+//! Fan-out on read: each message is one row in a global sequence; a device
+//! reads its groups' logs (while it was a member) from its acknowledged cursor,
+//! so a commit to a thousand devices is one row, not a thousand.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -105,12 +106,25 @@ pub struct DeviceRow {
 /// Claimed KeyPackages `(user, device, key package)` and users with none.
 pub type Claimed = (Vec<(String, String, Vec<u8>)>, Vec<String>);
 
-/// An entry queued for a device: what to push.
+/// One new log entry and the connected devices that should get it now.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Devices to push to.
+    pub recipients: Vec<String>,
+    /// The entry's sequence number (the same for every recipient).
+    pub seq: u64,
+    /// Kind.
+    pub kind: EntryKind,
+    /// Shared payload.
+    pub payload: Arc<[u8]>,
+}
+
+/// One entry of a device's inbox, as fetched.
 #[derive(Debug, Clone)]
 pub struct Queued {
     /// Recipient device.
     pub device_id: String,
-    /// Its queue position.
+    /// Its sequence number (global; acknowledge up to it).
     pub seq: u64,
     /// Kind.
     pub kind: EntryKind,
@@ -141,6 +155,8 @@ pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted ciphertext is overwritten, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
@@ -449,17 +465,14 @@ impl Db {
         skip: &str,
         seq: u64,
         kind: EntryKind,
-        payload: &Arc<[u8]>,
-    ) -> Vec<Queued> {
-        to.iter()
-            .filter(|d| *d != skip)
-            .map(|d| Queued {
-                device_id: d.clone(),
-                seq,
-                kind,
-                payload: payload.clone(),
-            })
-            .collect()
+        payload: Arc<[u8]>,
+    ) -> Delivery {
+        Delivery {
+            recipients: to.iter().filter(|d| *d != skip).cloned().collect(),
+            seq,
+            kind,
+            payload,
+        }
     }
 
     /// Accept a commit if it was built on the group's current epoch, append it
@@ -478,7 +491,7 @@ impl Db {
         add: &[String],
         remove: &[String],
         now: u64,
-        publish: impl FnOnce(Vec<Queued>),
+        publish: impl FnOnce(Vec<Delivery>),
     ) -> Result<(u64, bool), ApiErr> {
         let mut g = self.lock();
         let inner = &mut *g;
@@ -562,7 +575,13 @@ impl Db {
             now,
         )?;
         let payload: Arc<[u8]> = Arc::from(commit);
-        let mut pushes = Self::pushes(&members, sender, seq, EntryKind::Commit, &payload);
+        let mut pushes = vec![Self::pushes(
+            &members,
+            sender,
+            seq,
+            EntryKind::Commit,
+            payload,
+        )];
         for r in remove {
             tx.execute(
                 "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
@@ -599,12 +618,12 @@ impl Db {
                 st.execute(params![a, wseq as i64]).map_err(db_err)?;
             }
             let wpayload: Arc<[u8]> = Arc::from(w);
-            pushes.extend(Self::pushes(
+            pushes.push(Self::pushes(
                 add,
                 sender,
                 wseq,
                 EntryKind::Welcome,
-                &wpayload,
+                wpayload,
             ));
         }
         let recipients = members.len().saturating_sub(1);
@@ -633,7 +652,7 @@ impl Db {
         client_id: &str,
         payload: Vec<u8>,
         now: u64,
-        publish: impl FnOnce(Vec<Queued>),
+        publish: impl FnOnce(Vec<Delivery>),
     ) -> Result<(u64, bool), ApiErr> {
         let mut g = self.lock();
         let inner = &mut *g;
@@ -682,7 +701,13 @@ impl Db {
                 now,
             )?;
             let payload: Arc<[u8]> = Arc::from(payload);
-            pushes = Self::pushes(&members, sender, seq, EntryKind::Application, &payload);
+            pushes.push(Self::pushes(
+                &members,
+                sender,
+                seq,
+                EntryKind::Application,
+                payload,
+            ));
         }
         tx.execute(
             "INSERT INTO submissions (sender_device, client_id, created_at, recipients) VALUES (?1, ?2, ?3, ?4)",
@@ -979,7 +1004,7 @@ mod tests {
                 &format!("{:032x}", 100 + i),
                 vec![9, i],
                 0,
-                |p| pushed.extend(p),
+                |p| pushed.extend(p.into_iter().flat_map(|d| d.recipients)),
             )
             .expect("send");
         }

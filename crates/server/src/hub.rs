@@ -6,12 +6,23 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::db::Queued;
+use axum::body::Bytes;
+use sitrep_wire::frame;
+
+use crate::db::Delivery;
+
+/// A frame for one connection: encoded once, shared by every recipient.
+pub struct Push {
+    /// Sequence number of the entry.
+    pub seq: u64,
+    /// The binary WebSocket frame.
+    pub frame: Bytes,
+}
 
 /// Per-connection buffer; a device that lags past it is re-read from the store.
 pub const CHANNEL: usize = 1024;
 
-type Conn = (u64, mpsc::Sender<Queued>, Arc<AtomicBool>);
+type Conn = (u64, mpsc::Sender<Push>, Arc<AtomicBool>);
 
 /// Connections by device id.
 #[derive(Default)]
@@ -24,7 +35,7 @@ impl Hub {
     /// Register a connection for a device.
     /// The flag is raised when an entry could not be buffered: the connection
     /// must re-read from the store.
-    pub fn subscribe(&self, device_id: &str) -> (u64, mpsc::Receiver<Queued>, Arc<AtomicBool>) {
+    pub fn subscribe(&self, device_id: &str) -> (u64, mpsc::Receiver<Push>, Arc<AtomicBool>) {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let lagged = Arc::new(AtomicBool::new(false));
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -49,16 +60,25 @@ impl Hub {
     }
 
     /// Push entries that were just committed to the store.
-    pub fn publish(&self, entries: Vec<Queued>) {
-        if entries.is_empty() {
+    pub fn publish(&self, deliveries: Vec<Delivery>) {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.is_empty() {
             return;
         }
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        for e in entries {
-            if let Some(v) = conns.get(&e.device_id) {
-                for (_, tx, lagged) in v {
-                    if tx.try_send(e.clone()).is_err() {
-                        lagged.store(true, Ordering::Release);
+        for d in deliveries {
+            let frame = Bytes::from(frame::encode(d.seq, d.kind, &d.payload));
+            for r in &d.recipients {
+                if let Some(v) = conns.get(r) {
+                    for (_, tx, lagged) in v {
+                        if tx
+                            .try_send(Push {
+                                seq: d.seq,
+                                frame: frame.clone(),
+                            })
+                            .is_err()
+                        {
+                            lagged.store(true, Ordering::Release);
+                        }
                     }
                 }
             }

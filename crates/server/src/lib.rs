@@ -3,7 +3,8 @@
 //!
 //! It enrols devices (signing their credentials with the organisation key),
 //! hands out KeyPackages, orders each group's commits by epoch, and keeps a
-//! durable queue per device, pushed over WebSocket and fetched over HTTP.
+//! durable log per group that each device reads from its acknowledged cursor,
+//! pushed over WebSocket and fetched over HTTP.
 //!
 //! It must never see message plaintext, conversation names, patient data or any
 //! device's private keys: everything it stores about a message is ciphertext and

@@ -74,8 +74,7 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
                 while let Some(e) = next.take() {
                     if e.seq > last_sent {
                         last_sent = e.seq;
-                        let f = Message::Binary(frame::encode(e.seq, e.kind, &e.payload).into());
-                        if sink.feed(f).await.is_err() {
+                        if sink.feed(Message::Binary(e.frame)).await.is_err() {
                             ok = false;
                             break;
                         }

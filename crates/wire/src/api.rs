@@ -187,7 +187,7 @@ pub struct SendRequest {
 /// Answer to [`SendRequest`]: sent only after the message is durably stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendResponse {
-    /// Devices the message was queued for.
+    /// Devices the message is for.
     pub recipients: u64,
     /// True when this client id had already been accepted (a retry).
     pub duplicate: bool,
@@ -196,7 +196,7 @@ pub struct SendResponse {
 /// One entry of a device's inbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InboxEntry {
-    /// Position in this device's queue; acknowledge up to it.
+    /// Global sequence number, increasing in delivery order; acknowledge up to it.
     pub seq: u64,
     /// What the payload is.
     pub kind: EntryKind,
@@ -208,7 +208,7 @@ pub struct InboxEntry {
 /// `GET /v1/inbox?after=SEQ&limit=N`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InboxResponse {
-    /// Entries in queue order.
+    /// Entries in sequence order.
     pub entries: Vec<InboxEntry>,
     /// More entries wait beyond this page.
     pub more: bool,
