@@ -541,7 +541,7 @@ mod mls {
         })
     }
 
-    fn bare(cs: Ciphersuite, n: usize, iters: usize) -> anyhow::Result<Row> {
+    fn bare(cs: Ciphersuite, n: usize, iters: usize, cred_len: usize) -> anyhow::Result<Row> {
         let member = |i: usize| -> anyhow::Result<(
             OpenMlsRustCrypto,
             SignatureKeyPair,
@@ -552,7 +552,14 @@ mod mls {
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             s.store(p.storage()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             let cwk = CredentialWithKey {
-                credential: BasicCredential::new(format!("u{i}").into_bytes()).into(),
+                // Same size as a Sitrep signed credential, so the tree carries as many
+                // bytes and only the code paths differ.
+                credential: BasicCredential::new({
+                    let mut id = format!("u{i}").into_bytes();
+                    id.resize(cred_len, 0);
+                    id
+                })
+                .into(),
                 signature_key: s.public().into(),
             };
             Ok((p, s, cwk))
@@ -652,7 +659,22 @@ mod mls {
     }
 
     pub(super) fn bench(sizes: &[usize], iters: usize) -> anyhow::Result<()> {
+        let cred_len = {
+            let org = SigningKey::from_bytes(&[9u8; 32]);
+            let cred = DeviceCredential {
+                v: 1,
+                org: "Bench Trust".into(),
+                user_id: "u1".into(),
+                device_id: "d1".into(),
+                display_name: "u1".into(),
+                role: "bench".into(),
+                signature_key: ByteBuf::from(vec![0u8; 32]),
+                issued_at: 0,
+            };
+            SignedCredential::sign(&cred, &org).encode().len()
+        };
         println!("(c) MLS costs, medians in ms: Sitrep client core vs bare openmls 0.9.2");
+        println!("    (bare openmls uses BasicCredentials of the same size, {cred_len} bytes)");
         println!("| suite | members | operation | sitrep | openmls | overhead |");
         println!("|---|---|---|---|---|---|");
         for cs in [
@@ -661,7 +683,7 @@ mod mls {
         ] {
             for &n in sizes {
                 let o = ours(cs, n, iters)?;
-                let b = bare(cs, n, iters)?;
+                let b = bare(cs, n, iters, cred_len)?;
                 let name = if cs == sitrep_core::DEFAULT_CIPHERSUITE {
                     "0x004E"
                 } else {

@@ -187,9 +187,13 @@ const STREET_TYPES: &str = "Road|Rd|Street|St|Avenue|Ave|Lane|Ln|Close|Cl|Drive|
 #[derive(Debug, Clone)]
 pub struct Scanner {
     email: Regex,
-    dob_keyword: Regex,
+    /// Any date, unanchored (looked for just before a birth keyword).
     date: Regex,
+    /// The same, anchored: tried at the candidate starts just after a keyword.
+    date_at: Regex,
+    /// Anchored at a word start the prepass found ("MRN", "hosp no", ...).
     hospital: Regex,
+    /// Anchored at the start of an identifier: "K445566 (MRN)".
     hospital_suffix: Regex,
     trust: Vec<Regex>,
     /// Anchored at a capitalised word after a title: "J. Smith", "SMITH".
@@ -200,6 +204,7 @@ pub struct Scanner {
     possessive_tail: Regex,
     /// Anchored: "Emma Jones (daughter)".
     relation_tail: Regex,
+    /// Anchored at a house number or "Flat"/"Apt"/"Unit".
     street: Regex,
 }
 
@@ -238,19 +243,21 @@ impl Scanner {
     /// The scanner with the built-in detectors only.
     pub fn new() -> Self {
         let month = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)";
+        let date = format!(
+            r"(?i-u)[0-9]{{1,2}}[/.\-][0-9]{{1,2}}[/.\-](?:[0-9]{{4}}|[0-9]{{2}})|[0-9]{{4}}[/.\-][0-9]{{1,2}}[/.\-][0-9]{{1,2}}|[0-9]{{1,2}}(?:st|nd|rd|th)?[ \-]+(?:of[ ]+)?{month}\.?,?[ \-]+(?:[0-9]{{4}}|'?[0-9]{{2}})|{month}\.?[ ]+[0-9]{{1,2}}(?:st|nd|rd|th)?,?[ ]+[0-9]{{4}}|[0-9]{{1,2}} [0-9]{{1,2}} [0-9]{{4}}|[0-9]{{8}}|[0-9]{{6}}"
+        );
+        // The keyword regexes below are anchored: the prepass finds the word starts
+        // where they can begin (checking the leading word boundary by hand), so
+        // each runs over a few bytes instead of the whole message.
         Scanner {
             email: re(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
-            dob_keyword: re(
-                r"(?i-u)(?-u:\b)(?:d\.?[ ]?o\.?[ ]?b|date[ ]+of[ ]+birth|birth[ ]?date|born(?:[ ]+on)?|birthday)(?-u:\b)\.?",
-            ),
-            date: re(&format!(
-                r"(?i-u)[0-9]{{1,2}}[/.\-][0-9]{{1,2}}[/.\-](?:[0-9]{{4}}|[0-9]{{2}})|[0-9]{{4}}[/.\-][0-9]{{1,2}}[/.\-][0-9]{{1,2}}|[0-9]{{1,2}}(?:st|nd|rd|th)?[ \-]+(?:of[ ]+)?{month}\.?,?[ \-]+(?:[0-9]{{4}}|'?[0-9]{{2}})|{month}\.?[ ]+[0-9]{{1,2}}(?:st|nd|rd|th)?,?[ ]+[0-9]{{4}}|[0-9]{{1,2}} [0-9]{{1,2}} [0-9]{{4}}|[0-9]{{8}}|[0-9]{{6}}"
-            )),
+            date_at: re(&format!("^(?:{date})")),
+            date: re(&date),
             hospital: re(
-                r"(?i-u)(?-u:\b)(?:mrn|m\.r\.n\.?|hosp(?:ital)?\.?[ ]*(?:number|num|no|id|ref)\.?|unit[ ]+(?:number|no)\.?|case[ ]*notes?[ ]*(?:number|no)?\.?|pas[ ]+(?:number|no|id)\.?|patient[ ]+(?:id|no)\.?|pt[ ]+(?:id|no)\.?|crn|patient[ ]+number|local[ ]+(?:patient[ ]+)?(?:id|number|identifier))",
+                r"^(?i-u)(?:mrn|m\.r\.n\.?|hosp(?:ital)?\.?[ ]*(?:number|num|no|id|ref)\.?|unit[ ]+(?:number|no)\.?|case[ ]*notes?[ ]*(?:number|no)?\.?|pas[ ]+(?:number|no|id)\.?|patient[ ]+(?:id|no)\.?|pt[ ]+(?:id|no)\.?|crn|patient[ ]+number|local[ ]+(?:patient[ ]+)?(?:id|number|identifier))",
             ),
             hospital_suffix: re(
-                r"(?i-u)(?-u:\b)(?:[a-z]{0,3}[0-9]{5,10}[a-z]?)[ ]*[(\[]?[ ]*(?:mrn|hosp(?:ital)?\.?[ ]*(?:number|num|no)|unit[ ]+no)(?-u:\b)",
+                r"^(?i-u)(?:[a-z]{0,3}[0-9]{5,10}[a-z]?)[ ]*[(\[]?[ ]*(?:mrn|hosp(?:ital)?\.?[ ]*(?:number|num|no)|unit[ ]+no)(?-u:\b)",
             ),
             trust: Vec::new(),
             titled_tail: re(&format!(
@@ -264,7 +271,7 @@ impl Scanner {
                 r"^(?:{NAME}[ ]+)?{NAME}[ ]*\((?i:wife|husband|son|daughter|mother|father|mum|dad|partner|brother|sister|nok|next[ ]+of[ ]+kin|carer|friend|grandson|granddaughter)\)"
             )),
             street: re(&format!(
-                r"(?-u:\b)(?:(?:Flat|Apt|Apartment|Unit)[ ]+[0-9]+[A-Za-z]?,?[ ]+)?[0-9]{{1,4}}[A-Za-z]?,?[ ]+(?:{NAME}[ ]+){{1,3}}(?:{STREET_TYPES})(?-u:\b)\.?"
+                r"^(?:(?:Flat|Apt|Apartment|Unit)[ ]+[0-9]+[A-Za-z]?,?[ ]+)?[0-9]{{1,4}}[A-Za-z]?,?[ ]+(?:{NAME}[ ]+){{1,3}}(?:{STREET_TYPES})(?-u:\b)\.?"
             )),
         }
     }
@@ -292,66 +299,85 @@ impl Scanner {
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         // One cheap pass decides which detectors can possibly match, so a typical
         // message runs one or two regexes rather than all of them.
-        let f = Features::of(text.as_bytes());
+        let pre = Features::of(text.as_bytes());
+        let f = &pre.f;
         let mut out = Vec::new();
         if f.digits == 0 && !f.at && !f.upper {
             return out;
         }
         if f.max_digit_run >= 10 {
-            find_long_numbers(text, &mut out);
+            find_long_numbers(text, &pre.digit_runs, &mut out);
         }
         if f.dob_word && f.digits >= 3 {
-            self.find_dates_of_birth(text, &mut out);
+            self.find_dates_of_birth(text, &pre.dob_words, &mut out);
         }
         if f.hospital_word && f.digits >= 4 {
-            self.find_hospital_numbers(text, &mut out);
+            self.find_hospital_numbers(text, &pre, &mut out);
         }
         if !self.trust.is_empty() && f.digits >= 1 {
             self.find_trust_patterns(text, &mut out);
         }
         if f.street_word && f.number_then_capital {
-            self.find_addresses(text, &mut out);
+            self.find_addresses(text, &pre, &mut out);
         }
         if f.upper_then_digit && f.digits >= 2 {
-            find_postcodes(text, &mut out);
+            find_postcodes(text, &pre.digit_runs, &mut out);
         }
         if f.at {
             self.find_emails(text, &mut out);
         }
         if f.upper {
-            self.find_names(text, &f, &mut out);
+            self.find_names(text, f, &mut out);
         }
         resolve_overlaps(out)
     }
 
-    #[inline(never)]
     fn find_emails(&self, text: &str, out: &mut Vec<Finding>) {
         for m in self.email.find_iter(text) {
             out.push(Finding::new(PidKind::Email, m.start(), m.end(), 0.95));
         }
     }
 
-    #[inline(never)]
-    fn find_hospital_numbers(&self, text: &str, out: &mut Vec<Finding>) {
+    fn find_hospital_numbers(&self, text: &str, pre: &Prepass, out: &mut Vec<Finding>) {
         let b = text.as_bytes();
-        for kw in self.hospital.find_iter(text) {
-            if let Some((s, e)) = identifier_after(b, kw.end()) {
-                out.push(Finding::new(PidKind::HospitalNumber, s, e, 0.9));
+        // Keyword first: the same matches as an unanchored, non-overlapping search,
+        // because every match starts at one of the candidate word starts.
+        let mut next = 0;
+        for s in pre.hospital_words.iter() {
+            if s < next {
+                continue;
+            }
+            if let Some(kw) = self.hospital.find(&text[s..]) {
+                next = s + kw.end();
+                if let Some((s, e)) = identifier_after(b, next) {
+                    out.push(Finding::new(PidKind::HospitalNumber, s, e, 0.9));
+                }
             }
         }
-        // "K445566 (MRN)", "K445566 hosp no"
-        for m in self.hospital_suffix.find_iter(text) {
-            let id_len = m
-                .as_str()
-                .bytes()
-                .take_while(u8::is_ascii_alphanumeric)
-                .count();
-            out.push(Finding::new(
-                PidKind::HospitalNumber,
-                m.start(),
-                m.start() + id_len,
-                0.85,
-            ));
+        // "K445566 (MRN)", "K445566 hosp no": up to three letters, then a run of
+        // 5-10 digits, so every match starts just before a digit run.
+        let mut next = 0;
+        for d in pre.digit_runs.iter() {
+            let mut c = d;
+            while c > 0 && d - c < 4 && b[c - 1].is_ascii_alphabetic() {
+                c -= 1;
+            }
+            if c < next || d - c > 3 || (c > 0 && is_word_byte(b[c - 1])) {
+                continue;
+            }
+            let e = d + b[d..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if !(5..=10).contains(&(e - d)) || !suffix_keyword_may_follow(b, e) {
+                continue;
+            }
+            if let Some(m) = self.hospital_suffix.find(&text[c..]) {
+                let id_len = m
+                    .as_str()
+                    .bytes()
+                    .take_while(u8::is_ascii_alphanumeric)
+                    .count();
+                out.push(Finding::new(PidKind::HospitalNumber, c, c + id_len, 0.85));
+                next = c + m.end();
+            }
         }
     }
 
@@ -371,26 +397,38 @@ impl Scanner {
         }
     }
 
-    #[inline(never)]
-    fn find_dates_of_birth(&self, text: &str, out: &mut Vec<Finding>) {
+    fn find_dates_of_birth<const N: usize>(
+        &self,
+        text: &str,
+        candidates: &Positions<N>,
+        out: &mut Vec<Finding>,
+    ) {
         let b = text.as_bytes();
-        for kw in self.dob_keyword.find_iter(text) {
+        let mut next = 0;
+        for ks in candidates.iter() {
+            if ks < next {
+                continue;
+            }
+            let Some(ke) = dob_keyword_at(b, ks) else {
+                continue;
+            };
+            next = ke;
             // "DOB: 12/03/1948", "born on 3rd March 1952"
-            if let Some(d) = self.date.find_at(text, kw.end())
-                && gap_is_filler(&text[kw.end()..d.start()])
-                && date_ok(b, d.start(), d.end(), d.as_str())
+            if let Some((ds, de)) = self.date_after(text, ke)
+                && gap_is_filler(&text[ke..ds])
+                && date_ok(b, ds, de, &text[ds..de])
             {
-                out.push(Finding::new(PidKind::DateOfBirth, d.start(), d.end(), 0.95));
+                out.push(Finding::new(PidKind::DateOfBirth, ds, de, 0.95));
                 continue;
             }
             // "12/03/1948 (DOB)"
-            let from = floor_char_boundary(text, kw.start().saturating_sub(28));
+            let from = floor_char_boundary(text, ks.saturating_sub(28));
             let mut last = None;
-            for d in self.date.find_iter(&text[from..kw.start()]) {
+            for d in self.date.find_iter(&text[from..ks]) {
                 last = Some((from + d.start(), from + d.end()));
             }
             if let Some((ds, de)) = last {
-                let gap = &text[de..kw.start()];
+                let gap = &text[de..ks];
                 if gap.len() <= 3
                     && gap
                         .bytes()
@@ -403,17 +441,55 @@ impl Scanner {
         }
     }
 
-    #[inline(never)]
-    fn find_addresses(&self, text: &str, out: &mut Vec<Finding>) {
-        for m in self.street.find_iter(text) {
-            let (s, mut e) = (m.start(), m.end());
-            if s > 0 && text.as_bytes()[s - 1].is_ascii_digit() {
+    /// The leftmost date starting in `from..=from + 16` (a date further away fails
+    /// the filler-gap rule anyway), as an unanchored search from `from` would find.
+    fn date_after(&self, text: &str, from: usize) -> Option<(usize, usize)> {
+        let b = text.as_bytes();
+        let last = (from + 16).min(b.len().saturating_sub(1));
+        (from..=last)
+            .filter(|&p| {
+                b.get(p).is_some_and(|&c| {
+                    c.is_ascii_digit()
+                        || matches!(
+                            c.to_ascii_lowercase(),
+                            b'j' | b'f' | b'm' | b'a' | b's' | b'o' | b'n' | b'd'
+                        )
+                })
+            })
+            .find_map(|p| self.date_at.find(&text[p..]).map(|m| (p, p + m.end())))
+    }
+
+    fn find_addresses(&self, text: &str, pre: &Prepass, out: &mut Vec<Finding>) {
+        let b = text.as_bytes();
+        // Every match starts at a "Flat"/"Apt"/"Unit" word or at a house number of
+        // 1-4 digits on a word boundary followed by a capitalised word; merge the
+        // two sorted candidate lists and try the anchored regex at each.
+        let mut flats = pre.flat_words.iter().peekable();
+        let mut runs = pre
+            .digit_runs
+            .iter()
+            .filter(|&d| house_number_at(b, d))
+            .peekable();
+        let mut next = 0;
+        loop {
+            let s = match (flats.peek(), runs.peek()) {
+                (Some(&f), Some(&r)) if f < r => flats.next(),
+                (Some(_), None) => flats.next(),
+                (_, Some(_)) => runs.next(),
+                (None, None) => None,
+            };
+            let Some(s) = s else { break };
+            if s < next {
                 continue;
             }
+            let Some(m) = self.street.find(&text[s..]) else {
+                continue;
+            };
+            let mut e = s + m.end();
+            next = e;
             // A town and postcode often follow: ", Leeds LS6 2AB".
             let tail = &text[e..];
             let mut confidence = 0.8;
-            let b = text.as_bytes();
             let pc = (e..(e + 48).min(b.len()))
                 .filter(|&i| b[i].is_ascii_uppercase())
                 .find_map(|i| postcode_at(b, i).map(|pe| (i - e, pe - e)));
@@ -433,7 +509,6 @@ impl Scanner {
         }
     }
 
-    #[inline(never)]
     fn find_names(&self, text: &str, f: &Features, out: &mut Vec<Finding>) {
         let b = text.as_bytes();
         let mut i = 0;
@@ -517,7 +592,6 @@ enum Marks {
     None,
 }
 
-#[inline(never)]
 fn name_followed_by(b: &[u8], i: usize) -> Marks {
     const CURLY: &[u8] = "’".as_bytes();
     let mut j = i;
@@ -584,9 +658,23 @@ const NAME_CONTEXT: &[&str] = &[
     "granddaughter",
 ];
 
+/// `word` is one of [`NAME_CONTEXT`], in any case (compared through a lowercase
+/// copy on the stack instead of one case-insensitive compare per entry).
+fn is_name_context(word: &str) -> bool {
+    let w = word.as_bytes();
+    if !(2..=13).contains(&w.len()) {
+        return false;
+    }
+    let mut lower = [0u8; 13];
+    for (d, c) in lower.iter_mut().zip(w) {
+        *d = c.to_ascii_lowercase();
+    }
+    let lw = &lower[..w.len()];
+    NAME_CONTEXT.iter().any(|k| k.as_bytes() == lw)
+}
+
 /// Look back from the capitalised word at `i` for a title or a context word,
 /// skipping spaces and one `:`, `-`, `=` or "is".
-#[inline(never)]
 fn preceding_cue(text: &str, i: usize) -> Cue {
     let b = text.as_bytes();
     let mut j = i;
@@ -617,11 +705,11 @@ fn preceding_cue(text: &str, i: usize) -> Cue {
     if word == "is" {
         word = word_before(skip_spaces(j - 2));
     }
-    if !punct && TITLES.contains(&word.trim_end_matches('.')) && !word.starts_with('.') {
+    let bare = word.trim_end_matches('.');
+    if !punct && TITLES.contains(&bare) && !word.starts_with('.') {
         return Cue::Title;
     }
-    let bare = word.trim_end_matches('.');
-    if bare.len() <= 13 && NAME_CONTEXT.iter().any(|k| k.eq_ignore_ascii_case(bare)) {
+    if is_name_context(bare) {
         return Cue::Context;
     }
     if bare.eq_ignore_ascii_case("as") {
@@ -689,14 +777,260 @@ const CLASS: [u8; 256] = {
     t
 };
 
+/// Positions recorded by the prepass: kept on the stack for typical messages,
+/// spilling to the heap only for long ones.
+#[derive(Debug)]
+struct Positions<const N: usize> {
+    inline: [usize; N],
+    len: usize,
+    spill: Vec<usize>,
+}
+
+impl<const N: usize> Default for Positions<N> {
+    fn default() -> Self {
+        Positions {
+            inline: [0; N],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+}
+
+impl<const N: usize> Positions<N> {
+    fn push(&mut self, p: usize) {
+        if let Some(slot) = self.inline.get_mut(self.len) {
+            *slot = p;
+        } else {
+            self.spill.push(p);
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.inline[..self.len.min(N)]
+            .iter()
+            .chain(&self.spill)
+            .copied()
+    }
+}
+
+/// The prepass result: the gating features plus the positions where the
+/// detectors can start, so they try a handful of places instead of every byte.
+#[derive(Debug, Default)]
+struct Prepass {
+    f: Features,
+    /// Start of every run of ASCII digits.
+    digit_runs: Positions<48>,
+    /// Word starts (on an ASCII word boundary) that may begin a hospital-number
+    /// keyword: "MRN", "m.r.n", "hosp...", "unit", "case...", "pas", "pat...",
+    /// "pt", "crn", "local".
+    hospital_words: Positions<8>,
+    /// Word starts that may begin a birth keyword: "d", "do", "dob", "date",
+    /// "born...", "birth...".
+    dob_words: Positions<8>,
+    /// "Flat", "Apt", "Apartment", "Unit" (case-sensitive) on a word boundary.
+    flat_words: Positions<4>,
+}
+
+/// A word of up to 8 ASCII letters packed big-endian and lowercased (the
+/// prepass builds the same value byte by byte), so a word test is one integer
+/// compare. A nine-letter word keeps its last eight letters.
+const fn key(w: &[u8]) -> u64 {
+    let mut k = 0u64;
+    let mut i = 0;
+    while i < w.len() {
+        k = (k << 8) | (w[i] | 0x20) as u64;
+        i += 1;
+    }
+    k
+}
+
+// What a (lowercased) word means to the detectors, from one lookup.
+const W_HOSPITAL: u16 = 1; // mrn, crn, hosp, hospno, hospital
+const W_ID: u16 = 2; // id, no, number, num, ref
+const W_ID_CONTEXT: u16 = 4; // patient, pt, unit, pas, local, case, notes, note, casenotes
+const W_DOB: u16 = 8; // dob, b, born, birth, birthday, birthdate
+const W_STREET: u16 = 16; // a street type, when capitalised
+const W_FLAT: u16 = 32; // flat, apt, apartment, unit, when capitalised
+
+/// The words the prepass recognises, with their flags.
+const WORD_LIST: [(&[u8], u16); 73] = [
+    (b"mrn", W_HOSPITAL),
+    (b"crn", W_HOSPITAL),
+    (b"hosp", W_HOSPITAL),
+    (b"hospno", W_HOSPITAL),
+    (b"hospital", W_HOSPITAL),
+    (b"id", W_ID),
+    (b"no", W_ID),
+    (b"number", W_ID),
+    (b"num", W_ID),
+    (b"ref", W_ID),
+    (b"patient", W_ID_CONTEXT),
+    (b"pt", W_ID_CONTEXT),
+    (b"pas", W_ID_CONTEXT),
+    (b"local", W_ID_CONTEXT),
+    (b"case", W_ID_CONTEXT),
+    (b"notes", W_ID_CONTEXT),
+    (b"note", W_ID_CONTEXT),
+    (b"unit", W_ID_CONTEXT | W_FLAT),
+    (b"dob", W_DOB),
+    (b"b", W_DOB),
+    (b"born", W_DOB),
+    (b"birth", W_DOB),
+    (b"birthday", W_DOB),
+    (b"flat", W_FLAT),
+    (b"apt", W_FLAT),
+    (b"road", W_STREET),
+    (b"rd", W_STREET),
+    (b"street", W_STREET),
+    (b"st", W_STREET),
+    (b"avenue", W_STREET),
+    (b"ave", W_STREET),
+    (b"lane", W_STREET),
+    (b"ln", W_STREET),
+    (b"close", W_STREET),
+    (b"cl", W_STREET),
+    (b"drive", W_STREET),
+    (b"dr", W_STREET),
+    (b"way", W_STREET),
+    (b"crescent", W_STREET),
+    (b"cres", W_STREET),
+    (b"court", W_STREET),
+    (b"ct", W_STREET),
+    (b"place", W_STREET),
+    (b"pl", W_STREET),
+    (b"gardens", W_STREET),
+    (b"gdns", W_STREET),
+    (b"grove", W_STREET),
+    (b"gr", W_STREET),
+    (b"terrace", W_STREET),
+    (b"terr", W_STREET),
+    (b"hill", W_STREET),
+    (b"park", W_STREET),
+    (b"square", W_STREET),
+    (b"sq", W_STREET),
+    (b"row", W_STREET),
+    (b"view", W_STREET),
+    (b"walk", W_STREET),
+    (b"mews", W_STREET),
+    (b"green", W_STREET),
+    (b"rise", W_STREET),
+    (b"parade", W_STREET),
+    (b"vale", W_STREET),
+    (b"croft", W_STREET),
+    (b"meadow", W_STREET),
+    (b"meadows", W_STREET),
+    (b"fields", W_STREET),
+    (b"wynd", W_STREET),
+    (b"brae", W_STREET),
+    (b"gate", W_STREET),
+    (b"yard", W_STREET),
+    (b"end", W_STREET),
+    (b"heights", W_STREET),
+    (b"mount", W_STREET),
+];
+
+/// [`WORD_LIST`] as packed keys, sorted for binary search.
+const WORD_KEYS: [(u64, u16); 73] = {
+    let mut t = [(0u64, 0u16); 73];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = (key(WORD_LIST[i].0), WORD_LIST[i].1);
+        i += 1;
+    }
+    // insertion sort (const context)
+    let mut i = 1;
+    while i < t.len() {
+        let mut j = i;
+        while j > 0 && t[j - 1].0 > t[j].0 {
+            let tmp = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = tmp;
+            j -= 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// For each lowercase first letter, a bit per word length (1-9) that occurs in
+/// [`WORD_LIST`] (plus the four nine-letter words): most words fail this test
+/// and skip the lookup.
+const WORD_LENGTHS: [u16; 32] = {
+    let mut t = [0u16; 32];
+    let mut i = 0;
+    while i < WORD_LIST.len() {
+        let w = WORD_LIST[i].0;
+        t[(w[0] & 31) as usize] |= 1 << w.len();
+        i += 1;
+    }
+    let nine: [u8; 4] = [b'b', b'c', b'b', b'a'];
+    let mut i = 0;
+    while i < nine.len() {
+        t[(nine[i] & 31) as usize] |= 1 << 9;
+        i += 1;
+    }
+    t
+};
+
+/// Flags for a word of `len` <= 9 letters whose packed key is `k`; `first` is
+/// its first letter, lowercased (needed for nine-letter words).
+fn word_flags(k: u64, len: usize, first: u8) -> u16 {
+    if WORD_LENGTHS[usize::from(first & 31)] & (1 << len) == 0 {
+        return 0;
+    }
+    if len == 9 {
+        return if first == b'b' && k == const { key(b"irthdate") } {
+            W_DOB
+        } else if first == b'c' && k == const { key(b"asenotes") } {
+            W_ID_CONTEXT
+        } else if first == b'b' && k == const { key(b"oulevard") } {
+            W_STREET
+        } else if first == b'a' && k == const { key(b"partment") } {
+            W_FLAT
+        } else {
+            0
+        };
+    }
+    match WORD_KEYS.binary_search_by_key(&k, |e| e.0) {
+        Ok(i) => WORD_KEYS[i].1,
+        Err(_) => 0,
+    }
+}
+
+/// An ASCII word byte for `\b` in the regexes (`(?-u:\b)`): `[0-9A-Za-z_]`.
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// First letters (lowercased) of words that may start a keyword match.
+const fn first_letter_mask() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let hosp = b"mhucpl";
+    let mut i = 0;
+    while i < hosp.len() {
+        t[hosp[i] as usize] |= 1;
+        t[(hosp[i] - 32) as usize] |= 1;
+        i += 1;
+    }
+    t[b'd' as usize] |= 2;
+    t[b'D' as usize] |= 2;
+    t[b'b' as usize] |= 2;
+    t[b'B' as usize] |= 2;
+    t
+}
+const FIRST: [u8; 256] = first_letter_mask();
+
 impl Features {
-    #[inline(never)]
-    fn of(b: &[u8]) -> Features {
+    fn of(b: &[u8]) -> Prepass {
+        let mut pre = Prepass::default();
         let mut f = Features::default();
         let mut run = 0usize;
         let mut gap = 0u8;
-        let mut prev_word = [0u8; 9];
-        let mut prev_len = 0usize;
+        let mut digits = 0usize;
+        let mut max_digit_run = 0usize;
+        let mut upper = false;
+        let mut prev_flags = 0u16; // flags of the previous word (0 if none or long)
         let n = b.len();
         let mut i = 0;
         while i < n {
@@ -704,160 +1038,252 @@ impl Features {
             if k & ALPHA != 0 {
                 let s = i;
                 let mut acc = 0u8;
-                while i < n && CLASS[usize::from(b[i])] & ALPHA != 0 {
-                    acc |= CLASS[usize::from(b[i])];
+                let mut wk = 0u64;
+                while i < n {
+                    let c = b[i];
+                    let kc = CLASS[usize::from(c)];
+                    if kc & ALPHA == 0 {
+                        break;
+                    }
+                    acc |= kc;
+                    wk = (wk << 8) | u64::from(c | 0x20);
                     i += 1;
                 }
-                f.upper |= acc & UPPER != 0;
-                if acc & UPPER != 0 && b[s].is_ascii_uppercase() && s >= 2 && b[s - 1] == b' ' {
-                    let p = if b[s - 2] == b',' && s >= 3 {
-                        b[s - 3]
-                    } else {
-                        b[s - 2]
-                    };
-                    f.number_then_capital |= p.is_ascii_digit();
+                let len = i - s;
+                let first = b[s];
+                let mut capitalised = false;
+                if acc & UPPER != 0 {
+                    upper = true;
+                    let first_upper = first.is_ascii_uppercase();
+                    if first_upper && s >= 2 && b[s - 1] == b' ' {
+                        let p = if b[s - 2] == b',' && s >= 3 {
+                            b[s - 3]
+                        } else {
+                            b[s - 2]
+                        };
+                        f.number_then_capital |= p.is_ascii_digit();
+                    }
+                    if i < n && b[i].is_ascii_digit() && b[i - 1].is_ascii_uppercase() {
+                        f.upper_then_digit = true;
+                    }
+                    // Capitalised with the rest lowercase, as street types are written.
+                    capitalised =
+                        first_upper && len <= 9 && b[s + 1..i].iter().all(u8::is_ascii_lowercase);
                 }
                 // "'s" / "’s" (the curly quote ends in byte 0x99)
-                if i - s == 1 && b[s] == b's' && s > 0 && (b[s - 1] == b'\'' || b[s - 1] == 0x99) {
+                if len == 1 && first == b's' && s > 0 && (b[s - 1] == b'\'' || b[s - 1] == 0x99) {
                     f.apostrophe_s = true;
                 }
-                if i < n && b[i].is_ascii_digit() && b[i - 1].is_ascii_uppercase() {
-                    f.upper_then_digit = true;
+                let flags = if len <= 9 {
+                    word_flags(wk, len, first | 0x20)
+                } else {
+                    0
+                };
+                if flags != 0 {
+                    if flags & W_HOSPITAL != 0
+                        || (flags & W_ID != 0 && prev_flags & W_ID_CONTEXT != 0)
+                    {
+                        f.hospital_word = true;
+                    }
+                    f.dob_word |= flags & W_DOB != 0;
+                    if capitalised {
+                        f.street_word |= flags & W_STREET != 0;
+                        if flags & W_FLAT != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
+                            pre.flat_words.push(s);
+                        }
+                    }
                 }
-                f.classify_word(&b[s..i], &mut prev_word, &mut prev_len);
+                prev_flags = flags;
+                let fm = FIRST[usize::from(first)];
+                if fm != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
+                    pre.record_keyword_start(b, s, len, fm);
+                }
                 run = 0;
                 gap = 0;
                 continue;
             }
             if k & DIGIT != 0 {
-                f.digits += 1;
+                // The previous byte was a digit exactly when a run is open with no
+                // separator pending.
+                if run == 0 || gap != 0 {
+                    pre.digit_runs.push(i);
+                }
+                digits += 1;
                 run += 1;
                 gap = 0;
-                f.max_digit_run = f.max_digit_run.max(run);
+                max_digit_run = max_digit_run.max(run);
             } else if k & SEP != 0 && run > 0 && gap < 2 {
                 gap += 1;
             } else {
                 run = 0;
                 gap = 0;
             }
-            if k & SPECIAL != 0 {
+            if k & (SPECIAL | HIGH) != 0 {
                 f.at |= b[i] == b'@';
                 f.paren |= b[i] == b'(';
+                upper |= k & HIGH != 0;
             }
-            f.upper |= k & HIGH != 0;
             i += 1;
         }
-        f
-    }
-
-    fn classify_word(&mut self, w: &[u8], prev_word: &mut [u8; 9], prev_len: &mut usize) {
-        if w.len() > prev_word.len() {
-            *prev_len = 0;
-            return;
-        }
-        let mut lower = [0u8; 9];
-        for (d, s) in lower.iter_mut().zip(w) {
-            *d = s.to_ascii_lowercase();
-        }
-        let lw = &lower[..w.len()];
-        let pw = &prev_word[..*prev_len];
-        match lw {
-            b"mrn" | b"crn" | b"hosp" | b"hospno" | b"hospital" => self.hospital_word = true,
-            b"id" | b"no" | b"number" | b"num" | b"ref"
-                if matches!(
-                    pw,
-                    b"patient"
-                        | b"pt"
-                        | b"unit"
-                        | b"pas"
-                        | b"local"
-                        | b"case"
-                        | b"notes"
-                        | b"note"
-                        | b"casenotes"
-                ) =>
-            {
-                self.hospital_word = true
-            }
-            b"dob" | b"b" | b"born" | b"birth" | b"birthday" | b"birthdate" => self.dob_word = true,
-            _ => {}
-        }
-        if w[0].is_ascii_uppercase() && is_street_type(w) {
-            self.street_word = true;
-        }
-        *prev_word = lower;
-        *prev_len = w.len();
+        f.digits = digits;
+        f.max_digit_run = max_digit_run;
+        f.upper = upper;
+        pre.f = f;
+        pre
     }
 }
 
-fn is_street_type(w: &[u8]) -> bool {
-    matches!(
-        w,
-        b"Road"
-            | b"Rd"
-            | b"Street"
-            | b"St"
-            | b"Avenue"
-            | b"Ave"
-            | b"Lane"
-            | b"Ln"
-            | b"Close"
-            | b"Cl"
-            | b"Drive"
-            | b"Dr"
-            | b"Way"
-            | b"Crescent"
-            | b"Cres"
-            | b"Court"
-            | b"Ct"
-            | b"Place"
-            | b"Pl"
-            | b"Gardens"
-            | b"Gdns"
-            | b"Grove"
-            | b"Gr"
-            | b"Terrace"
-            | b"Terr"
-            | b"Hill"
-            | b"Park"
-            | b"Square"
-            | b"Sq"
-            | b"Row"
-            | b"View"
-            | b"Walk"
-            | b"Mews"
-            | b"Green"
-            | b"Rise"
-            | b"Parade"
-            | b"Boulevard"
-            | b"Vale"
-            | b"Croft"
-            | b"Meadow"
-            | b"Meadows"
-            | b"Fields"
-            | b"Wynd"
-            | b"Brae"
-            | b"Gate"
-            | b"Yard"
-            | b"End"
-            | b"Heights"
-            | b"Mount"
-    )
+impl Prepass {
+    /// Record a word start (on an ASCII word boundary) where a hospital-number or
+    /// birth keyword may begin. Necessary conditions only: the detectors decide.
+    fn record_keyword_start(&mut self, b: &[u8], s: usize, len: usize, mask: u8) {
+        let lc = |j: usize| b[j] | 0x20;
+        let p3 = |w: &[u8; 3]| len >= 3 && lc(s) == w[0] && lc(s + 1) == w[1] && lc(s + 2) == w[2];
+        if mask & 1 != 0
+            && ((len == 1 && lc(s) == b'm')
+                || (len == 2 && lc(s) == b'p' && lc(s + 1) == b't')
+                || [
+                    b"mrn", b"crn", b"hos", b"uni", b"cas", b"pas", b"pat", b"loc",
+                ]
+                .iter()
+                .any(|w| p3(w)))
+        {
+            self.hospital_words.push(s);
+        }
+        if mask & 2 != 0 && ((lc(s) == b'd' && len <= 4) || p3(b"bor") || p3(b"bir")) {
+            self.dob_words.push(s);
+        }
+    }
+}
+
+/// The birth keyword starting at `s` (on a word boundary), with the semantics of
+/// the regex `(?i)(?:d\.?[ ]?o\.?[ ]?b|date[ ]+of[ ]+birth|birth[ ]?date|born(?:[ ]+on)?|birthday)\b\.?`
+/// (leftmost-first). Returns the end of the match.
+fn dob_keyword_at(b: &[u8], s: usize) -> Option<usize> {
+    let lc = |i: usize| b.get(i).map(u8::to_ascii_lowercase);
+    let word_end = |e: usize| !b.get(e).is_some_and(|&c| is_word_byte(c));
+    let finish = |e: usize| if b.get(e) == Some(&b'.') { e + 1 } else { e };
+    let lit = |i: usize, w: &[u8]| {
+        b.get(i..i + w.len())
+            .is_some_and(|x| x.eq_ignore_ascii_case(w))
+            .then_some(i + w.len())
+    };
+    let spaces = |mut i: usize| {
+        let from = i;
+        while b.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        (i > from).then_some(i)
+    };
+    let opt = |i: usize, c: u8| if b.get(i) == Some(&c) { i + 1 } else { i };
+    match lc(s)? {
+        b'd' => {
+            // d\.?[ ]?o\.?[ ]?b: each optional byte differs from what follows it,
+            // so taking it whenever present is what the regex does.
+            let i = opt(opt(s + 1, b'.'), b' ');
+            if lc(i) == Some(b'o') {
+                let i = opt(opt(i + 1, b'.'), b' ');
+                if lc(i) == Some(b'b') && word_end(i + 1) {
+                    return Some(finish(i + 1));
+                }
+            }
+            let i = spaces(lit(s, b"date")?)?;
+            let i = spaces(lit(i, b"of")?)?;
+            let e = lit(i, b"birth")?;
+            word_end(e).then(|| finish(e))
+        }
+        b'b' => {
+            if let Some(i) = lit(s, b"birth")
+                && let Some(e) = lit(opt(i, b' '), b"date")
+                && word_end(e)
+            {
+                return Some(finish(e));
+            }
+            if let Some(i) = lit(s, b"born") {
+                if let Some(e) = spaces(i).and_then(|j| lit(j, b"on"))
+                    && word_end(e)
+                {
+                    return Some(finish(e));
+                }
+                if word_end(i) {
+                    return Some(finish(i));
+                }
+            }
+            let e = lit(s, b"birthday")?;
+            word_end(e).then(|| finish(e))
+        }
+        _ => None,
+    }
+}
+
+/// After a 5-10 digit identifier ending at `e`, the suffix keyword ("mrn",
+/// "hosp", "unit") can start: optional letter, spaces, optional bracket, spaces.
+fn suffix_keyword_may_follow(b: &[u8], e: usize) -> bool {
+    let kw = |j: usize| {
+        b.get(j)
+            .is_some_and(|c| matches!(c.to_ascii_lowercase(), b'm' | b'h' | b'u'))
+    };
+    if kw(e) {
+        return true;
+    }
+    let mut j = e;
+    if b.get(j).is_some_and(u8::is_ascii_alphabetic) {
+        j += 1;
+    }
+    while b.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    if matches!(b.get(j), Some(b'(' | b'[')) {
+        j += 1;
+    }
+    while b.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    kw(j)
+}
+
+/// A house number can start an address at the digit run `d`: on a word boundary,
+/// 1-4 digits, an optional letter and comma, spaces, then a capital (ASCII or not).
+fn house_number_at(b: &[u8], d: usize) -> bool {
+    if d > 0 && is_word_byte(b[d - 1]) {
+        return false;
+    }
+    let digits = b[d..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits > 4 {
+        return false;
+    }
+    let mut j = d + digits;
+    if b.get(j).is_some_and(u8::is_ascii_alphabetic) {
+        j += 1;
+    }
+    if b.get(j) == Some(&b',') {
+        j += 1;
+    }
+    if b.get(j) != Some(&b' ') {
+        return false;
+    }
+    while b.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    b.get(j)
+        .is_some_and(|&c| c.is_ascii_uppercase() || c >= 0x80)
 }
 
 /// NHS/CHI numbers and phone numbers: both are long digit groups, so one walk over
 /// the starts of digit runs finds both without a regex.
-#[inline(never)]
-fn find_long_numbers(text: &str, out: &mut Vec<Finding>) {
+fn find_long_numbers<const N: usize>(
+    text: &str,
+    digit_runs: &Positions<N>,
+    out: &mut Vec<Finding>,
+) {
     let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_digit()) {
-            i += 1;
+    let mut next = 0;
+    for i in digit_runs.iter() {
+        if i < next {
             continue;
         }
         if let Some(f) = nhs_at(text, i) {
-            i = f.end;
+            next = f.end;
             out.push(f);
             continue;
         }
@@ -876,16 +1302,13 @@ fn find_long_numbers(text: &str, out: &mut Vec<Finding>) {
             && let Some(e) = parse_phone(b, s)
         {
             out.push(Finding::new(PidKind::Phone, s, e, 0.9));
-            i = e;
-            continue;
+            next = e;
         }
-        i += 1;
     }
 }
 
 /// A Modulus 11-valid ten-digit number starting at `s`, written plain, 3-3-4,
 /// 3-7 or 6-4 with single spaces, dashes or dots.
-#[inline(never)]
 fn nhs_at(text: &str, s: usize) -> Option<Finding> {
     let b = text.as_bytes();
     let mut digits = [0u8; 10];
@@ -1006,23 +1429,23 @@ fn identifier_after(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
     Some((s, e))
 }
 
-/// Postcodes start where a capital letter is followed by a digit.
-#[inline(never)]
-fn find_postcodes(text: &str, out: &mut Vec<Finding>) {
+/// Postcodes start one or two capitals before a digit run ("M1 1AE", "LS6 2AB").
+fn find_postcodes<const N: usize>(text: &str, digit_runs: &Positions<N>, out: &mut Vec<Finding>) {
     let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        // Cheap test first: a digit within the next three bytes.
-        let digit_at = |j: usize| b.get(j).is_some_and(u8::is_ascii_digit);
-        if b[i].is_ascii_uppercase()
-            && (digit_at(i + 1) || (digit_at(i + 2) && b[i + 1].is_ascii_uppercase()))
-            && let Some(e) = postcode_at(b, i)
-        {
-            out.push(Finding::new(PidKind::Postcode, i, e, 0.9));
-            i = e;
-            continue;
+    let upper = |j: usize| b[j].is_ascii_uppercase();
+    let mut next = 0;
+    for d in digit_runs.iter() {
+        let two = d >= 2 && upper(d - 2) && upper(d - 1);
+        let one = d >= 1 && upper(d - 1);
+        for (ok, i) in [(two, d.wrapping_sub(2)), (one, d.wrapping_sub(1))] {
+            if !ok || i < next {
+                continue;
+            }
+            if let Some(e) = postcode_at(b, i) {
+                out.push(Finding::new(PidKind::Postcode, i, e, 0.9));
+                next = e;
+            }
         }
-        i += 1;
     }
 }
 
@@ -1175,7 +1598,6 @@ fn gap_is_filler(gap: &str) -> bool {
 }
 
 /// The date match stands alone and is a real calendar date.
-#[inline(never)]
 fn date_ok(b: &[u8], s: usize, e: usize, d: &str) -> bool {
     if s > 0 && b[s - 1].is_ascii_alphanumeric() {
         return false;
@@ -1212,7 +1634,6 @@ fn date_ok(b: &[u8], s: usize, e: usize, d: &str) -> bool {
 
 /// Trim a captured name: drop trailing words that are not names ("Mr Smith Bay"),
 /// and reject it if the first word is not a name ("Dr On call").
-#[inline(never)]
 fn trim_name(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     let span = &text[s..e];
     let mut end = s;
@@ -1283,7 +1704,6 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 }
 
 /// Keep the best of overlapping candidates: higher kind priority, then longer span.
-#[inline(never)]
 fn resolve_overlaps(mut found: Vec<Finding>) -> Vec<Finding> {
     if found.len() <= 1 {
         return found;
@@ -1295,14 +1715,18 @@ fn resolve_overlaps(mut found: Vec<Finding>) -> Vec<Finding> {
             .then(b.len().cmp(&a.len()))
             .then(a.start.cmp(&b.start))
     });
-    let mut kept: Vec<Finding> = Vec::with_capacity(found.len());
-    for f in found {
-        if !kept.iter().any(|k| k.overlaps(f.start, f.end)) {
-            kept.push(f);
+    // Keep in place: the kept findings gather at the front, in priority order.
+    let mut kept = 0;
+    for i in 0..found.len() {
+        let (s, e) = (found[i].start, found[i].end);
+        if !found[..kept].iter().any(|k| k.overlaps(s, e)) {
+            found.swap(kept, i);
+            kept += 1;
         }
     }
-    kept.sort_by_key(|f| f.start);
-    kept
+    found.truncate(kept);
+    found.sort_by_key(|f| f.start);
+    found
 }
 
 #[cfg(test)]

@@ -266,6 +266,30 @@ mod tests {
         assert_eq!(EntryKind::from_u8(9), None);
     }
 
+    proptest::proptest! {
+        /// Every request body the server decodes refuses garbage with an error,
+        /// never a panic.
+        #[test]
+        fn request_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = serde_json::from_slice::<EnrolRequest>(&bytes);
+            let _ = serde_json::from_slice::<UploadKeyPackages>(&bytes);
+            let _ = serde_json::from_slice::<ClaimRequest>(&bytes);
+            let _ = serde_json::from_slice::<CreateGroup>(&bytes);
+            let _ = serde_json::from_slice::<CommitRequest>(&bytes);
+            let _ = serde_json::from_slice::<SendRequest>(&bytes);
+            let _ = serde_json::from_slice::<AckRequest>(&bytes);
+            let _ = serde_json::from_slice::<InboxResponse>(&bytes);
+        }
+
+        #[test]
+        fn send_request_round_trips(id in "[0-9a-f]{32}", payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let r = SendRequest { client_id: id.clone(), payload: payload.clone() };
+            let back: SendRequest = serde_json::from_str(&serde_json::to_string(&r).expect("encode")).expect("decode");
+            proptest::prop_assert_eq!(back.client_id, id);
+            proptest::prop_assert_eq!(back.payload, payload);
+        }
+    }
+
     #[test]
     fn bad_base64_is_an_error() {
         let r: Result<SendRequest, _> =
