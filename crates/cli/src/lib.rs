@@ -209,28 +209,8 @@ pub async fn enrol(
     Ok(profile)
 }
 
-/// Keep enough KeyPackages on the server.
-pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
-    let remote = p.remote();
-    let count: api::KeyPackageCount = remote.get("/v1/keypackages/count").await?;
-    if count.available >= KEY_PACKAGE_TARGET / 2 && count.last_resort {
-        return Ok(());
-    }
-    let n = (KEY_PACKAGE_TARGET - count.available.min(KEY_PACKAGE_TARGET)) as usize;
-    let upload = p.client.key_packages(n)?;
-    p.save()?;
-    let _: api::KeyPackageCount = remote.post("/v1/keypackages", &upload).await?;
-    if upload.last_resort.is_some() {
-        p.client.last_resort_uploaded();
-        p.save()?;
-    }
-    Ok(())
-}
-
-/// Fetch and process everything pending, then retry the outbox. Each page is
-/// processed and sealed to disk before it is acknowledged, so a crash at any
-/// point loses nothing and processes nothing twice.
-pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+/// Fetch, process, seal, then acknowledge every page of the inbox.
+async fn pull(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     let remote = p.remote();
     let mut events = Vec::new();
     loop {
@@ -254,6 +234,70 @@ pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
             break;
         }
     }
+    Ok(events)
+}
+
+/// Commit what members who left proposed; the first member to sync does it,
+/// the others find it done after a 409.
+async fn commit_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    let remote = p.remote();
+    let mut events = Vec::new();
+    for name in p.client.pending_proposals() {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let Some(prepared) = p.client.prepare_commit_pending(&name)? else {
+                break;
+            };
+            p.save()?;
+            let r: anyhow::Result<api::CommitResponse> = remote
+                .post(
+                    &format!("/v1/groups/{}/commit", prepared.group_hex),
+                    &prepared.request,
+                )
+                .await;
+            match r {
+                Ok(_) => {
+                    events.extend(p.client.commit_accepted(&prepared.group_hex, now_ms())?);
+                    p.save()?;
+                    break;
+                }
+                Err(e) => {
+                    p.client.commit_rejected(&prepared.group_hex)?;
+                    p.save()?;
+                    if !is_conflict(&e) {
+                        return Err(e);
+                    }
+                    events.extend(pull(p).await?);
+                }
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// Keep enough KeyPackages on the server.
+pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
+    let remote = p.remote();
+    let count: api::KeyPackageCount = remote.get("/v1/keypackages/count").await?;
+    if count.available >= KEY_PACKAGE_TARGET / 2 && count.last_resort {
+        return Ok(());
+    }
+    let n = (KEY_PACKAGE_TARGET - count.available.min(KEY_PACKAGE_TARGET)) as usize;
+    let upload = p.client.key_packages(n)?;
+    p.save()?;
+    let _: api::KeyPackageCount = remote.post("/v1/keypackages", &upload).await?;
+    if upload.last_resort.is_some() {
+        p.client.last_resort_uploaded();
+        p.save()?;
+    }
+    Ok(())
+}
+
+/// Fetch and process everything pending, then retry the outbox. Each page is
+/// processed and sealed to disk before it is acknowledged, so a crash at any
+/// point loses nothing and processes nothing twice.
+pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    let mut events = pull(p).await?;
+    events.extend(commit_pending(p).await?);
     flush_outbox(p).await?;
     top_up(p).await?;
     Ok(events)
@@ -378,6 +422,21 @@ pub async fn chat_add(p: &mut Profile, name: &str, users: &[String]) -> anyhow::
 pub async fn chat_remove(p: &mut Profile, name: &str, user: &str) -> anyhow::Result<()> {
     commit_with_retry(p, |c| c.prepare_remove(name, user)).await?;
     Ok(())
+}
+
+/// Leave a conversation: the server stops delivering it to this device at
+/// once; the next member to sync commits the removal.
+pub async fn chat_leave(p: &mut Profile, name: &str) -> anyhow::Result<Vec<Event>> {
+    sync(p).await?;
+    let (group_hex, req) = p.client.prepare_leave(name)?;
+    p.save()?;
+    let _: serde_json::Value = p
+        .remote()
+        .post(&format!("/v1/groups/{group_hex}/leave"), &req)
+        .await?;
+    let ev = p.client.left(&group_hex, now_ms());
+    p.save()?;
+    Ok(ev)
 }
 
 /// Refresh this device's keys in a conversation.

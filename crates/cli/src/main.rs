@@ -151,6 +151,11 @@ enum ChatCmd {
         /// User id.
         user: String,
     },
+    /// Leave a conversation (nothing sent afterwards reaches this device).
+    Leave {
+        /// Conversation name.
+        name: String,
+    },
     /// Refresh this device's keys in a conversation.
     Update {
         /// Conversation name.
@@ -286,6 +291,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ChatCmd::Remove { name, user } => {
                     sitrep_cli::chat_remove(&mut p, &name, &user).await?;
                     println!("removed {user} from {name}");
+                }
+                ChatCmd::Leave { name } => {
+                    sitrep_cli::chat_leave(&mut p, &name).await?;
+                    println!("left {name}");
                 }
                 ChatCmd::Update { name } => {
                     sitrep_cli::chat_update(&mut p, &name).await?;

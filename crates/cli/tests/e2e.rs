@@ -494,3 +494,47 @@ async fn pid_policy_travels_in_the_group_and_is_enforced_before_encryption() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaves_and_the_others_commit_the_removal() {
+    let (server, mut d) = three_staff(INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut d[0].1, "ward", &["bob".into(), "carol".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut d[1].1).await.expect("b joins");
+    sitrep_cli::sync(&mut d[2].1).await.expect("c joins");
+    let ev = sitrep_cli::chat_leave(&mut d[2].1, "ward")
+        .await
+        .expect("leave");
+    assert!(ev.contains(&Event::Removed {
+        conversation: "ward".into()
+    }));
+    // Both remaining members sync at once: one commits the removal, the other
+    // finds it done (after a 409, or by processing the winner's commit).
+    let (a, b) = {
+        let (x, y) = d.split_at_mut(1);
+        tokio::join!(sitrep_cli::sync(&mut x[0].1), sitrep_cli::sync(&mut y[0].1))
+    };
+    a.expect("a syncs");
+    b.expect("b syncs");
+    sitrep_cli::sync(&mut d[0].1).await.expect("a syncs again");
+    sitrep_cli::sync(&mut d[1].1).await.expect("b syncs again");
+    for (i, dev) in d.iter().take(2).enumerate() {
+        let members = dev.1.client.members("ward").expect("members");
+        assert_eq!(members.len(), 2, "device {i}: {members:?}");
+        assert!(members.iter().all(|m| m.user_id != "carol"));
+    }
+    sitrep_cli::send(&mut d[0].1, "ward", "after carol left")
+        .await
+        .expect("send");
+    sitrep_cli::sync(&mut d[1].1).await.expect("b reads");
+    assert_eq!(bodies(&d[1].1, "ward"), vec!["after carol left"]);
+    sitrep_cli::sync(&mut d[2].1).await.expect("c syncs");
+    assert!(bodies(&d[2].1, "ward").is_empty());
+    assert!(
+        sitrep_cli::send(&mut d[2].1, "ward", "still here?")
+            .await
+            .is_err()
+    );
+    server.stop().await;
+}

@@ -623,6 +623,89 @@ impl Client {
         })
     }
 
+    /// Leave a conversation: a Remove proposal for our own leaf, for the server
+    /// to hand to the others. Call [`Client::left`] once the server accepted it.
+    pub fn prepare_leave(
+        &mut self,
+        name: &str,
+    ) -> Result<(String, sitrep_wire::api::LeaveRequest), Error> {
+        let group_hex = self.group_hex_by_name(name)?;
+        let mut group = self.take_group(&group_hex)?;
+        let proposal = group
+            .leave_group(&self.provider, &self.signer)
+            .map_err(Error::mls)?;
+        self.put_group(&group_hex, group);
+        Ok((
+            group_hex,
+            sitrep_wire::api::LeaveRequest {
+                client_id: self.new_client_id(),
+                proposal: ser_msg(&proposal)?,
+            },
+        ))
+    }
+
+    /// The server accepted our leaving: the conversation stays readable here,
+    /// but nothing more arrives or can be sent.
+    pub fn left(&mut self, group_hex: &str, now_ms: u64) -> Vec<Event> {
+        let mut events = self.system_line(group_hex, u64::MAX, "you left".into(), now_ms);
+        if let Some(c) = self.state.conversations.get_mut(group_hex) {
+            c.active = false;
+            events.push(Event::Removed {
+                conversation: c.name.clone(),
+            });
+        }
+        events
+    }
+
+    /// Names of active conversations holding proposals that still need a commit.
+    pub fn pending_proposals(&mut self) -> Vec<String> {
+        let hexes: Vec<String> = self
+            .state
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.active)
+            .map(|(h, _)| h.clone())
+            .collect();
+        let mut names = Vec::new();
+        for h in hexes {
+            if let Ok(g) = self.take_group(&h) {
+                if g.pending_proposals().next().is_some() {
+                    names.push(self.state.conversations[&h].name.clone());
+                }
+                self.put_group(&h, g);
+            }
+        }
+        names
+    }
+
+    /// Commit the pending proposals of a conversation (members who left), or
+    /// `None` when there are none left (another member committed them).
+    pub fn prepare_commit_pending(&mut self, name: &str) -> Result<Option<PreparedCommit>, Error> {
+        let group_hex = self.group_hex_by_name(name)?;
+        let mut group = self.take_group(&group_hex)?;
+        if group.pending_proposals().next().is_none() {
+            self.put_group(&group_hex, group);
+            return Ok(None);
+        }
+        let epoch = group.epoch().as_u64();
+        let (commit, _, _) = group
+            .commit_to_pending_proposals(&self.provider, &self.signer)
+            .map_err(Error::mls)?;
+        self.put_group(&group_hex, group);
+        Ok(Some(PreparedCommit {
+            group_hex,
+            request: CommitRequest {
+                client_id: self.new_client_id(),
+                epoch,
+                commit: ser_msg(&commit)?,
+                welcome: None,
+                add_devices: Vec::new(),
+                // The server ended the leavers' delivery when they left.
+                remove_devices: Vec::new(),
+            },
+        }))
+    }
+
     /// The server accepted our commit: merge it.
     pub fn commit_accepted(&mut self, group_hex: &str, now_ms: u64) -> Result<Vec<Event>, Error> {
         let mut group = self.take_group(group_hex)?;
@@ -862,7 +945,7 @@ impl Client {
         self.state.last_seq = seq;
         let result = match kind {
             EntryKind::Welcome => self.handle_welcome(payload),
-            EntryKind::Commit | EntryKind::Application => {
+            EntryKind::Commit | EntryKind::Application | EntryKind::Proposal => {
                 self.handle_group_message(payload, now_ms)
             }
         };
@@ -1029,8 +1112,35 @@ impl Client {
                 self.put_group(&group_hex, group);
                 Ok(Vec::new())
             }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                // Only a member removing itself (leaving) is accepted as a
+                // standalone proposal; it is committed by the next commit.
+                let leaving = match proposal.proposal() {
+                    Proposal::Remove(r) => Some(r.removed()),
+                    _ => None,
+                };
+                let sender_leaf = match proposal.sender() {
+                    Sender::Member(idx) => Some(*idx),
+                    _ => None,
+                };
+                if leaving.is_none() || leaving != sender_leaf {
+                    self.put_group(&group_hex, group);
+                    return Err(Error::Protocol(
+                        "ignored a proposal other than leaving".into(),
+                    ));
+                }
+                let who = match sender_cred {
+                    Some(Ok(c)) => format!("{} ({}) is leaving", c.display_name, c.user_id),
+                    _ => "a member is leaving".into(),
+                };
+                group
+                    .store_pending_proposal(self.provider.storage(), *proposal)
+                    .map_err(Error::mls)?;
+                let epoch = group.epoch().as_u64();
+                self.put_group(&group_hex, group);
+                Ok(self.system_line(&group_hex, epoch, who, now_ms))
+            }
             ProcessedMessageContent::OwnPrivateMessage
-            | ProcessedMessageContent::ProposalMessage(_)
             | ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
                 self.put_group(&group_hex, group);
                 Ok(Vec::new())

@@ -719,6 +719,82 @@ impl Db {
         Ok((n as u64, false))
     }
 
+    /// The device leaves the group: its Remove proposal goes into the log for
+    /// the others (the next to sync commits it) and its membership ends here,
+    /// so nothing sent afterwards is delivered to it.
+    pub fn leave(
+        &self,
+        sender: &str,
+        group_id: &[u8],
+        client_id: &str,
+        proposal: Vec<u8>,
+        now: u64,
+        publish: impl FnOnce(Vec<Delivery>),
+    ) -> Result<bool, ApiErr> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let dup: Option<i64> = tx
+            .query_row(
+                "SELECT recipients FROM submissions WHERE sender_device = ?1 AND client_id = ?2",
+                params![sender, client_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if dup.is_some() {
+            return Ok(true);
+        }
+        let epoch: i64 = tx
+            .query_row(
+                "SELECT epoch FROM groups WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| ApiErr::not_found("unknown_group", "no such group"))?;
+        let members = Self::members(&tx, group_id)?;
+        if !members.iter().any(|m| m == sender) {
+            return Err(ApiErr::forbidden(
+                "not_a_member",
+                "this device is not in the group",
+            ));
+        }
+        let seq = Self::append(
+            &mut inner.counters,
+            &tx,
+            group_id,
+            EntryKind::Proposal,
+            epoch as u64,
+            sender,
+            &proposal,
+            now,
+        )?;
+        tx.execute(
+            "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+            params![group_id, sender, seq as i64],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO submissions (sender_device, client_id, created_at, recipients) VALUES (?1, ?2, ?3, ?4)",
+            params![sender, client_id, now as i64, members.len() as i64 - 1],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        publish(vec![Self::pushes(
+            &members,
+            sender,
+            seq,
+            EntryKind::Proposal,
+            Arc::from(proposal),
+        )]);
+        Ok(false)
+    }
+
     /// A device's entries after `after` (and after what it acknowledged), in
     /// order, at most `limit`: its groups' logs while it was a member, minus its
     /// own messages, plus Welcomes addressed to it.

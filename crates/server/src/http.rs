@@ -41,6 +41,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/groups", post(create_group))
         .route("/v1/groups/{group}/commit", post(commit))
         .route("/v1/groups/{group}/messages", post(send))
+        .route("/v1/groups/{group}/leave", post(leave))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/ack", post(ack))
         .route("/v1/ws", get(crate::ws::upgrade))
@@ -401,6 +402,42 @@ async fn send(
         recipients,
         duplicate,
     }))
+}
+
+/// # POST /v1/groups/{group}/leave
+/// The device leaves: delivery to it stops at once, and its Remove proposal goes
+/// to the other members, the next of whom to sync commits it.
+async fn leave(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<api::LeaveRequest>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    let gid = group_id(&group)?;
+    if !valid_client_id(&req.client_id) {
+        return Err(ApiErr::bad_request(
+            "bad_client_id",
+            "client_id is 32 lowercase hex chars",
+        ));
+    }
+    if req.proposal.is_empty() || req.proposal.len() > st.config.max_message {
+        return Err(ApiErr::too_large(st.config.max_message));
+    }
+    let st2 = st.clone();
+    let duplicate = blocking(move || {
+        st2.db.leave(
+            &dev.device_id,
+            &gid,
+            &req.client_id,
+            req.proposal,
+            now_secs(),
+            |p| st2.hub.publish(p),
+        )
+    })
+    .await?;
+    Ok(Json(
+        serde_json::json!({ "left": true, "duplicate": duplicate }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,8 @@ pub enum EntryKind {
     Commit = 2,
     /// An MLS application message.
     Application = 3,
+    /// An MLS proposal (a member leaving); the next member to sync commits it.
+    Proposal = 4,
 }
 
 impl EntryKind {
@@ -25,6 +27,7 @@ impl EntryKind {
             1 => Some(Self::Welcome),
             2 => Some(Self::Commit),
             3 => Some(Self::Application),
+            4 => Some(Self::Proposal),
             _ => None,
         }
     }
@@ -184,6 +187,17 @@ pub struct SendRequest {
     pub payload: Vec<u8>,
 }
 
+/// `POST /v1/groups/{group}/leave`: this device leaves. The server stops
+/// delivering the group to it at once and hands the proposal to the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaveRequest {
+    /// Client-chosen id (32 hex chars) making the submission idempotent.
+    pub client_id: String,
+    /// The MLS Remove proposal for the leaving member's own leaf.
+    #[serde(with = "crate::b64")]
+    pub proposal: Vec<u8>,
+}
+
 /// Answer to [`SendRequest`]: sent only after the message is durably stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendResponse {
@@ -278,6 +292,7 @@ mod tests {
             let _ = serde_json::from_slice::<CommitRequest>(&bytes);
             let _ = serde_json::from_slice::<SendRequest>(&bytes);
             let _ = serde_json::from_slice::<AckRequest>(&bytes);
+            let _ = serde_json::from_slice::<LeaveRequest>(&bytes);
             let _ = serde_json::from_slice::<InboxResponse>(&bytes);
         }
 
