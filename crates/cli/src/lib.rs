@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use sitrep_core::store::{FileStore, ProfileStore as _};
-use sitrep_core::vault::{KdfParams, Vault};
-use sitrep_core::{Ciphersuite, Client, Event, PendingEnrolment};
+use sitrep_core::vault::Vault;
+use sitrep_core::{Ciphersuite, Client, Event, PendingEnrolment, Session, UnlockError};
 use sitrep_wire::api;
 
 /// KeyPackages a device keeps on the server; topped up below half.
@@ -49,15 +49,19 @@ fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 impl Profile {
-    /// Unlock an existing profile.
+    /// Unlock an existing profile. Wrong passcodes are counted; at the
+    /// organisation's limit the local data is destroyed.
     pub fn open(dir: &Path, passcode: &str) -> anyhow::Result<Self> {
         let l = lock(dir)?;
-        let store = FileStore::new(dir)?;
-        let sealed = store
-            .load()?
-            .ok_or_else(|| anyhow!("no profile in {}; run `sitrep enrol` first", dir.display()))?;
-        let (vault, plain) = Vault::open(passcode, &sealed)?;
-        let client = Client::from_bytes(&plain)?;
+        let mut session = Session::new(FileStore::new(dir)?);
+        match session.unlock(passcode, now_ms()) {
+            Ok(()) => {}
+            Err(UnlockError::NoProfile) => {
+                bail!("no profile in {}; run `sitrep enrol` first", dir.display())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (vault, client, store) = session.into_parts().ok_or_else(|| anyhow!("locked"))?;
         Ok(Self {
             store,
             vault,
@@ -72,15 +76,14 @@ impl Profile {
         if store.load()?.is_some() {
             bail!("{} already holds a profile", dir.display());
         }
-        let vault = Vault::create(passcode, KdfParams::default(), client.random::<16>())?;
-        let mut p = Self {
+        let session = Session::create(store, client, passcode, now_ms())?;
+        let (vault, client, store) = session.into_parts().ok_or_else(|| anyhow!("locked"))?;
+        Ok(Self {
             store,
             vault,
             client,
             _lock: l,
-        };
-        p.save()?;
-        Ok(p)
+        })
     }
 
     /// Seal and write the whole state.
@@ -189,11 +192,17 @@ pub async fn enrol(
     passcode: &str,
     cs: Ciphersuite,
 ) -> anyhow::Result<Profile> {
-    if passcode.chars().count() < 6 {
-        bail!("the passcode must be at least 6 characters");
+    let remote = Remote::new(server, None);
+    let signed_policy = fetch_policy(&remote).await?;
+    let min = signed_policy
+        .as_deref()
+        .and_then(sitrep_wire::policy::SignedPolicy::peek_unverified)
+        .map(|p| p.min_passcode_len)
+        .unwrap_or(6);
+    if passcode.chars().count() < min as usize {
+        bail!("the organisation requires a passcode of at least {min} characters");
     }
     let pending = PendingEnrolment::new(cs)?;
-    let remote = Remote::new(server, None);
     let resp: api::EnrolResponse = remote
         .post(
             "/v1/enrol",
@@ -203,7 +212,10 @@ pub async fn enrol(
             },
         )
         .await?;
-    let client = pending.finish(server, resp)?;
+    let mut client = pending.finish(server, resp)?;
+    if let Some(sp) = signed_policy {
+        client.apply_policy(&sp)?;
+    }
     let mut profile = Profile::create(dir, passcode, client)?;
     top_up(&mut profile).await?;
     Ok(profile)
@@ -274,6 +286,32 @@ async fn commit_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     Ok(events)
 }
 
+async fn fetch_policy(remote: &Remote) -> anyhow::Result<Option<Vec<u8>>> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        #[serde(with = "sitrep_wire::b64::opt", default)]
+        policy: Option<Vec<u8>>,
+    }
+    let p: P = remote.get("/v1/policy").await?;
+    Ok(p.policy)
+}
+
+/// Take up a newer organisation policy; a forged one is refused and reported.
+async fn refresh_policy(p: &mut Profile) -> anyhow::Result<()> {
+    let Some(signed) = fetch_policy(&p.remote()).await? else {
+        return Ok(());
+    };
+    let newer = sitrep_wire::policy::SignedPolicy::peek_unverified(&signed)
+        .is_some_and(|np| np.serial > p.client.policy().serial);
+    if newer {
+        p.client
+            .apply_policy(&signed)
+            .context("the server offered a device policy the organisation did not sign")?;
+        p.save()?;
+    }
+    Ok(())
+}
+
 /// Keep enough KeyPackages on the server.
 pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
     let remote = p.remote();
@@ -296,6 +334,7 @@ pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
 /// processed and sealed to disk before it is acknowledged, so a crash at any
 /// point loses nothing and processes nothing twice.
 pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    refresh_policy(p).await?;
     let mut events = pull(p).await?;
     events.extend(commit_pending(p).await?);
     flush_outbox(p).await?;

@@ -102,7 +102,47 @@ enum PidCmd {
 }
 
 #[derive(Subcommand)]
+enum PolicyCmd {
+    /// Print the device policy in force (JSON).
+    Show {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+    },
+    /// Change the device policy: signed with the organisation key, taken up
+    /// by every device at its next sync. Unset options keep their value.
+    Set {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// Lock after this many seconds idle (10-3600; default 120).
+        #[arg(long)]
+        lock_after_idle: Option<u32>,
+        /// Wrong passcodes before the device's data is wiped (1-100; default 10).
+        #[arg(long)]
+        max_failed_unlocks: Option<u8>,
+        /// Shortest passcode (4-64; default 6).
+        #[arg(long)]
+        min_passcode: Option<u8>,
+        /// Lock-screen previews: off, on or forbidden.
+        #[arg(long)]
+        previews: Option<String>,
+        /// Ciphersuite for new devices: pq or classic.
+        #[arg(long)]
+        ciphersuite: Option<String>,
+        /// Require two-step verification at unlock.
+        #[arg(long)]
+        two_step: Option<bool>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdminCmd {
+    /// The organisation's signed device policy.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Create a single-use, expiring enrolment code (printed on the last line).
     Invite {
         /// Data directory of the server.
@@ -237,6 +277,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             sitrep_server::run(listener, sitrep_server::Config::new(data), shutdown).await?;
         }
+        Cmd::Admin {
+            cmd: AdminCmd::Policy { cmd },
+        } => match cmd {
+            PolicyCmd::Show { data } => {
+                let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
+                let p =
+                    sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}", policy_json(&p));
+            }
+            PolicyCmd::Set {
+                data,
+                lock_after_idle,
+                max_failed_unlocks,
+                min_passcode,
+                previews,
+                ciphersuite,
+                two_step,
+            } => {
+                let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
+                let mut p =
+                    sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
+                if let Some(v) = lock_after_idle {
+                    p.lock_after_idle_secs = v;
+                }
+                if let Some(v) = max_failed_unlocks {
+                    p.max_failed_unlocks = v;
+                }
+                if let Some(v) = min_passcode {
+                    p.min_passcode_len = v;
+                }
+                if let Some(v) = previews {
+                    p.previews = match v.as_str() {
+                        "off" => sitrep_core::Previews::Off,
+                        "on" => sitrep_core::Previews::On,
+                        "forbidden" => sitrep_core::Previews::Forbidden,
+                        _ => bail!("previews: off, on or forbidden"),
+                    };
+                }
+                if let Some(v) = ciphersuite {
+                    p.ciphersuite = u16::from(
+                        sitrep_core::parse_ciphersuite(&v).context("unknown ciphersuite")?,
+                    );
+                }
+                if let Some(v) = two_step {
+                    p.two_step_required = v;
+                }
+                let p = sitrep_server::set_policy(&data, &org, p)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}", policy_json(&p));
+            }
+        },
         Cmd::Admin {
             cmd:
                 AdminCmd::Invite {
@@ -383,6 +474,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let _ = now_ms;
     Ok(())
+}
+
+fn policy_json(p: &sitrep_core::OrgPolicy) -> String {
+    serde_json::json!({
+        "serial": p.serial,
+        "ciphersuite": format!("0x{:04X}", p.ciphersuite),
+        "min_passcode_len": p.min_passcode_len,
+        "lock_after_idle_secs": p.lock_after_idle_secs,
+        "max_failed_unlocks": p.max_failed_unlocks,
+        "previews": p.previews,
+        "argon2": { "m_kib": p.argon2.0, "t": p.argon2.1, "p": p.argon2.2 },
+        "two_step_required": p.two_step_required,
+    })
+    .to_string()
 }
 
 /// Show PID-guard findings: JSON, or the message with each finding highlighted.

@@ -538,3 +538,78 @@ async fn a_member_leaves_and_the_others_commit_the_removal() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_policy_reaches_devices_and_a_forged_one_is_refused() {
+    let server = TestServer::start().await;
+    let (org, _) = sitrep_server::org::Org::open_or_create(server.dir.path(), None).expect("org");
+    let (_dir, mut a) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    assert_eq!(
+        a.client.policy().lock_after_idle_secs,
+        120,
+        "NHS-guidance default"
+    );
+    let p = sitrep_core::OrgPolicy {
+        lock_after_idle_secs: 60,
+        min_passcode_len: 12,
+        max_failed_unlocks: 5,
+        ..sitrep_core::OrgPolicy::default()
+    };
+    sitrep_server::set_policy(server.dir.path(), &org, p).expect("set");
+    sitrep_cli::sync(&mut a).await.expect("sync");
+    assert_eq!(a.client.policy().lock_after_idle_secs, 60);
+    assert_eq!(a.client.policy().max_failed_unlocks, 5);
+    // A new device must meet the new passcode length, and is refused before its
+    // single-use code is spent.
+    let code = server.invite("bob");
+    let short = TempDir::new("short");
+    let err = sitrep_cli::enrol(
+        short.path(),
+        &server.url,
+        &code,
+        "ten chars!",
+        INTEROP_CIPHERSUITE,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("at least 12"), "{err}");
+    let ok = TempDir::new("long");
+    sitrep_cli::enrol(
+        ok.path(),
+        &server.url,
+        &code,
+        "a much longer passcode",
+        INTEROP_CIPHERSUITE,
+    )
+    .await
+    .expect("same code still works");
+    // Someone with database access slips in a policy the organisation did not sign.
+    let rogue = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let forged = sitrep_core::SignedPolicy::sign(
+        &sitrep_core::OrgPolicy {
+            serial: 99,
+            lock_after_idle_secs: 3600,
+            ..sitrep_core::OrgPolicy::default()
+        },
+        &rogue,
+    )
+    .expect("sign")
+    .encode();
+    let conn = rusqlite::Connection::open(server.dir.path().join("sitrep.db")).expect("db");
+    conn.execute(
+        "INSERT INTO policies (serial, signed, created_at) VALUES (99, ?1, 0)",
+        [&forged],
+    )
+    .expect("insert");
+    let err = sitrep_cli::sync(&mut a)
+        .await
+        .expect_err("forged policy reported");
+    assert!(format!("{err:#}").contains("did not sign"), "{err:#}");
+    assert_eq!(
+        a.client.policy().lock_after_idle_secs,
+        60,
+        "the last valid policy stays"
+    );
+    server.stop().await;
+}

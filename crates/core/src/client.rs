@@ -14,6 +14,7 @@ use sitrep_wire::api::{
 use sitrep_wire::content::{Content, Kind};
 use sitrep_wire::credential::{DeviceCredential, SignedCredential};
 use sitrep_wire::meta::{self, ConversationMeta};
+use sitrep_wire::policy::{OrgPolicy, SignedPolicy};
 
 use crate::Error;
 use crate::provider::Provider;
@@ -84,6 +85,7 @@ impl PendingEnrolment {
             last_seq: 0,
             outbox: Vec::new(),
             has_last_resort: false,
+            policy: None,
         };
         Ok(Client {
             provider: self.provider,
@@ -315,6 +317,33 @@ impl Client {
             out.last_resort = Some(ser(kp.key_package())?);
         }
         Ok(out)
+    }
+
+    /// Apply a policy signed by the organisation key. A policy that is not
+    /// signed by it, is malformed, or is not newer than the one in force is
+    /// refused, and the one in force stays.
+    pub fn apply_policy(&mut self, signed: &[u8]) -> Result<OrgPolicy, Error> {
+        let p = SignedPolicy::verify(signed, &self.state.device.org_public_key)
+            .map_err(|e| Error::Unverified(e.to_string()))?;
+        if p.serial <= self.policy().serial && self.state.policy.is_some() {
+            return Err(Error::Invalid(format!(
+                "policy serial {} is not newer than {}",
+                p.serial,
+                self.policy().serial
+            )));
+        }
+        self.state.policy = Some(ByteBuf::from(signed.to_vec()));
+        Ok(p)
+    }
+
+    /// The policy in force (the NHS-guidance defaults until the organisation
+    /// sends one).
+    pub fn policy(&self) -> OrgPolicy {
+        self.state
+            .policy
+            .as_ref()
+            .and_then(|b| SignedPolicy::verify(b, &self.state.device.org_public_key).ok())
+            .unwrap_or_default()
     }
 
     /// The server stored our last-resort KeyPackage.

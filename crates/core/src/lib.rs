@@ -13,6 +13,7 @@
 
 mod client;
 mod error;
+pub mod lock;
 mod provider;
 mod state;
 pub mod store;
@@ -20,7 +21,9 @@ pub mod vault;
 
 pub use client::{Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit};
 pub use error::Error;
+pub use lock::{Locked, Session, UnlockError};
 pub use openmls::prelude::Ciphersuite;
+pub use sitrep_wire::policy::{OrgPolicy, Previews, SignedPolicy};
 pub use state::{Conversation, HistoryEntry};
 
 /// The default suite: AES-256-GCM (the NHS standard) with a hybrid

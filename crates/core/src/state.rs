@@ -81,4 +81,7 @@ pub(crate) struct State {
     pub outbox: Vec<Pending>,
     /// Whether this device holds a last-resort KeyPackage on the server.
     pub has_last_resort: bool,
+    /// The organisation's signed device policy in force (CBOR `SignedPolicy`).
+    #[serde(default)]
+    pub policy: Option<ByteBuf>,
 }

@@ -14,11 +14,19 @@ pub trait ProfileStore {
     fn save(&self, sealed: &[u8]) -> Result<(), Error>;
     /// Destroy the profile (remote wipe, too many wrong passcodes).
     fn destroy(&self) -> Result<(), Error>;
+    /// Wrong passcodes in a row, and the limit the last policy set. Kept
+    /// outside the sealed state, since it must be read before unlocking.
+    fn unlock_failures(&self) -> Result<(u32, u32), Error>;
+    /// Record the failure count and limit.
+    fn set_unlock_failures(&self, failures: u32, limit: u32) -> Result<(), Error>;
 }
 
 /// In-memory store, for tests and for the browser before persistence.
 #[derive(Default)]
-pub struct MemoryStore(std::sync::Mutex<Option<Vec<u8>>>);
+pub struct MemoryStore(
+    std::sync::Mutex<Option<Vec<u8>>>,
+    std::sync::Mutex<(u32, u32)>,
+);
 
 impl ProfileStore for MemoryStore {
     fn load(&self) -> Result<Option<Vec<u8>>, Error> {
@@ -36,7 +44,18 @@ impl ProfileStore for MemoryStore {
         *self.0.lock().map_err(|_| Error::Io("poisoned".into()))? = None;
         Ok(())
     }
+    fn unlock_failures(&self) -> Result<(u32, u32), Error> {
+        let (n, l) = *self.1.lock().map_err(|_| Error::Io("poisoned".into()))?;
+        Ok((n, if l == 0 { DEFAULT_MAX_FAILURES } else { l }))
+    }
+    fn set_unlock_failures(&self, failures: u32, limit: u32) -> Result<(), Error> {
+        *self.1.lock().map_err(|_| Error::Io("poisoned".into()))? = (failures, limit);
+        Ok(())
+    }
 }
+
+/// Wrong passcodes before a wipe when no policy says otherwise.
+pub const DEFAULT_MAX_FAILURES: u32 = 10;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use file::FileStore;
@@ -54,6 +73,7 @@ mod file {
     }
 
     const FILE: &str = "profile.sealed";
+    const FAILURES: &str = "unlock-failures";
 
     impl FileStore {
         /// The store in `dir` (created with mode 0700 if missing).
@@ -103,6 +123,26 @@ mod file {
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
             Ok(())
+        }
+
+        fn unlock_failures(&self) -> Result<(u32, u32), Error> {
+            let text = match std::fs::read_to_string(self.dir.join(FAILURES)) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(io(e)),
+            };
+            let mut it = text.split_whitespace().map(|w| w.parse::<u32>().ok());
+            let n = it.next().flatten().unwrap_or(0);
+            let l = it
+                .next()
+                .flatten()
+                .filter(|l| *l > 0)
+                .unwrap_or(super::DEFAULT_MAX_FAILURES);
+            Ok((n, l))
+        }
+
+        fn set_unlock_failures(&self, failures: u32, limit: u32) -> Result<(), Error> {
+            std::fs::write(self.dir.join(FAILURES), format!("{failures} {limit}\n")).map_err(io)
         }
 
         fn destroy(&self) -> Result<(), Error> {

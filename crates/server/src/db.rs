@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- The organisation's signed device policies; the highest serial is in force.
+CREATE TABLE IF NOT EXISTS policies (
+    serial INTEGER PRIMARY KEY,
+    signed BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -795,6 +801,11 @@ impl Db {
         Ok(false)
     }
 
+    /// The signed policy in force.
+    pub fn policy(&self) -> Result<Option<Vec<u8>>, ApiErr> {
+        current_policy(&self.lock().conn).map_err(db_err)
+    }
+
     /// A device's entries after `after` (and after what it acknowledged), in
     /// order, at most `limit`: its groups' logs while it was a member, minus its
     /// own messages, plus Welcomes addressed to it.
@@ -996,6 +1007,53 @@ impl Db {
             .map_err(db_err)?;
         result
     }
+}
+
+/// The signed policy in force, if the organisation has set one.
+pub fn current_policy(conn: &Connection) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+    conn.query_row(
+        "SELECT signed FROM policies ORDER BY serial DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Sign and store a new policy (used by `sitrep admin policy set`, also while
+/// the server runs). The serial is one above the current one.
+pub fn set_policy(
+    dir: &Path,
+    org: &crate::org::Org,
+    mut policy: sitrep_wire::policy::OrgPolicy,
+) -> Result<sitrep_wire::policy::OrgPolicy, Box<dyn std::error::Error + Send + Sync>> {
+    let conn = connect(dir)?;
+    let current: i64 =
+        conn.query_row("SELECT COALESCE(MAX(serial), 1) FROM policies", [], |r| {
+            r.get(0)
+        })?;
+    policy.serial = current as u64 + 1;
+    let signed = sitrep_wire::policy::SignedPolicy::sign(&policy, &org.key)?;
+    conn.execute(
+        "INSERT INTO policies (serial, signed, created_at) VALUES (?1, ?2, ?3)",
+        params![
+            policy.serial as i64,
+            signed.encode(),
+            crate::now_secs() as i64
+        ],
+    )?;
+    Ok(policy)
+}
+
+/// The policy in force, verified against the organisation key, or the defaults.
+pub fn show_policy(
+    dir: &Path,
+    org: &crate::org::Org,
+) -> Result<sitrep_wire::policy::OrgPolicy, Box<dyn std::error::Error + Send + Sync>> {
+    let conn = connect(dir)?;
+    Ok(match current_policy(&conn)? {
+        Some(b) => sitrep_wire::policy::SignedPolicy::verify(&b, &org.public_key())?,
+        None => sitrep_wire::policy::OrgPolicy::default(),
+    })
 }
 
 /// Create an invitation (used by `sitrep admin invite`, also while the server

@@ -35,6 +35,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/enrol", post(enrol))
+        .route("/v1/policy", get(policy))
         .route("/v1/keypackages", post(upload_key_packages))
         .route("/v1/keypackages/count", get(count_key_packages))
         .route("/v1/keypackages/claim", post(claim_key_packages))
@@ -161,6 +162,16 @@ async fn health(State(st): St) -> Json<api::Health> {
         status: "ok".into(),
         org_fingerprint: st.org.fingerprint(),
     })
+}
+
+/// # GET /v1/policy
+/// The organisation's signed device policy (public: devices verify the
+/// signature; enrolling devices read it before choosing a passcode).
+async fn policy(State(st): St) -> Result<Json<serde_json::Value>, ApiErr> {
+    let signed = blocking(move || st.db.policy()).await?;
+    Ok(Json(
+        serde_json::json!({ "policy": signed.map(|b| sitrep_wire::b64::encode(&b)) }),
+    ))
 }
 
 /// # POST /v1/enrol

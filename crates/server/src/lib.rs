@@ -21,7 +21,7 @@ mod ws;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use db::{Db, create_invite};
+pub use db::{Db, create_invite, set_policy, show_policy};
 pub use error::ApiErr;
 
 /// Server settings; the defaults suit one trust on one machine.

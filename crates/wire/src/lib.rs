@@ -16,6 +16,7 @@ pub mod content;
 pub mod credential;
 pub mod frame;
 pub mod meta;
+pub mod policy;
 
 /// Largest encoded [`content::Content`] we accept (plaintext inside MLS).
 pub const MAX_CONTENT_BYTES: usize = 64 * 1024;

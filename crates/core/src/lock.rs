@@ -1,0 +1,174 @@
+//! The app lock. A profile starts locked; the passcode unlocks it; idle time
+//! past the organisation's policy locks it again (the store key is zeroised and
+//! the client with its MLS state is dropped); too many wrong passcodes in a row
+//! destroy the local data. Time is passed in, never read.
+
+use crate::store::ProfileStore;
+use crate::vault::{KdfParams, Vault};
+use crate::{Client, Error};
+
+/// Why an unlock failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnlockError {
+    /// Wrong passcode; `remaining` tries before the local data is wiped.
+    #[error("wrong passcode ({remaining} tries left before this device's data is wiped)")]
+    WrongPasscode {
+        /// Tries left.
+        remaining: u32,
+    },
+    /// Too many wrong passcodes: the local data was destroyed.
+    #[error("too many wrong passcodes: this device's Sitrep data was wiped")]
+    Wiped,
+    /// No profile on this device.
+    #[error("no profile on this device")]
+    NoProfile,
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] Error),
+}
+
+/// The session is locked (or was locked by idle time): unlock again.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("locked: enter the passcode")]
+pub struct Locked;
+
+struct Unlocked {
+    vault: Vault,
+    client: Client,
+    last_active_ms: u64,
+}
+
+/// A profile behind the app lock.
+pub struct Session<S: ProfileStore> {
+    store: S,
+    unlocked: Option<Unlocked>,
+}
+
+impl<S: ProfileStore> Session<S> {
+    /// A locked session over a store.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            unlocked: None,
+        }
+    }
+
+    /// Seal a freshly enrolled client into an empty store; the session stays
+    /// unlocked. The passcode must meet the policy's minimum length.
+    pub fn create(store: S, client: Client, passcode: &str, now_ms: u64) -> Result<Self, Error> {
+        let policy = client.policy();
+        if passcode.chars().count() < policy.min_passcode_len as usize {
+            return Err(Error::Invalid(format!(
+                "the passcode must be at least {} characters",
+                policy.min_passcode_len
+            )));
+        }
+        let (m_kib, t, p) = policy.argon2;
+        let vault = Vault::create(passcode, KdfParams { m_kib, t, p }, client.random::<16>())?;
+        store.set_unlock_failures(0, policy.max_failed_unlocks as u32)?;
+        let mut s = Self {
+            store,
+            unlocked: Some(Unlocked {
+                vault,
+                client,
+                last_active_ms: now_ms,
+            }),
+        };
+        s.save()?;
+        Ok(s)
+    }
+
+    /// Whether the session is locked at `now_ms` (locking it if idle too long).
+    pub fn is_locked(&mut self, now_ms: u64) -> bool {
+        self.client(now_ms).is_err()
+    }
+
+    /// Unlock with the passcode. Each wrong one is counted outside the sealed
+    /// data; at the policy's limit the local data is destroyed.
+    pub fn unlock(&mut self, passcode: &str, now_ms: u64) -> Result<(), UnlockError> {
+        let sealed = self.store.load()?.ok_or(UnlockError::NoProfile)?;
+        let (failures, limit) = self.store.unlock_failures()?;
+        match Vault::open(passcode, &sealed) {
+            Ok((vault, plain)) => {
+                let client = Client::from_bytes(&plain)?;
+                let limit = client.policy().max_failed_unlocks as u32;
+                self.store.set_unlock_failures(0, limit)?;
+                self.unlocked = Some(Unlocked {
+                    vault,
+                    client,
+                    last_active_ms: now_ms,
+                });
+                Ok(())
+            }
+            Err(Error::WrongPasscode) => {
+                let failures = failures + 1;
+                if failures >= limit {
+                    self.wipe()?;
+                    return Err(UnlockError::Wiped);
+                }
+                self.store.set_unlock_failures(failures, limit)?;
+                Err(UnlockError::WrongPasscode {
+                    remaining: limit - failures,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The unlocked client, marking activity; locks and refuses after the
+    /// policy's idle time.
+    pub fn client(&mut self, now_ms: u64) -> Result<&mut Client, Locked> {
+        let idle_ms = match &self.unlocked {
+            None => return Err(Locked),
+            Some(u) => u.client.policy().lock_after_idle_secs as u64 * 1000,
+        };
+        if self
+            .unlocked
+            .as_ref()
+            .is_some_and(|u| now_ms.saturating_sub(u.last_active_ms) > idle_ms)
+        {
+            self.lock();
+            return Err(Locked);
+        }
+        let u = self.unlocked.as_mut().ok_or(Locked)?;
+        u.last_active_ms = now_ms;
+        Ok(&mut u.client)
+    }
+
+    /// Lock now: the store key is zeroised and the client dropped.
+    pub fn lock(&mut self) {
+        self.unlocked = None;
+    }
+
+    /// Seal the current state into the store (when unlocked).
+    pub fn save(&mut self) -> Result<(), Error> {
+        let Some(u) = &self.unlocked else {
+            return Err(Error::Invalid("locked".into()));
+        };
+        let plain = u.client.to_bytes();
+        let sealed = u.vault.seal(&plain, u.client.random::<12>());
+        self.store.save(&sealed)?;
+        Ok(())
+    }
+
+    /// Destroy the local data (remote wipe, too many wrong passcodes).
+    pub fn wipe(&mut self) -> Result<(), Error> {
+        self.unlocked = None;
+        self.store.destroy()?;
+        self.store.set_unlock_failures(0, 0)?;
+        Ok(())
+    }
+
+    /// The unlocked store key and client, for a one-shot front end (the CLI)
+    /// that holds them for a single command.
+    pub fn into_parts(self) -> Option<(Vault, Client, S)> {
+        let store = self.store;
+        self.unlocked.map(|u| (u.vault, u.client, store))
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}

@@ -1,0 +1,137 @@
+//! App lock, signed policy and wipe-after-failures, with an injected clock.
+
+mod common;
+
+use ed25519_dalek::SigningKey;
+use sitrep_core::store::{MemoryStore, ProfileStore as _};
+use sitrep_core::{INTEROP_CIPHERSUITE, OrgPolicy, Session, SignedPolicy, UnlockError};
+
+const PASS: &str = "correct horse";
+const MIN: u64 = 60_000;
+
+fn session(org: &SigningKey) -> Session<MemoryStore> {
+    let (client, _) = common::enrol(org, INTEROP_CIPHERSUITE, "alice");
+    Session::create(MemoryStore::default(), client, PASS, 0).expect("create")
+}
+
+fn signed(org: &SigningKey, p: OrgPolicy) -> Vec<u8> {
+    SignedPolicy::sign(&p, org).expect("sign").encode()
+}
+
+#[test]
+fn locks_after_the_default_two_minutes_idle() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let mut s = session(&org);
+    assert!(s.client(MIN).is_ok(), "used after one minute");
+    assert!(s.client(MIN + 2 * MIN).is_ok(), "activity resets the timer");
+    assert!(
+        s.client(MIN + 2 * MIN + 2 * MIN + 1).is_err(),
+        "idle past two minutes"
+    );
+    assert!(s.is_locked(10 * MIN));
+    s.unlock(PASS, 10 * MIN).expect("unlock");
+    assert!(!s.is_locked(10 * MIN + 1));
+}
+
+#[test]
+fn signed_policy_sets_the_idle_time_unsigned_or_stale_ones_are_refused() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let rogue = SigningKey::from_bytes(&[9u8; 32]);
+    let mut s = session(&org);
+    let p30 = OrgPolicy {
+        serial: 2,
+        lock_after_idle_secs: 30,
+        ..OrgPolicy::default()
+    };
+    s.client(0)
+        .expect("unlocked")
+        .apply_policy(&signed(&org, p30))
+        .expect("applied");
+    // Not signed by the organisation: refused, the 30 s policy stays.
+    let p600 = OrgPolicy {
+        serial: 3,
+        lock_after_idle_secs: 600,
+        ..OrgPolicy::default()
+    };
+    assert!(
+        s.client(1)
+            .expect("unlocked")
+            .apply_policy(&signed(&rogue, p600.clone()))
+            .is_err()
+    );
+    // Tampered after signing: refused.
+    let mut t = SignedPolicy::sign(&p600, &org).expect("sign");
+    let n = t.policy.len() - 2;
+    t.policy[n] ^= 1;
+    assert!(
+        s.client(2)
+            .expect("unlocked")
+            .apply_policy(&t.encode())
+            .is_err()
+    );
+    // Not newer: refused.
+    let old = OrgPolicy {
+        serial: 2,
+        lock_after_idle_secs: 600,
+        ..OrgPolicy::default()
+    };
+    assert!(
+        s.client(3)
+            .expect("unlocked")
+            .apply_policy(&signed(&org, old))
+            .is_err()
+    );
+    assert_eq!(
+        s.client(4).expect("unlocked").policy().lock_after_idle_secs,
+        30
+    );
+    assert!(s.client(4 + 31_000).is_err(), "locked after 30 s idle");
+}
+
+#[test]
+fn wrong_passcodes_count_and_the_last_one_wipes_the_device() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let mut s = session(&org);
+    let p3 = OrgPolicy {
+        serial: 2,
+        max_failed_unlocks: 3,
+        ..OrgPolicy::default()
+    };
+    s.client(0)
+        .expect("unlocked")
+        .apply_policy(&signed(&org, p3))
+        .expect("applied");
+    s.save().expect("save");
+    s.lock();
+    // The limit comes into force with the next successful unlock.
+    s.unlock(PASS, 1).expect("unlock");
+    s.lock();
+    assert!(matches!(
+        s.unlock("nope", 2),
+        Err(UnlockError::WrongPasscode { remaining: 2 })
+    ));
+    // A right passcode resets the count.
+    s.unlock(PASS, 3).expect("unlock");
+    s.lock();
+    assert!(matches!(
+        s.unlock("nope", 4),
+        Err(UnlockError::WrongPasscode { remaining: 2 })
+    ));
+    assert!(matches!(
+        s.unlock("nope", 5),
+        Err(UnlockError::WrongPasscode { remaining: 1 })
+    ));
+    assert!(matches!(s.unlock("nope", 6), Err(UnlockError::Wiped)));
+    assert!(
+        s.store().load().expect("load").is_none(),
+        "sealed data destroyed"
+    );
+    assert!(matches!(s.unlock(PASS, 7), Err(UnlockError::NoProfile)));
+}
+
+#[test]
+fn a_short_passcode_is_refused_at_creation() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let (client, _) = common::enrol(&org, INTEROP_CIPHERSUITE, "bob");
+    assert!(Session::create(MemoryStore::default(), client, "12345", 0).is_err());
+}
