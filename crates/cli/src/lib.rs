@@ -86,6 +86,12 @@ impl Profile {
         })
     }
 
+    /// Destroy the local data (the organisation revoked this device).
+    pub fn wipe(&mut self) -> anyhow::Result<()> {
+        self.store.destroy()?;
+        Ok(())
+    }
+
     /// Seal and write the whole state.
     pub fn save(&mut self) -> anyhow::Result<()> {
         let plain = self.client.to_bytes();
@@ -334,6 +340,42 @@ pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
 /// processed and sealed to disk before it is acknowledged, so a crash at any
 /// point loses nothing and processes nothing twice.
 pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    match sync_inner(p).await {
+        Err(e) if is_wiped(&e) => {
+            p.wipe()?;
+            Err(e.context(WIPED))
+        }
+        other => other,
+    }
+}
+
+/// What a wiped device says.
+pub const WIPED: &str =
+    "this device was wiped by the organisation: its keys and history have been destroyed";
+
+/// The server answered that this device was revoked.
+pub fn is_wiped(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<ServerError>()
+            .is_some_and(|s| s.status == 401 && s.body.error == "device_wiped")
+    })
+}
+
+/// A user's devices; the first column of the CLI output is the id.
+pub async fn devices(p: &Profile) -> anyhow::Result<Vec<api::DeviceInfo>> {
+    p.remote().get("/v1/devices").await
+}
+
+/// Revoke (remote-wipe) another of this user's devices.
+pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
+    let _: serde_json::Value = p
+        .remote()
+        .post(&format!("/v1/devices/{device_id}/wipe"), &())
+        .await?;
+    Ok(())
+}
+
+async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     refresh_policy(p).await?;
     let mut events = pull(p).await?;
     events.extend(commit_pending(p).await?);

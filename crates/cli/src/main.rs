@@ -87,6 +87,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// This user's devices, one per line, the device id first.
+    Devices {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remote-wipe another of your devices (lost, stolen, redeployed).
+    Wipe {
+        /// Device id (see `sitrep devices`).
+        device: String,
+    },
     /// Measure the server and the MLS layer (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -138,6 +149,15 @@ enum PolicyCmd {
 
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// Revoke a device and have it wipe itself (works while the server runs).
+    Wipe {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// Device id.
+        #[arg(long)]
+        device: String,
+    },
     /// The organisation's signed device policy.
     Policy {
         #[command(subcommand)]
@@ -471,6 +491,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Bench { cmd } => sitrep_cli::bench::run(cmd).await?,
+        Cmd::Devices { json } => {
+            let p = Profile::open(&cli.profile, &passcode()?)?;
+            for d in sitrep_cli::devices(&p).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else {
+                    let state = if d.revoked_at.is_some() {
+                        "wiped"
+                    } else {
+                        "active"
+                    };
+                    let me = if d.this_device { " (this device)" } else { "" };
+                    println!("{}\t{state}\tenrolled {}{me}", d.device_id, d.enrolled_at);
+                }
+            }
+        }
+        Cmd::Wipe { device } => {
+            let p = Profile::open(&cli.profile, &passcode()?)?;
+            sitrep_cli::wipe_device(&p, &device).await?;
+            println!(
+                "device {device} revoked: it is removed from its conversations and wipes itself when it next connects"
+            );
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Wipe { data, device },
+        } => {
+            if !sitrep_server::revoke_device(&data, &device)? {
+                bail!("no device {device}");
+            }
+            println!(
+                "device {device} revoked: refused from now on, removed from its conversations within seconds, wiped when it next connects"
+            );
+        }
     }
     let _ = now_ms;
     Ok(())

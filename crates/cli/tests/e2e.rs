@@ -613,3 +613,114 @@ async fn signed_policy_reaches_devices_and_a_forged_one_is_refused() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_wipe_revokes_removes_from_groups_and_destroys_local_data() {
+    let (server, mut d) = three_staff(INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut d[0].1, "ward", &["bob".into(), "carol".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut d[1].1).await.expect("b joins");
+    sitrep_cli::sync(&mut d[2].1).await.expect("c joins");
+    let carol_device = d[2].1.client.device_id().to_string();
+    let carol_token = d[2].1.client.token().to_string();
+    // The admin wipes carol's lost phone while the server runs.
+    assert!(sitrep_server::revoke_device(server.dir.path(), &carol_device).expect("revoke"));
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/v1/inbox"),
+        ("GET", "/v1/devices"),
+        ("POST", "/v1/inbox/ack"),
+        ("GET", "/v1/keypackages/count"),
+    ] {
+        let req = if method == "GET" {
+            http.get(format!("{}{path}", server.url))
+        } else {
+            http.post(format!("{}{path}", server.url))
+                .json(&serde_json::json!({"up_to": 1}))
+        };
+        let resp = req.bearer_auth(&carol_token).send().await.expect("req");
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+        let body: api::ApiError = resp.json().await.expect("json");
+        assert_eq!(body.error, "device_wiped");
+    }
+    // Within seconds an online member commits carol's removal.
+    let mut removed = false;
+    for _ in 0..100 {
+        sitrep_cli::sync(&mut d[1].1).await.expect("b syncs");
+        if d[1].1.client.members("ward").expect("members").len() == 2 {
+            removed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(removed, "carol's device was not removed from the group");
+    sitrep_cli::sync(&mut d[0].1).await.expect("a syncs");
+    assert!(
+        d[0].1
+            .client
+            .members("ward")
+            .expect("members")
+            .iter()
+            .all(|m| m.user_id != "carol")
+    );
+    sitrep_cli::send(&mut d[0].1, "ward", "after the wipe")
+        .await
+        .expect("send");
+    // The revoked device cannot decrypt what was sent after the revocation.
+    let conn = rusqlite::Connection::open(server.dir.path().join("sitrep.db")).expect("db");
+    let payload: Vec<u8> = conn
+        .query_row(
+            "SELECT payload FROM messages WHERE kind = 3 ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("message");
+    let seq = d[2].1.client.last_seq() + 1;
+    let ev = d[2]
+        .1
+        .client
+        .handle_entry(seq, api::EntryKind::Application, &payload, 0);
+    assert!(matches!(ev.as_slice(), [Event::Refused { .. }]), "{ev:?}");
+    // Its next sync fails clearly and destroys its keys and history.
+    let store_file = d[2].0.path().join("profile.sealed");
+    assert!(store_file.exists());
+    let err = sitrep_cli::sync(&mut d[2].1).await.expect_err("wiped");
+    assert!(
+        format!("{err:#}").contains("wiped by the organisation"),
+        "{err:#}"
+    );
+    assert!(!store_file.exists(), "local store destroyed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_lists_devices_and_wipes_a_lost_one_from_another() {
+    let server = TestServer::start().await;
+    let (_d1, phone) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    let (_d2, pc) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    let list = sitrep_cli::devices(&pc).await.expect("devices");
+    assert_eq!(list.len(), 2);
+    assert!(
+        list.iter()
+            .any(|d| d.this_device && d.device_id == pc.client.device_id())
+    );
+    sitrep_cli::wipe_device(&pc, phone.client.device_id())
+        .await
+        .expect("wipe");
+    let list = sitrep_cli::devices(&pc).await.expect("devices");
+    assert!(
+        list.iter()
+            .any(|d| d.device_id == phone.client.device_id() && d.revoked_at.is_some())
+    );
+    let err = sitrep_cli::devices(&phone).await.expect_err("revoked");
+    assert!(sitrep_cli::is_wiped(&err));
+    // Another user's device cannot be wiped.
+    let (_d3, bob) = device(&server.url, &server.invite("bob"), INTEROP_CIPHERSUITE).await;
+    assert!(
+        sitrep_cli::wipe_device(&bob, pc.client.device_id())
+            .await
+            .is_err()
+    );
+    server.stop().await;
+}

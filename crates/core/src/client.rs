@@ -505,6 +505,7 @@ impl Client {
                 pid_policy: pid_policy.to_string(),
                 active: true,
                 history: Vec::new(),
+                pending_removals: Vec::new(),
             },
         );
         Ok((
@@ -697,8 +698,9 @@ impl Client {
             .collect();
         let mut names = Vec::new();
         for h in hexes {
+            let removals = !self.state.conversations[&h].pending_removals.is_empty();
             if let Ok(g) = self.take_group(&h) {
-                if g.pending_proposals().next().is_some() {
+                if removals || g.pending_proposals().next().is_some() {
                     names.push(self.state.conversations[&h].name.clone());
                 }
                 self.put_group(&h, g);
@@ -712,14 +714,38 @@ impl Client {
     pub fn prepare_commit_pending(&mut self, name: &str) -> Result<Option<PreparedCommit>, Error> {
         let group_hex = self.group_hex_by_name(name)?;
         let mut group = self.take_group(&group_hex)?;
-        if group.pending_proposals().next().is_none() {
+        // Revoked devices still in the tree.
+        let revoked = self.state.conversations[&group_hex]
+            .pending_removals
+            .clone();
+        let mut leaves = Vec::new();
+        for m in group.members() {
+            if let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key)
+                && revoked.contains(&c.device_id)
+            {
+                leaves.push(m.index);
+            }
+        }
+        if leaves.is_empty()
+            && let Some(c) = self.state.conversations.get_mut(&group_hex)
+        {
+            c.pending_removals.clear();
+        }
+        if leaves.is_empty() && group.pending_proposals().next().is_none() {
             self.put_group(&group_hex, group);
             return Ok(None);
         }
         let epoch = group.epoch().as_u64();
-        let (commit, _, _) = group
-            .commit_to_pending_proposals(&self.provider, &self.signer)
-            .map_err(Error::mls)?;
+        let (commit, _, _) = if leaves.is_empty() {
+            group
+                .commit_to_pending_proposals(&self.provider, &self.signer)
+                .map_err(Error::mls)?
+        } else {
+            // Pending proposals (members leaving) go into the same commit.
+            group
+                .remove_members(&self.provider, &self.signer, &leaves)
+                .map_err(Error::mls)?
+        };
         self.put_group(&group_hex, group);
         Ok(Some(PreparedCommit {
             group_hex,
@@ -974,6 +1000,7 @@ impl Client {
         self.state.last_seq = seq;
         let result = match kind {
             EntryKind::Welcome => self.handle_welcome(payload),
+            EntryKind::Revoked => self.handle_revoked(payload, now_ms),
             EntryKind::Commit | EntryKind::Application | EntryKind::Proposal => {
                 self.handle_group_message(payload, now_ms)
             }
@@ -983,6 +1010,31 @@ impl Client {
                 reason: e.to_string(),
             }]
         })
+    }
+
+    /// The organisation revoked a device of this group: note it for removal.
+    fn handle_revoked(&mut self, payload: &[u8], now_ms: u64) -> Result<Vec<Event>, Error> {
+        let (&len, rest) = payload
+            .split_first()
+            .ok_or_else(|| Error::Protocol("empty revocation".into()))?;
+        let len = len as usize;
+        if rest.len() <= len || rest.len() - len > sitrep_wire::api::MAX_ID_LEN {
+            return Err(Error::Protocol("malformed revocation".into()));
+        }
+        let group_hex = hex_id(&rest[..len]);
+        let device = std::str::from_utf8(&rest[len..])
+            .ok()
+            .filter(|d| sitrep_wire::api::valid_id(d))
+            .ok_or_else(|| Error::Protocol("malformed revocation".into()))?
+            .to_string();
+        let Some(conv) = self.state.conversations.get_mut(&group_hex) else {
+            return Ok(Vec::new());
+        };
+        if !conv.pending_removals.contains(&device) {
+            conv.pending_removals.push(device.clone());
+        }
+        let line = format!("device {device} was revoked by the organisation and is being removed");
+        Ok(self.system_line(&group_hex, u64::MAX - 1, line, now_ms))
     }
 
     fn handle_welcome(&mut self, payload: &[u8]) -> Result<Vec<Event>, Error> {
@@ -1022,6 +1074,7 @@ impl Client {
                 pid_policy: meta.pid_policy.clone(),
                 active: true,
                 history: Vec::new(),
+                pending_removals: Vec::new(),
             });
         conv.name = name.clone();
         conv.active = true;

@@ -55,6 +55,10 @@ pub struct Conversation {
     pub active: bool,
     /// Messages, in the order this device received them.
     pub history: Vec<HistoryEntry>,
+    /// Devices the organisation revoked that are still in the MLS group: the
+    /// next sync commits their removal.
+    #[serde(default)]
+    pub pending_removals: Vec<String>,
 }
 
 /// A message encrypted and waiting for the server's acknowledgement.

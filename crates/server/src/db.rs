@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS devices (
     credential BLOB NOT NULL,
     created_at INTEGER NOT NULL,
     revoked_at INTEGER,
+    -- Set once the groups were told of the revocation.
+    revocation_done INTEGER NOT NULL DEFAULT 0,
     -- Everything up to here was acknowledged by the device.
     cursor INTEGER NOT NULL DEFAULT 0
 );
@@ -107,6 +109,8 @@ pub struct DeviceRow {
     pub device_id: String,
     /// Owner.
     pub user_id: String,
+    /// Revoked (wiped): refused everything.
+    pub revoked: bool,
 }
 
 /// Claimed KeyPackages `(user, device, key package)` and users with none.
@@ -208,9 +212,9 @@ impl Db {
         let g = self.lock();
         g.conn
             .query_row(
-                "SELECT device_id, user_id FROM devices WHERE token_hash = ?1 AND revoked_at IS NULL",
+                "SELECT device_id, user_id, revoked_at IS NOT NULL FROM devices WHERE token_hash = ?1",
                 [token_hash],
-                |r| Ok(DeviceRow { device_id: r.get(0)?, user_id: r.get(1)? }),
+                |r| Ok(DeviceRow { device_id: r.get(0)?, user_id: r.get(1)?, revoked: r.get(2)? }),
             )
             .optional()
             .map_err(db_err)
@@ -801,6 +805,130 @@ impl Db {
         Ok(false)
     }
 
+    /// A user's devices.
+    pub fn devices_of(&self, user_id: &str) -> Result<Vec<(String, u64, Option<u64>)>, ApiErr> {
+        let g = self.lock();
+        let mut st = g
+            .conn
+            .prepare_cached("SELECT device_id, created_at, revoked_at FROM devices WHERE user_id = ?1 ORDER BY created_at, device_id")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map([user_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|t| t as u64),
+                ))
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    /// Revoke a device of `user_id` (from another of the user's devices).
+    pub fn revoke_own(&self, user_id: &str, device_id: &str, now: u64) -> Result<(), ApiErr> {
+        let g = self.lock();
+        let n = g
+            .conn
+            .execute(
+                "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?3) WHERE device_id = ?1 AND user_id = ?2",
+                params![device_id, user_id, now as i64],
+            )
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(ApiErr::not_found(
+                "unknown_device",
+                "no such device of yours",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tell the groups of every newly revoked device: end its memberships, drop
+    /// its KeyPackages, and append a `Revoked` entry for the other members, the
+    /// next of whom to sync commits its removal. Runs in the server's
+    /// background task, so revocations written by `sitrep admin wipe` in another
+    /// process take effect within seconds.
+    pub fn sweep_revocations(
+        &self,
+        now: u64,
+        publish: impl FnOnce(Vec<Delivery>),
+    ) -> Result<usize, ApiErr> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let revoked: Vec<String> = {
+            let mut st = tx
+                .prepare("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL AND revocation_done = 0")
+                .map_err(db_err)?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)?
+        };
+        let mut pushes = Vec::new();
+        for d in &revoked {
+            let groups: Vec<Vec<u8>> = {
+                let mut st = tx
+                    .prepare(
+                        "SELECT group_id FROM memberships WHERE device_id = ?1 AND to_seq IS NULL",
+                    )
+                    .map_err(db_err)?;
+                let rows = st.query_map([d], |r| r.get(0)).map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)?
+            };
+            for gid in groups {
+                let epoch: i64 = tx
+                    .query_row(
+                        "SELECT epoch FROM groups WHERE group_id = ?1",
+                        [&gid],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                // Payload: group id length, group id, device id.
+                let mut payload = vec![gid.len() as u8];
+                payload.extend_from_slice(&gid);
+                payload.extend_from_slice(d.as_bytes());
+                let seq = Self::append(
+                    &mut inner.counters,
+                    &tx,
+                    &gid,
+                    EntryKind::Revoked,
+                    epoch as u64,
+                    "server",
+                    &payload,
+                    now,
+                )?;
+                tx.execute(
+                    "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+                    params![gid, d, seq as i64 - 1],
+                )
+                .map_err(db_err)?;
+                let members = Self::members(&tx, &gid)?;
+                pushes.push(Self::pushes(
+                    &members,
+                    d,
+                    seq,
+                    EntryKind::Revoked,
+                    Arc::from(d.as_bytes()),
+                ));
+            }
+            tx.execute("DELETE FROM key_packages WHERE device_id = ?1", [d])
+                .map_err(db_err)?;
+            tx.execute(
+                "UPDATE devices SET revocation_done = 1 WHERE device_id = ?1",
+                [d],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        if !revoked.is_empty() {
+            tracing::info!(devices = revoked.len(), "revocations applied to groups");
+        }
+        publish(pushes);
+        Ok(revoked.len())
+    }
+
     /// The signed policy in force.
     pub fn policy(&self) -> Result<Option<Vec<u8>>, ApiErr> {
         current_policy(&self.lock().conn).map_err(db_err)
@@ -1054,6 +1182,18 @@ pub fn show_policy(
         Some(b) => sitrep_wire::policy::SignedPolicy::verify(&b, &org.public_key())?,
         None => sitrep_wire::policy::OrgPolicy::default(),
     })
+}
+
+/// Revoke (remote-wipe) a device: `sitrep admin wipe`, also while the server
+/// runs. The server refuses the device's token at once; its groups are told
+/// within seconds (see [`Db::sweep_revocations`]).
+pub fn revoke_device(dir: &Path, device_id: &str) -> Result<bool, rusqlite::Error> {
+    let conn = connect(dir)?;
+    let n = conn.execute(
+        "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
+        params![device_id, crate::now_secs() as i64],
+    )?;
+    Ok(n > 0)
 }
 
 /// Create an invitation (used by `sitrep admin invite`, also while the server

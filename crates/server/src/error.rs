@@ -35,6 +35,14 @@ impl ApiErr {
             "missing, unknown or revoked device token",
         )
     }
+    /// 401 for a revoked device: the body tells it to destroy its local data.
+    pub fn device_wiped() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "device_wiped",
+            "this device was revoked by the organisation: destroy local keys and history",
+        )
+    }
     /// 403.
     pub fn forbidden(code: &str, message: &str) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)

@@ -44,6 +44,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/groups/{group}/messages", post(send))
         .route("/v1/groups/{group}/leave", post(leave))
         .route("/v1/inbox", get(inbox))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/{device}/wipe", post(wipe_device))
         .route("/v1/inbox/ack", post(ack))
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
@@ -96,6 +98,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             .await
             .map_err(|_| ApiErr::internal())??
             .ok_or_else(ApiErr::unauthorised)?;
+        if dev.revoked {
+            return Err(ApiErr::device_wiped());
+        }
         if !state.limiter.allow(&dev.device_id) {
             return Err(ApiErr::rate_limited());
         }
@@ -162,6 +167,47 @@ async fn health(State(st): St) -> Json<api::Health> {
         status: "ok".into(),
         org_fingerprint: st.org.fingerprint(),
     })
+}
+
+/// # GET /v1/devices
+/// The caller's user's devices.
+async fn devices(State(st): St, Auth(dev): Auth) -> Result<Json<Vec<api::DeviceInfo>>, ApiErr> {
+    let me = dev.device_id.clone();
+    let list = blocking(move || st.db.devices_of(&dev.user_id)).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|(device_id, enrolled_at, revoked_at)| api::DeviceInfo {
+                this_device: device_id == me,
+                device_id,
+                enrolled_at,
+                revoked_at,
+            })
+            .collect(),
+    ))
+}
+
+/// # POST /v1/devices/{device}/wipe
+/// Revoke one of the caller's own user's devices (lost, stolen, redeployed).
+async fn wipe_device(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(device): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    if !valid_id(&device) {
+        return Err(ApiErr::bad_request("bad_device", "invalid device id"));
+    }
+    let st2 = st.clone();
+    let d = device.clone();
+    blocking(move || st2.db.revoke_own(&dev.user_id, &d, now_secs())).await?;
+    let st3 = st.clone();
+    blocking(move || {
+        st3.db
+            .sweep_revocations(now_secs(), |p| st3.hub.publish(p))
+            .map(|_| ())
+    })
+    .await?;
+    tracing::info!(device = %device, "device revoked by its user");
+    Ok(Json(serde_json::json!({ "revoked": device })))
 }
 
 /// # GET /v1/policy

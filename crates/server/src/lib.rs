@@ -21,7 +21,7 @@ mod ws;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use db::{Db, create_invite, set_policy, show_policy};
+pub use db::{Db, create_invite, revoke_device, set_policy, show_policy};
 pub use error::ApiErr;
 
 /// Server settings; the defaults suit one trust on one machine.
@@ -127,6 +127,13 @@ pub async fn run(
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 flush_acks(&st).await;
                 ticks += 1;
+                if ticks.is_multiple_of(25) {
+                    let st2 = st.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        st2.db.sweep_revocations(now_secs(), |p| st2.hub.publish(p))
+                    })
+                    .await;
+                }
                 if ticks.is_multiple_of(100) {
                     let st2 = st.clone();
                     let (age, backlog) = (st.config.max_age_secs, st.config.max_backlog);

@@ -18,6 +18,10 @@ pub enum EntryKind {
     Application = 3,
     /// An MLS proposal (a member leaving); the next member to sync commits it.
     Proposal = 4,
+    /// The organisation revoked a device (lost, stolen, redeployed); payload is
+    /// its device id. The server no longer delivers to it; the next member to
+    /// sync commits its removal from the MLS group.
+    Revoked = 5,
 }
 
 impl EntryKind {
@@ -28,6 +32,7 @@ impl EntryKind {
             2 => Some(Self::Commit),
             3 => Some(Self::Application),
             4 => Some(Self::Proposal),
+            5 => Some(Self::Revoked),
             _ => None,
         }
     }
@@ -233,6 +238,20 @@ pub struct InboxResponse {
 pub struct AckRequest {
     /// Delete every entry with `seq <= up_to`.
     pub up_to: u64,
+}
+
+/// One of a user's devices (`GET /v1/devices`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub device_id: String,
+    /// Seconds since the Unix epoch.
+    pub enrolled_at: u64,
+    /// Seconds since the Unix epoch, when revoked (wiped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+    /// Whether this is the device asking.
+    pub this_device: bool,
 }
 
 /// Longest user id, device id, name or role accepted.
