@@ -14,6 +14,7 @@
 mod client;
 mod error;
 pub mod lock;
+pub mod notify;
 mod provider;
 mod state;
 pub mod store;
@@ -22,6 +23,7 @@ pub mod vault;
 pub use client::{Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit};
 pub use error::Error;
 pub use lock::{Locked, Session, UnlockError};
+pub use notify::Notification;
 pub use openmls::prelude::Ciphersuite;
 pub use sitrep_wire::policy::{OrgPolicy, Previews, SignedPolicy};
 pub use state::{Conversation, HistoryEntry};

@@ -135,3 +135,56 @@ fn a_short_passcode_is_refused_at_creation() {
     let (client, _) = common::enrol(&org, INTEROP_CIPHERSUITE, "bob");
     assert!(Session::create(MemoryStore::default(), client, "12345", 0).is_err());
 }
+
+#[test]
+fn notifications_carry_no_content_unless_policy_and_user_allow_it() {
+    use sitrep_core::{Event, HistoryEntry, Previews};
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let mut s = session(&org);
+    let entry = HistoryEntry {
+        id: "00".repeat(16),
+        sender: "bob".into(),
+        sender_device: "d".into(),
+        sender_name: "Dr Bob".into(),
+        sent_at: 0,
+        received_at: 0,
+        kind: "text".into(),
+        body: "Mr Smith in bay 3, NHS 943 476 5919".into(),
+    };
+    let events = vec![
+        Event::Message {
+            conversation: "resus".into(),
+            entry: entry.clone(),
+        },
+        Event::Message {
+            conversation: "ward".into(),
+            entry,
+        },
+    ];
+    let c = s.client(0).expect("unlocked");
+    let n = c.notification(&events, None).expect("notification");
+    assert_eq!(
+        (n.new_messages, n.conversations, n.preview.clone()),
+        (2, 2, None),
+        "default: no content"
+    );
+    assert!(
+        c.notification(&events, Some(true))
+            .expect("n")
+            .preview
+            .is_some(),
+        "user opted in under `off`"
+    );
+    assert!(c.notification(&[], Some(true)).is_none());
+    let forbid = OrgPolicy {
+        serial: 2,
+        previews: Previews::Forbidden,
+        ..OrgPolicy::default()
+    };
+    c.apply_policy(&signed(&org, forbid)).expect("applied");
+    assert_eq!(
+        c.notification(&events, Some(true)).expect("n").preview,
+        None,
+        "forbidden wins"
+    );
+}
