@@ -52,9 +52,15 @@ impl Profile {
     /// Unlock an existing profile. Wrong passcodes are counted; at the
     /// organisation's limit the local data is destroyed.
     pub fn open(dir: &Path, passcode: &str) -> anyhow::Result<Self> {
+        Self::open_with_code(dir, passcode, std::env::var("SITREP_TOTP").ok().as_deref())
+    }
+
+    /// [`Profile::open`] with a two-step (TOTP) code, which the organisation's
+    /// policy may require.
+    pub fn open_with_code(dir: &Path, passcode: &str, code: Option<&str>) -> anyhow::Result<Self> {
         let l = lock(dir)?;
         let mut session = Session::new(FileStore::new(dir)?);
-        match session.unlock(passcode, now_ms()) {
+        match session.unlock_with_code(passcode, code, now_ms()) {
             Ok(()) => {}
             Err(UnlockError::NoProfile) => {
                 bail!("no profile in {}; run `sitrep enrol` first", dir.display())
@@ -222,6 +228,7 @@ pub async fn enrol(
     if let Some(sp) = signed_policy {
         client.apply_policy(&sp)?;
     }
+    client.setup_totp()?;
     let mut profile = Profile::create(dir, passcode, client)?;
     top_up(&mut profile).await?;
     Ok(profile)

@@ -240,6 +240,26 @@ fn passcode() -> anyhow::Result<String> {
     Ok(rpassword::prompt_password("Passcode: ")?)
 }
 
+/// Unlock the profile: the passcode, and a TOTP code when the organisation
+/// requires two-step verification (from SITREP_TOTP or a prompt).
+fn open_profile(dir: &std::path::Path) -> anyhow::Result<Profile> {
+    let pass = passcode()?;
+    match Profile::open(dir, &pass) {
+        Err(e)
+            if std::io::stdin().is_terminal()
+                && std::env::var("SITREP_TOTP").is_err()
+                && matches!(
+                    e.downcast_ref::<sitrep_core::UnlockError>(),
+                    Some(sitrep_core::UnlockError::TwoStepRequired { .. })
+                ) =>
+        {
+            let code = rpassword::prompt_password("Authenticator code: ")?;
+            Profile::open_with_code(dir, &pass, Some(&code))
+        }
+        other => other,
+    }
+}
+
 fn print_events(events: &[Event]) {
     for e in events {
         match e {
@@ -273,7 +293,17 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(cli))
+    let profile = cli.profile.clone();
+    let result = rt.block_on(run(cli));
+    if let Err(e) = &result
+        && sitrep_cli::is_wiped(e)
+    {
+        // Any command that learns the device was revoked destroys its data.
+        let _ = sitrep_core::store::FileStore::new(&profile)
+            .and_then(|s| sitrep_core::store::ProfileStore::destroy(&s));
+        anyhow::bail!("{}", sitrep_cli::WIPED);
+    }
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -376,6 +406,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cs = sitrep_core::parse_ciphersuite(&ciphersuite).context("unknown ciphersuite")?;
             let p = sitrep_cli::enrol(&cli.profile, &server, &code, &passcode()?, cs).await?;
+            if let Some(uri) = p.client.totp_uri() {
+                println!("two-step verification: add this to an authenticator app");
+                println!("{uri}");
+                if let Ok(qr) = qrcode::QrCode::new(uri.as_bytes()) {
+                    println!(
+                        "{}",
+                        qr.render::<qrcode::render::unicode::Dense1x2>()
+                            .quiet_zone(true)
+                            .build()
+                    );
+                }
+            }
             println!(
                 "enrolled {} ({}) as device {} of {}",
                 p.client.display_name(),
@@ -385,7 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Chat { cmd } => {
-            let mut p = Profile::open(&cli.profile, &passcode()?)?;
+            let mut p = open_profile(&cli.profile)?;
             match cmd {
                 ChatCmd::Create {
                     name,
@@ -435,7 +477,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             allow_pid,
             json,
         } => {
-            let mut p = Profile::open(&cli.profile, &passcode()?)?;
+            let mut p = open_profile(&cli.profile)?;
             let mut confirmed = allow_pid;
             if !confirmed
                 && let Err(sitrep_core::Error::PidNeedsConfirmation(findings)) =
@@ -475,12 +517,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out.flush()?;
         }
         Cmd::Sync => {
-            let mut p = Profile::open(&cli.profile, &passcode()?)?;
+            let mut p = open_profile(&cli.profile)?;
             let events = sitrep_cli::sync(&mut p).await?;
             print_events(&events);
         }
         Cmd::History { name, json } => {
-            let p = Profile::open(&cli.profile, &passcode()?)?;
+            let p = open_profile(&cli.profile)?;
             let conv = p.client.conversation(&name)?;
             for h in &conv.history {
                 if json {
@@ -492,7 +534,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { cmd } => sitrep_cli::bench::run(cmd).await?,
         Cmd::Devices { json } => {
-            let p = Profile::open(&cli.profile, &passcode()?)?;
+            let p = open_profile(&cli.profile)?;
             for d in sitrep_cli::devices(&p).await? {
                 if json {
                     println!("{}", serde_json::to_string(&d)?);
@@ -508,7 +550,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Wipe { device } => {
-            let p = Profile::open(&cli.profile, &passcode()?)?;
+            let p = open_profile(&cli.profile)?;
             sitrep_cli::wipe_device(&p, &device).await?;
             println!(
                 "device {device} revoked: it is removed from its conversations and wipes itself when it next connects"

@@ -724,3 +724,40 @@ async fn a_user_lists_devices_and_wipes_a_lost_one_from_another() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_step_policy_needs_the_authenticator_code_to_open_a_profile() {
+    let server = TestServer::start().await;
+    let (org, _) = sitrep_server::org::Org::open_or_create(server.dir.path(), None).expect("org");
+    let (dir, mut a) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    let uri = a.client.totp_uri().expect("set up at enrolment");
+    let p = sitrep_core::OrgPolicy {
+        two_step_required: true,
+        ..sitrep_core::OrgPolicy::default()
+    };
+    sitrep_server::set_policy(server.dir.path(), &org, p).expect("set");
+    sitrep_cli::sync(&mut a).await.expect("takes up the policy");
+    drop(a);
+    let err = sitrep_cli::Profile::open_with_code(dir.path(), PASSCODE, None)
+        .err()
+        .expect("code needed");
+    assert!(matches!(
+        err.downcast_ref::<sitrep_core::UnlockError>(),
+        Some(sitrep_core::UnlockError::TwoStepRequired { .. })
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let code = totp_code(&uri, now);
+    sitrep_cli::Profile::open_with_code(dir.path(), PASSCODE, Some(&code))
+        .expect("opens with the code");
+    server.stop().await;
+}
+
+/// An authenticator app: RFC 6238 from the otpauth URI.
+fn totp_code(uri: &str, unix: u64) -> String {
+    totp_rs::TOTP::from_url(uri)
+        .expect("otpauth URI")
+        .generate(unix)
+}

@@ -86,6 +86,7 @@ impl PendingEnrolment {
             outbox: Vec::new(),
             has_last_resort: false,
             policy: None,
+            totp_secret: None,
         };
         Ok(Client {
             provider: self.provider,
@@ -344,6 +345,42 @@ impl Client {
             .as_ref()
             .and_then(|b| SignedPolicy::verify(b, &self.state.device.org_public_key).ok())
             .unwrap_or_default()
+    }
+
+    /// Set up two-step verification: a fresh TOTP secret (RFC 6238: SHA-1,
+    /// 6 digits, 30 s) kept in the sealed store. Returns the otpauth URI for
+    /// an authenticator app.
+    pub fn setup_totp(&mut self) -> Result<String, Error> {
+        let secret = self.random::<20>().to_vec();
+        self.state.totp_secret = Some(ByteBuf::from(secret));
+        self.totp_uri().ok_or_else(|| Error::Invalid("TOTP".into()))
+    }
+
+    fn totp(&self) -> Option<totp_rs::TOTP> {
+        let secret = self.state.totp_secret.as_ref()?.to_vec();
+        totp_rs::TOTP::new(
+            totp_rs::Algorithm::SHA1,
+            6,
+            1,
+            30,
+            secret,
+            Some("Sitrep".into()),
+            format!(
+                "{}@{}",
+                self.state.device.user_id, self.state.device.device_id
+            ),
+        )
+        .ok()
+    }
+
+    /// The otpauth URI of this device's TOTP secret, if set up.
+    pub fn totp_uri(&self) -> Option<String> {
+        self.totp().map(|t| t.get_url())
+    }
+
+    /// Whether `code` is this device's current TOTP code (one step of skew).
+    pub fn check_totp(&self, code: &str, unix_secs: u64) -> bool {
+        self.totp().is_some_and(|t| t.check(code.trim(), unix_secs))
     }
 
     /// The server stored our last-resort KeyPackage.

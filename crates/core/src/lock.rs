@@ -20,6 +20,14 @@ pub enum UnlockError {
     /// Too many wrong passcodes: the local data was destroyed.
     #[error("too many wrong passcodes: this device's Sitrep data was wiped")]
     Wiped,
+    /// The policy requires a TOTP code and none (or a wrong one) was given.
+    #[error(
+        "two-step verification: enter the code from your authenticator app ({remaining} tries left)"
+    )]
+    TwoStepRequired {
+        /// Tries left before the local data is wiped.
+        remaining: u32,
+    },
     /// No profile on this device.
     #[error("no profile on this device")]
     NoProfile,
@@ -87,12 +95,38 @@ impl<S: ProfileStore> Session<S> {
     /// Unlock with the passcode. Each wrong one is counted outside the sealed
     /// data; at the policy's limit the local data is destroyed.
     pub fn unlock(&mut self, passcode: &str, now_ms: u64) -> Result<(), UnlockError> {
+        self.unlock_with_code(passcode, None, now_ms)
+    }
+
+    /// Unlock with the passcode and, where the policy requires two-step
+    /// verification, the current TOTP code. A missing or wrong code counts as
+    /// a failed unlock.
+    pub fn unlock_with_code(
+        &mut self,
+        passcode: &str,
+        code: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), UnlockError> {
         let sealed = self.store.load()?.ok_or(UnlockError::NoProfile)?;
         let (failures, limit) = self.store.unlock_failures()?;
         match Vault::open(passcode, &sealed) {
             Ok((vault, plain)) => {
                 let client = Client::from_bytes(&plain)?;
                 let limit = client.policy().max_failed_unlocks as u32;
+                if client.policy().two_step_required
+                    && !code.is_some_and(|c| client.check_totp(c, now_ms / 1000))
+                {
+                    // A wrong code counts; merely not having offered one yet does not.
+                    let failures = failures + u32::from(code.is_some());
+                    if failures >= limit {
+                        self.wipe()?;
+                        return Err(UnlockError::Wiped);
+                    }
+                    self.store.set_unlock_failures(failures, limit)?;
+                    return Err(UnlockError::TwoStepRequired {
+                        remaining: limit - failures,
+                    });
+                }
                 self.store.set_unlock_failures(0, limit)?;
                 self.unlocked = Some(Unlocked {
                     vault,

@@ -88,4 +88,7 @@ pub(crate) struct State {
     /// The organisation's signed device policy in force (CBOR `SignedPolicy`).
     #[serde(default)]
     pub policy: Option<ByteBuf>,
+    /// TOTP (RFC 6238) secret for two-step unlock, set up at enrolment.
+    #[serde(default)]
+    pub totp_secret: Option<ByteBuf>,
 }

@@ -188,3 +188,40 @@ fn notifications_carry_no_content_unless_policy_and_user_allow_it() {
         "forbidden wins"
     );
 }
+
+#[test]
+fn two_step_policy_requires_the_totp_code_at_unlock() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let (mut client, _) = common::enrol(&org, INTEROP_CIPHERSUITE, "carol");
+    let uri = client.setup_totp().expect("totp");
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    let p = OrgPolicy {
+        serial: 2,
+        two_step_required: true,
+        max_failed_unlocks: 4,
+        ..OrgPolicy::default()
+    };
+    client.apply_policy(&signed(&org, p)).expect("applied");
+    let mut s = Session::create(MemoryStore::default(), client, PASS, 0).expect("create");
+    s.lock();
+    let now_ms = 1_800_000_000_000u64;
+    let authenticator = totp_rs::TOTP::from_url(&uri).expect("parse uri");
+    let code = authenticator.generate(now_ms / 1000);
+    assert!(matches!(
+        s.unlock(PASS, now_ms),
+        Err(UnlockError::TwoStepRequired { remaining: 4 })
+    ));
+    assert!(
+        matches!(
+            s.unlock_with_code(PASS, Some("000000"), now_ms).err(),
+            Some(UnlockError::TwoStepRequired { remaining: 3 })
+        ) || code == "000000"
+    );
+    // An old code (ten minutes ago) is refused too.
+    let stale = authenticator.generate(now_ms / 1000 - 600);
+    if stale != code {
+        assert!(s.unlock_with_code(PASS, Some(&stale), now_ms).is_err());
+    }
+    s.unlock_with_code(PASS, Some(&code), now_ms)
+        .expect("passcode and current code");
+}

@@ -910,7 +910,7 @@ impl Db {
                     d,
                     seq,
                     EntryKind::Revoked,
-                    Arc::from(d.as_bytes()),
+                    Arc::from(payload),
                 ));
             }
             tx.execute("DELETE FROM key_packages WHERE device_id = ?1", [d])

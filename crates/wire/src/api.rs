@@ -19,7 +19,7 @@ pub enum EntryKind {
     /// An MLS proposal (a member leaving); the next member to sync commits it.
     Proposal = 4,
     /// The organisation revoked a device (lost, stolen, redeployed); payload is
-    /// its device id. The server no longer delivers to it; the next member to
+    /// the group id's length (one byte), the group id, then the device id. The server no longer delivers to it; the next member to
     /// sync commits its removal from the MLS group.
     Revoked = 5,
 }
