@@ -163,6 +163,7 @@ async fn conversation(
                 "/v1/keypackages/claim",
                 &api::ClaimRequest {
                     user_ids: chunk.to_vec(),
+                    device_ids: Vec::new(),
                 },
             )
             .await?;

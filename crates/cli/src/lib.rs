@@ -325,6 +325,69 @@ async fn refresh_policy(p: &mut Profile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bring this user's other devices (a newly enrolled phone or PC, which the
+/// admin approved by issuing its code) into every conversation this device is
+/// in. Several of the user's devices may race to do it: the losers find it done.
+async fn join_own_devices(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    let mine: Vec<String> = devices(p)
+        .await?
+        .into_iter()
+        .filter(|d| d.revoked_at.is_none() && !d.this_device)
+        .map(|d| d.device_id)
+        .collect();
+    if mine.is_empty() {
+        return Ok(Vec::new());
+    }
+    let me = p.client.user_id().to_string();
+    let names: Vec<String> = p
+        .client
+        .conversations()
+        .filter(|c| c.active)
+        .map(|c| c.name.clone())
+        .collect();
+    let mut events = Vec::new();
+    for name in names {
+        let present: Vec<String> = p
+            .client
+            .members(&name)?
+            .into_iter()
+            .map(|m| m.device_id)
+            .collect();
+        let missing: Vec<String> = mine
+            .iter()
+            .filter(|d| !present.contains(d))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let claim: api::ClaimResponse = p
+            .remote()
+            .post(
+                "/v1/keypackages/claim",
+                &api::ClaimRequest {
+                    user_ids: vec![me.clone()],
+                    device_ids: missing,
+                },
+            )
+            .await?;
+        if claim.key_packages.is_empty() {
+            continue;
+        }
+        match commit_with_retry(p, |c| c.prepare_add(&name, &claim.key_packages)).await {
+            Ok(ev) => events.extend(ev),
+            // Another of the user's devices added it first.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<sitrep_core::Error>(),
+                    Some(sitrep_core::Error::Invalid(_))
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(events)
+}
+
 /// Keep enough KeyPackages on the server.
 pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
     let remote = p.remote();
@@ -386,6 +449,7 @@ async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     refresh_policy(p).await?;
     let mut events = pull(p).await?;
     events.extend(commit_pending(p).await?);
+    events.extend(join_own_devices(p).await?);
     flush_outbox(p).await?;
     top_up(p).await?;
     Ok(events)
@@ -427,7 +491,8 @@ async fn commit_with_retry(
     let mut last_err = None;
     for attempt in 0..COMMIT_ATTEMPTS {
         if attempt > 0 {
-            sync(p).await?;
+            // Boxed: sync may itself commit (bringing in the user's devices).
+            Box::pin(sync(p)).await?;
         }
         let prepared = build(&mut p.client)?;
         p.save()?;
@@ -496,6 +561,7 @@ pub async fn chat_add(p: &mut Profile, name: &str, users: &[String]) -> anyhow::
             "/v1/keypackages/claim",
             &api::ClaimRequest {
                 user_ids: users.to_vec(),
+                device_ids: Vec::new(),
             },
         )
         .await?;

@@ -761,3 +761,41 @@ fn totp_code(uri: &str, unix: u64) -> String {
         .expect("otpauth URI")
         .generate(unix)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_device_joins_all_the_users_conversations() {
+    let server = TestServer::start().await;
+    let (_p, mut phone) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    let (_b, mut bob) = device(&server.url, &server.invite("bob"), INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut phone, "resus", &["bob".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::chat_create(&mut phone, "ward", &["bob".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut bob).await.expect("bob joins");
+    // The admin approves alice's PC by issuing it a code for the same user.
+    let (_pc_dir, mut pc) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    sitrep_cli::sync(&mut phone)
+        .await
+        .expect("phone brings the PC in");
+    let ev = sitrep_cli::sync(&mut pc).await.expect("pc joins");
+    let joined: Vec<&Event> = ev
+        .iter()
+        .filter(|e| matches!(e, Event::Joined { .. }))
+        .collect();
+    assert_eq!(joined.len(), 2, "{ev:?}");
+    sitrep_cli::send(&mut bob, "resus", "to both of alice's devices")
+        .await
+        .expect("send");
+    sitrep_cli::sync(&mut pc).await.expect("pc reads");
+    sitrep_cli::sync(&mut phone).await.expect("phone reads");
+    assert_eq!(bodies(&pc, "resus"), vec!["to both of alice's devices"]);
+    assert_eq!(bodies(&phone, "resus"), vec!["to both of alice's devices"]);
+    sitrep_cli::send(&mut pc, "ward", "from the PC")
+        .await
+        .expect("pc sends");
+    sitrep_cli::sync(&mut bob).await.expect("bob reads");
+    assert_eq!(bodies(&bob, "ward"), vec!["from the PC"]);
+    server.stop().await;
+}

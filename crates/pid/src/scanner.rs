@@ -176,8 +176,51 @@ const NOT_NAMES: &[&str] = &[
 ];
 
 fn is_not_name(word: &str) -> bool {
-    NOT_NAMES.binary_search(&word).is_ok()
+    match word_key128(word.as_bytes()) {
+        Some(k) => NOT_NAME_KEYS.binary_search(&k).is_ok(),
+        None => false,
+    }
 }
+
+/// A word of up to 15 bytes packed into an integer (its bytes, then its length),
+/// so a stoplist lookup compares integers instead of strings.
+const fn word_key128(w: &[u8]) -> Option<u128> {
+    if w.len() > 15 {
+        return None;
+    }
+    let mut k = 0u128;
+    let mut i = 0;
+    while i < w.len() {
+        k = (k << 8) | w[i] as u128;
+        i += 1;
+    }
+    Some((k << 8) | w.len() as u128)
+}
+
+/// [`NOT_NAMES`] as sorted [`word_key128`] keys.
+const NOT_NAME_KEYS: [u128; NOT_NAMES.len()] = {
+    let mut t = [0u128; NOT_NAMES.len()];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = match word_key128(NOT_NAMES[i].as_bytes()) {
+            Some(k) => k,
+            None => panic!("stoplist words are at most 15 bytes"),
+        };
+        i += 1;
+    }
+    let mut i = 1;
+    while i < t.len() {
+        let mut j = i;
+        while j > 0 && t[j - 1] > t[j] {
+            let tmp = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = tmp;
+            j -= 1;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// Words that end a street name in an address.
 const STREET_TYPES: &str = "Road|Rd|Street|St|Avenue|Ave|Lane|Ln|Close|Cl|Drive|Dr|Way|Crescent|Cres|Court|Ct|Place|Pl|Gardens|Gdns|Grove|Gr|Terrace|Terr|Hill|Park|Square|Sq|Row|View|Walk|Mews|Green|Rise|Parade|Boulevard|Vale|Croft|Meadows?|Fields|Wynd|Brae|Gate|Yard|End|Heights|Mount";
@@ -299,7 +342,8 @@ impl Scanner {
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         // One cheap pass decides which detectors can possibly match, so a typical
         // message runs one or two regexes rather than all of them.
-        let pre = Features::of(text.as_bytes());
+        let mut pre = Prepass::default();
+        pre.fill(text.as_bytes());
         let f = &pre.f;
         let mut out = Vec::new();
         if f.digits == 0 && !f.at && !f.upper {
@@ -513,9 +557,7 @@ impl Scanner {
         let b = text.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            while i < b.len() && CLASS[usize::from(b[i])] & (UPPER | HIGH) == 0 {
-                i += 1;
-            }
+            i = next_capital_or_high(b, i);
             if i >= b.len() {
                 break;
             }
@@ -528,11 +570,6 @@ impl Scanner {
                 continue;
             }
             let rest = &text[i..];
-            let marks = if f.apostrophe_s || f.paren {
-                name_followed_by(b, i)
-            } else {
-                Marks::None
-            };
             let found = match preceding_cue(text, i) {
                 Cue::Title => self
                     .titled_tail
@@ -549,6 +586,12 @@ impl Scanner {
                     .and_then(|m| trim_name(text, i, i + m.end()))
                     .map(|(s, e)| (s, e, 0.75)),
                 Cue::None => None,
+            };
+            // What follows the word matters only when no cue before it finds a name.
+            let marks = if found.is_none() && (f.apostrophe_s || f.paren) {
+                name_followed_by(b, i)
+            } else {
+                Marks::None
             };
             let found = found
                 .or_else(|| {
@@ -580,6 +623,29 @@ impl Scanner {
             }
         }
     }
+}
+
+/// The first position from `i` holding an ASCII capital or a non-ASCII byte
+/// (`b.len()` if none): eight bytes at a time.
+fn next_capital_or_high(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = ONES * 0x80;
+    while let Some(chunk) = b.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let x = u64::from_le_bytes(*chunk);
+        // Bytes in 'A'..='Z' (no carries: every byte of `y` is below 0x80), or
+        // with the high bit set.
+        let y = x & !HI;
+        let capitals = y.wrapping_add(ONES * 0x3f) & !y.wrapping_add(ONES * 0x25) & HI;
+        let stop = (capitals | x) & HI;
+        if stop != 0 {
+            return i + (stop.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && CLASS[usize::from(b[i])] & (UPPER | HIGH) == 0 {
+        i += 1;
+    }
+    i
 }
 
 /// What follows one or two capitalised words: "'s" ("Jack's mum") or "("
@@ -820,14 +886,14 @@ impl<const N: usize> Positions<N> {
 struct Prepass {
     f: Features,
     /// Start of every run of ASCII digits.
-    digit_runs: Positions<48>,
+    digit_runs: Positions<96>,
     /// Word starts (on an ASCII word boundary) that may begin a hospital-number
     /// keyword: "MRN", "m.r.n", "hosp...", "unit", "case...", "pas", "pat...",
     /// "pt", "crn", "local".
-    hospital_words: Positions<8>,
+    hospital_words: Positions<16>,
     /// Word starts that may begin a birth keyword: "d", "do", "dob", "date",
     /// "born...", "birth...".
-    dob_words: Positions<8>,
+    dob_words: Positions<16>,
     /// "Flat", "Apt", "Apartment", "Unit" (case-sensitive) on a word boundary.
     flat_words: Positions<4>,
 }
@@ -973,12 +1039,28 @@ const WORD_LENGTHS: [u16; 32] = {
     t
 };
 
-/// Flags for a word of `len` <= 9 letters whose packed key is `k`; `first` is
-/// its first letter, lowercased (needed for nine-letter words).
-fn word_flags(k: u64, len: usize, first: u8) -> u16 {
-    if WORD_LENGTHS[usize::from(first & 31)] & (1 << len) == 0 {
-        return 0;
+/// As [`WORD_LENGTHS`], for the words with a flag that matters when the word is
+/// not capitalised (hospital-number and birth keywords).
+const KEY_WORD_LENGTHS: [u16; 32] = {
+    let mut t = [0u16; 32];
+    let mut i = 0;
+    while i < WORD_LIST.len() {
+        let w = WORD_LIST[i].0;
+        if WORD_LIST[i].1 & (W_HOSPITAL | W_ID | W_ID_CONTEXT | W_DOB) != 0 {
+            t[(w[0] & 31) as usize] |= 1 << w.len();
+        }
+        i += 1;
     }
+    // birthdate, casenotes
+    t[(b'b' & 31) as usize] |= 1 << 9;
+    t[(b'c' & 31) as usize] |= 1 << 9;
+    t
+};
+
+/// Flags for a word of `len` <= 9 letters whose packed key is `k`; `first` is
+/// its first letter, lowercased (needed for nine-letter words). The caller
+/// checks [`WORD_LENGTHS`] (or [`KEY_WORD_LENGTHS`]) first.
+fn word_flags(k: u64, len: usize, first: u8) -> u16 {
     if len == 9 {
         return if first == b'b' && k == const { key(b"irthdate") } {
             W_DOB
@@ -1021,136 +1103,184 @@ const fn first_letter_mask() -> [u8; 256] {
 }
 const FIRST: [u8; 256] = first_letter_mask();
 
-impl Features {
-    fn of(b: &[u8]) -> Prepass {
-        let mut pre = Prepass::default();
-        let mut f = Features::default();
-        let mut run = 0usize;
-        let mut gap = 0u8;
+/// State carried from word to word by the prepass.
+#[derive(Debug, Default)]
+struct WordState {
+    upper: bool,
+    /// Flags of the previous word (0 if none or long).
+    prev_flags: u16,
+}
+
+impl Prepass {
+    /// Fill in the features and candidate positions of `b` (in place, so the
+    /// position arrays are not copied on return).
+    fn fill(&mut self, b: &[u8]) {
+        let mut ws = WordState::default();
         let mut digits = 0usize;
-        let mut max_digit_run = 0usize;
-        let mut upper = false;
-        let mut prev_flags = 0u16; // flags of the previous word (0 if none or long)
+        let mut run = 0usize; // digits in the current run (up to two separator bytes between groups)
+        let mut max_run = 0usize;
+        let mut prev_end = usize::MAX; // end of the previous digit run
         let n = b.len();
         let mut i = 0;
-        while i < n {
+        loop {
+            // Spaces and most punctuation only matter next to digits (handled
+            // when the next digit run starts), so skip them in a tight loop.
+            while i < n && CLASS[usize::from(b[i])] & (ALPHA | DIGIT | SPECIAL | HIGH) == 0 {
+                i += 1;
+            }
+            if i >= n {
+                break;
+            }
             let k = CLASS[usize::from(b[i])];
             if k & ALPHA != 0 {
+                i = self.word(b, i, k, &mut ws);
+            } else if k & DIGIT != 0 {
+                // Runs are consumed whole, so a digit here starts a new run.
+                self.digit_runs.push(i);
                 let s = i;
-                let mut acc = 0u8;
-                let mut wk = 0u64;
-                while i < n {
-                    let c = b[i];
-                    let kc = CLASS[usize::from(c)];
-                    if kc & ALPHA == 0 {
-                        break;
-                    }
-                    acc |= kc;
-                    wk = (wk << 8) | u64::from(c | 0x20);
+                i += 1;
+                while i < n && b[i].is_ascii_digit() {
                     i += 1;
                 }
-                let len = i - s;
-                let first = b[s];
-                let mut capitalised = false;
-                if acc & UPPER != 0 {
-                    upper = true;
-                    let first_upper = first.is_ascii_uppercase();
-                    if first_upper && s >= 2 && b[s - 1] == b' ' {
-                        let p = if b[s - 2] == b',' && s >= 3 {
-                            b[s - 3]
-                        } else {
-                            b[s - 2]
-                        };
-                        f.number_then_capital |= p.is_ascii_digit();
-                    }
-                    if i < n && b[i].is_ascii_digit() && b[i - 1].is_ascii_uppercase() {
-                        f.upper_then_digit = true;
-                    }
-                    // Capitalised with the rest lowercase, as street types are written.
-                    capitalised =
-                        first_upper && len <= 9 && b[s + 1..i].iter().all(u8::is_ascii_lowercase);
-                }
-                // "'s" / "’s" (the curly quote ends in byte 0x99)
-                if len == 1 && first == b's' && s > 0 && (b[s - 1] == b'\'' || b[s - 1] == 0x99) {
-                    f.apostrophe_s = true;
-                }
-                let flags = if len <= 9 {
-                    word_flags(wk, len, first | 0x20)
-                } else {
-                    0
-                };
-                if flags != 0 {
-                    if flags & W_HOSPITAL != 0
-                        || (flags & W_ID != 0 && prev_flags & W_ID_CONTEXT != 0)
-                    {
-                        f.hospital_word = true;
-                    }
-                    f.dob_word |= flags & W_DOB != 0;
-                    if capitalised {
-                        f.street_word |= flags & W_STREET != 0;
-                        if flags & W_FLAT != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
-                            pre.flat_words.push(s);
-                        }
-                    }
-                }
-                prev_flags = flags;
-                let fm = FIRST[usize::from(first)];
-                if fm != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
-                    pre.record_keyword_start(b, s, len, fm);
-                }
-                run = 0;
-                gap = 0;
-                continue;
-            }
-            if k & DIGIT != 0 {
-                // The previous byte was a digit exactly when a run is open with no
-                // separator pending.
-                if run == 0 || gap != 0 {
-                    pre.digit_runs.push(i);
-                }
-                digits += 1;
-                run += 1;
-                gap = 0;
-                max_digit_run = max_digit_run.max(run);
-            } else if k & SEP != 0 && run > 0 && gap < 2 {
-                gap += 1;
+                digits += i - s;
+                // The run continues across up to two separator bytes
+                // (space, `-`, `.`, `(`, `)`): "943 476 5919" = 10.
+                let joined = prev_end < s
+                    && s - prev_end <= 2
+                    && b[prev_end..s]
+                        .iter()
+                        .all(|&c| CLASS[usize::from(c)] & SEP != 0);
+                run = if joined { run + (i - s) } else { i - s };
+                max_run = max_run.max(run);
+                prev_end = i;
             } else {
-                run = 0;
-                gap = 0;
+                self.f.at |= b[i] == b'@';
+                self.f.paren |= b[i] == b'(';
+                ws.upper |= k & HIGH != 0;
+                i += 1;
             }
-            if k & (SPECIAL | HIGH) != 0 {
-                f.at |= b[i] == b'@';
-                f.paren |= b[i] == b'(';
-                upper |= k & HIGH != 0;
-            }
-            i += 1;
         }
-        f.digits = digits;
-        f.max_digit_run = max_digit_run;
-        f.upper = upper;
-        pre.f = f;
-        pre
+        self.f.digits = digits;
+        self.f.max_digit_run = max_run;
+        self.f.upper = ws.upper;
     }
+
+    /// Handle the word of ASCII letters starting at `s` (first byte of class `k`);
+    /// returns its end. Kept out of line so the byte loop stays small.
+    #[inline(never)]
+    fn word(&mut self, b: &[u8], s: usize, k: u8, ws: &mut WordState) -> usize {
+        let n = b.len();
+        let first = b[s];
+        // Only whether a letter after the first is a capital is needed.
+        let (i, rest_upper) = word_end(b, s + 1);
+        let len = i - s;
+        let first_upper = k & UPPER != 0;
+        let mut capitalised = false;
+        if first_upper || rest_upper {
+            ws.upper = true;
+            if first_upper && s >= 2 && b[s - 1] == b' ' {
+                let p = if b[s - 2] == b',' && s >= 3 {
+                    b[s - 3]
+                } else {
+                    b[s - 2]
+                };
+                self.f.number_then_capital |= p.is_ascii_digit();
+            }
+            if i < n && b[i].is_ascii_digit() && b[i - 1].is_ascii_uppercase() {
+                self.f.upper_then_digit = true;
+            }
+            // Capitalised with the rest lowercase, as street types are written.
+            capitalised = first_upper && len <= 9 && !rest_upper;
+        }
+        let lower_first = first | 0x20;
+        // "'s" / "’s" (the curly quote ends in byte 0x99)
+        if len == 1 && first == b's' && s > 0 && (b[s - 1] == b'\'' || b[s - 1] == 0x99) {
+            self.f.apostrophe_s = true;
+        }
+        // Street and flat words matter only capitalised; other words are looked
+        // up only when a keyword of their first letter and length exists (a
+        // skipped word has no flags the detectors read).
+        let lengths = if capitalised {
+            WORD_LENGTHS[usize::from(lower_first & 31)]
+        } else {
+            KEY_WORD_LENGTHS[usize::from(lower_first & 31)]
+        };
+        let flags = if len <= 9 && lengths & (1 << len) != 0 {
+            let mut wk = 0u64;
+            for &c in &b[s..i] {
+                wk = (wk << 8) | u64::from(c | 0x20);
+            }
+            word_flags(wk, len, lower_first)
+        } else {
+            0
+        };
+        if flags != 0 {
+            if flags & W_HOSPITAL != 0 || (flags & W_ID != 0 && ws.prev_flags & W_ID_CONTEXT != 0) {
+                self.f.hospital_word = true;
+            }
+            self.f.dob_word |= flags & W_DOB != 0;
+            if capitalised {
+                self.f.street_word |= flags & W_STREET != 0;
+                if flags & W_FLAT != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
+                    self.flat_words.push(s);
+                }
+            }
+        }
+        ws.prev_flags = flags;
+        let fm = FIRST[usize::from(first)];
+        if fm != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
+            self.record_keyword_start(b, s, len, fm);
+        }
+        i
+    }
+}
+
+/// The end of the run of ASCII letters starting at `j`, and whether it holds a
+/// capital. (A word-at-a-time version measured no better: words are short.)
+fn word_end(b: &[u8], mut j: usize) -> (usize, bool) {
+    let mut classes = 0u8;
+    while let Some(&c) = b.get(j) {
+        let k = CLASS[usize::from(c)];
+        if k & ALPHA == 0 {
+            break;
+        }
+        classes |= k;
+        j += 1;
+    }
+    (j, classes & UPPER != 0)
 }
 
 impl Prepass {
     /// Record a word start (on an ASCII word boundary) where a hospital-number or
     /// birth keyword may begin. Necessary conditions only: the detectors decide.
+    /// `b[s..s + len]` is a run of ASCII letters.
     fn record_keyword_start(&mut self, b: &[u8], s: usize, len: usize, mask: u8) {
-        let lc = |j: usize| b[j] | 0x20;
-        let p3 = |w: &[u8; 3]| len >= 3 && lc(s) == w[0] && lc(s + 1) == w[1] && lc(s + 2) == w[2];
+        let l0 = b[s] | 0x20;
+        // The first three letters, lowercased and packed (0 when shorter).
+        let p3 = if len >= 3 {
+            u32::from(l0) << 16 | u32::from(b[s + 1] | 0x20) << 8 | u32::from(b[s + 2] | 0x20)
+        } else {
+            0
+        };
+        const fn w3(w: &[u8; 3]) -> u32 {
+            (w[0] as u32) << 16 | (w[1] as u32) << 8 | w[2] as u32
+        }
         if mask & 1 != 0
-            && ((len == 1 && lc(s) == b'm')
-                || (len == 2 && lc(s) == b'p' && lc(s + 1) == b't')
+            && ((len == 1 && l0 == b'm')
+                || (len == 2 && l0 == b'p' && b[s + 1] | 0x20 == b't')
                 || [
                     b"mrn", b"crn", b"hos", b"uni", b"cas", b"pas", b"pat", b"loc",
                 ]
                 .iter()
-                .any(|w| p3(w)))
+                .any(|w| p3 == w3(w)))
         {
             self.hospital_words.push(s);
         }
-        if mask & 2 != 0 && ((lc(s) == b'd' && len <= 4) || p3(b"bor") || p3(b"bir")) {
+        if mask & 2 != 0
+            && ((l0 == b'd' && len <= 4)
+                || p3 == const { w3(b"bor") }
+                || p3 == const { w3(b"bir") })
+        {
             self.dob_words.push(s);
         }
     }
@@ -1344,8 +1474,7 @@ fn nhs_at(text: &str, s: usize) -> Option<Finding> {
         return None;
     }
     let before = window_before(text, s, 32);
-    let nhs_context = has_word(before, "nhs");
-    let chi_context = has_word(before, "chi");
+    let (nhs_context, chi_context) = nhs_chi_words(before.as_bytes());
     let kind = if !nhs_context && (chi_context || (digits[0] <= 3 && chi_date_prefix(&digits))) {
         PidKind::ChiNumber
     } else {
@@ -1684,10 +1813,25 @@ fn trim_name_leading(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     Some((start, e))
 }
 
-/// `word` (lowercase ASCII) occurs in `hay` as a whole word, in any case.
-fn has_word(hay: &str, word: &str) -> bool {
-    hay.split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|w| w.eq_ignore_ascii_case(word))
+/// Whether "nhs" and "chi" occur in `hay` as whole words (maximal runs of ASCII
+/// letters and digits), in any case.
+fn nhs_chi_words(hay: &[u8]) -> (bool, bool) {
+    let (mut nhs, mut chi) = (false, false);
+    let mut i = 0;
+    while i < hay.len() {
+        if !hay[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < hay.len() && hay[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        let w = &hay[s..i];
+        nhs |= w.eq_ignore_ascii_case(b"nhs");
+        chi |= w.eq_ignore_ascii_case(b"chi");
+    }
+    (nhs, chi)
 }
 
 /// Up to `n` bytes of text before `pos`, cut at a char boundary.

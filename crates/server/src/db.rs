@@ -328,7 +328,11 @@ impl Db {
 
     /// Claim one KeyPackage for every active device of each user: a one-time one
     /// is consumed (atomically), else the last-resort one is handed out.
-    pub fn claim_key_packages(&self, user_ids: &[String]) -> Result<Claimed, ApiErr> {
+    pub fn claim_key_packages(
+        &self,
+        user_ids: &[String],
+        only_devices: &[String],
+    ) -> Result<Claimed, ApiErr> {
         let mut g = self.lock();
         let tx = g
             .conn
@@ -346,6 +350,9 @@ impl Db {
             };
             let mut any = false;
             for d in devices {
+                if !only_devices.is_empty() && !only_devices.contains(&d) {
+                    continue;
+                }
                 let one: Option<Vec<u8>> = tx
                     .query_row(
                         "DELETE FROM key_packages WHERE id = (

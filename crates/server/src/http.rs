@@ -343,7 +343,14 @@ async fn claim_key_packages(
     {
         return Err(ApiErr::bad_request("bad_users", "1 to 1000 valid user ids"));
     }
-    let (found, missing) = blocking(move || st.db.claim_key_packages(&req.user_ids)).await?;
+    if req.device_ids.len() > MAX_CLAIM || !req.device_ids.iter().all(|d| valid_id(d)) {
+        return Err(ApiErr::bad_request(
+            "bad_devices",
+            "up to 1000 valid device ids",
+        ));
+    }
+    let (found, missing) =
+        blocking(move || st.db.claim_key_packages(&req.user_ids, &req.device_ids)).await?;
     Ok(Json(api::ClaimResponse {
         key_packages: found
             .into_iter()

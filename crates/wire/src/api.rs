@@ -117,6 +117,9 @@ pub struct KeyPackageCount {
 pub struct ClaimRequest {
     /// Users whose every active device should get one KeyPackage claimed.
     pub user_ids: Vec<String>,
+    /// Only these devices (e.g. a user's newly enrolled one); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_ids: Vec<String>,
 }
 
 /// One claimed KeyPackage.
