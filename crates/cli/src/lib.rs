@@ -202,10 +202,19 @@ pub async fn enrol(
     server: &str,
     code: &str,
     passcode: &str,
-    cs: Ciphersuite,
+    cs: impl Into<Option<Ciphersuite>>,
 ) -> anyhow::Result<Profile> {
     let remote = Remote::new(server, None);
     let signed_policy = fetch_policy(&remote).await?;
+    // Without an explicit choice, the organisation's policy names the suite.
+    let cs = match cs.into() {
+        Some(cs) => cs,
+        None => signed_policy
+            .as_deref()
+            .and_then(sitrep_wire::policy::SignedPolicy::peek_unverified)
+            .and_then(|p| Ciphersuite::try_from(p.ciphersuite).ok())
+            .unwrap_or(sitrep_core::DEFAULT_CIPHERSUITE),
+    };
     let min = signed_policy
         .as_deref()
         .and_then(sitrep_wire::policy::SignedPolicy::peek_unverified)

@@ -50,9 +50,10 @@ enum Cmd {
         /// The code from `sitrep admin invite`.
         #[arg(long)]
         code: String,
-        /// MLS ciphersuite (`pq` default, or `classic` for RFC 9420's mandatory suite).
-        #[arg(long, default_value = "pq")]
-        ciphersuite: String,
+        /// MLS ciphersuite: `pq` or `classic` (RFC 9420's mandatory suite);
+        /// by default the one the organisation's policy names (`pq` unless set).
+        #[arg(long)]
+        ciphersuite: Option<String>,
     },
     /// Conversations.
     Chat {
@@ -404,7 +405,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             code,
             ciphersuite,
         } => {
-            let cs = sitrep_core::parse_ciphersuite(&ciphersuite).context("unknown ciphersuite")?;
+            let cs = match ciphersuite {
+                Some(c) => Some(sitrep_core::parse_ciphersuite(&c).context("unknown ciphersuite")?),
+                None => None,
+            };
             let p = sitrep_cli::enrol(&cli.profile, &server, &code, &passcode()?, cs).await?;
             if let Some(uri) = p.client.totp_uri() {
                 println!("two-step verification: add this to an authenticator app");

@@ -128,11 +128,24 @@ impl<S: ProfileStore> Session<S> {
                     });
                 }
                 self.store.set_unlock_failures(0, limit)?;
+                // The organisation raised (or changed) the Argon2id cost: derive a
+                // new store key while the passcode is at hand, and re-seal.
+                let (m_kib, t, p) = client.policy().argon2;
+                let wanted = KdfParams { m_kib, t, p };
+                let resealed = vault.params() != wanted;
+                let vault = if resealed {
+                    Vault::create(passcode, wanted, client.random::<16>())?
+                } else {
+                    vault
+                };
                 self.unlocked = Some(Unlocked {
                     vault,
                     client,
                     last_active_ms: now_ms,
                 });
+                if resealed {
+                    self.save()?;
+                }
                 Ok(())
             }
             Err(Error::WrongPasscode) => {

@@ -121,6 +121,20 @@ impl Vault {
             .map_err(|_| Error::WrongPasscode)
     }
 
+    /// The Argon2id cost this store key was derived with.
+    pub fn params(&self) -> KdfParams {
+        let word = |i: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&self.header[i..i + 4]);
+            u32::from_be_bytes(b)
+        };
+        KdfParams {
+            m_kib: word(8),
+            t: word(12),
+            p: word(16),
+        }
+    }
+
     /// Seal plaintext under this key with a fresh random nonce.
     pub fn seal(&self, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");

@@ -225,3 +225,32 @@ fn two_step_policy_requires_the_totp_code_at_unlock() {
     s.unlock_with_code(PASS, Some(&code), now_ms)
         .expect("passcode and current code");
 }
+
+#[test]
+fn a_new_argon2_cost_re_seals_the_store_at_the_next_unlock() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let mut s = session(&org);
+    let header =
+        |s: &Session<MemoryStore>| s.store().load().expect("load").expect("sealed")[8..12].to_vec();
+    assert_eq!(header(&s), (19u32 * 1024).to_be_bytes());
+    let p = OrgPolicy {
+        serial: 2,
+        argon2: (32 * 1024, 2, 1),
+        ..OrgPolicy::default()
+    };
+    s.client(0)
+        .expect("unlocked")
+        .apply_policy(&signed(&org, p))
+        .expect("applied");
+    s.save().expect("save");
+    s.lock();
+    s.unlock(PASS, 1).expect("unlock");
+    assert_eq!(
+        header(&s),
+        (32u32 * 1024).to_be_bytes(),
+        "re-sealed with the new cost"
+    );
+    s.lock();
+    s.unlock(PASS, 2)
+        .expect("the same passcode opens the re-sealed store");
+}
