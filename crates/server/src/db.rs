@@ -438,6 +438,47 @@ impl Db {
         rows.collect::<Result<_, _>>().map_err(db_err)
     }
 
+    /// A submission already accepted with this client id: its recipients and
+    /// (for commits) the epoch it produced.
+    fn submitted(
+        tx: &rusqlite::Transaction<'_>,
+        sender: &str,
+        client_id: &str,
+    ) -> Result<Option<(i64, Option<i64>)>, ApiErr> {
+        tx.query_row(
+            "SELECT recipients, epoch FROM submissions WHERE sender_device = ?1 AND client_id = ?2",
+            params![sender, client_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err)
+    }
+
+    /// The group's epoch and current members; refuses a sender who is not one.
+    fn group_for(
+        tx: &rusqlite::Transaction<'_>,
+        group_id: &[u8],
+        sender: &str,
+    ) -> Result<(u64, Vec<String>), ApiErr> {
+        let epoch: i64 = tx
+            .query_row(
+                "SELECT epoch FROM groups WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| ApiErr::not_found("unknown_group", "no such group"))?;
+        let members = Self::members(tx, group_id)?;
+        if !members.iter().any(|m| m == sender) {
+            return Err(ApiErr::forbidden(
+                "not_a_member",
+                "this device is not in the group",
+            ));
+        }
+        Ok((epoch as u64, members))
+    }
+
     /// Append one message to the log; returns its sequence number.
     #[allow(clippy::too_many_arguments)]
     fn append(
@@ -516,35 +557,12 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        if let Some(e) = tx
-            .query_row(
-                "SELECT epoch FROM submissions WHERE sender_device = ?1 AND client_id = ?2",
-                params![sender, client_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .optional()
-            .map_err(db_err)?
-        {
+        if let Some((_, e)) = Self::submitted(&tx, sender, client_id)? {
             return Ok((e.unwrap_or(0) as u64, true));
         }
-        let current: i64 = tx
-            .query_row(
-                "SELECT epoch FROM groups WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?
-            .ok_or_else(|| ApiErr::not_found("unknown_group", "no such group"))?;
-        let members = Self::members(&tx, group_id)?;
-        if !members.iter().any(|m| m == sender) {
-            return Err(ApiErr::forbidden(
-                "not_a_member",
-                "this device is not in the group",
-            ));
-        }
-        if current as u64 != epoch {
-            return Err(ApiErr::epoch_conflict(current as u64));
+        let (current, members) = Self::group_for(&tx, group_id, sender)?;
+        if current != epoch {
+            return Err(ApiErr::epoch_conflict(current));
         }
         if remove.iter().any(|r| !members.contains(r)) {
             return Err(ApiErr::bad_request(
@@ -677,33 +695,10 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        if let Some(n) = tx
-            .query_row(
-                "SELECT recipients FROM submissions WHERE sender_device = ?1 AND client_id = ?2",
-                params![sender, client_id],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(db_err)?
-        {
+        if let Some((n, _)) = Self::submitted(&tx, sender, client_id)? {
             return Ok((n as u64, true));
         }
-        let epoch: i64 = tx
-            .query_row(
-                "SELECT epoch FROM groups WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?
-            .ok_or_else(|| ApiErr::not_found("unknown_group", "no such group"))?;
-        let members = Self::members(&tx, group_id)?;
-        if !members.iter().any(|m| m == sender) {
-            return Err(ApiErr::forbidden(
-                "not_a_member",
-                "this device is not in the group",
-            ));
-        }
+        let (epoch, members) = Self::group_for(&tx, group_id, sender)?;
         let n = members.len() - 1;
         let mut pushes = Vec::new();
         if n > 0 {
@@ -712,7 +707,7 @@ impl Db {
                 &tx,
                 group_id,
                 EntryKind::Application,
-                epoch as u64,
+                epoch,
                 sender,
                 &payload,
                 now,
@@ -754,39 +749,16 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let dup: Option<i64> = tx
-            .query_row(
-                "SELECT recipients FROM submissions WHERE sender_device = ?1 AND client_id = ?2",
-                params![sender, client_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?;
-        if dup.is_some() {
+        if Self::submitted(&tx, sender, client_id)?.is_some() {
             return Ok(true);
         }
-        let epoch: i64 = tx
-            .query_row(
-                "SELECT epoch FROM groups WHERE group_id = ?1",
-                [group_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?
-            .ok_or_else(|| ApiErr::not_found("unknown_group", "no such group"))?;
-        let members = Self::members(&tx, group_id)?;
-        if !members.iter().any(|m| m == sender) {
-            return Err(ApiErr::forbidden(
-                "not_a_member",
-                "this device is not in the group",
-            ));
-        }
+        let (epoch, members) = Self::group_for(&tx, group_id, sender)?;
         let seq = Self::append(
             &mut inner.counters,
             &tx,
             group_id,
             EntryKind::Proposal,
-            epoch as u64,
+            epoch,
             sender,
             &proposal,
             now,
