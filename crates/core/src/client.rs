@@ -619,17 +619,14 @@ impl Client {
             .add_members(&self.provider, &self.signer, &kps)
             .map_err(Error::mls)?;
         self.put_group(&group_hex, group);
-        Ok(PreparedCommit {
+        Ok(self.prepared(
             group_hex,
-            request: CommitRequest {
-                client_id: self.new_client_id(),
-                epoch,
-                commit: ser_msg(&commit)?,
-                welcome: Some(ser_msg(&welcome)?),
-                add_devices: devices,
-                remove_devices: Vec::new(),
-            },
-        })
+            epoch,
+            ser_msg(&commit)?,
+            Some(ser_msg(&welcome)?),
+            devices,
+            Vec::new(),
+        ))
     }
 
     /// Build a commit removing every device of `user_id`.
@@ -655,17 +652,14 @@ impl Client {
             .remove_members(&self.provider, &self.signer, &leaves)
             .map_err(Error::mls)?;
         self.put_group(&group_hex, group);
-        Ok(PreparedCommit {
+        Ok(self.prepared(
             group_hex,
-            request: CommitRequest {
-                client_id: self.new_client_id(),
-                epoch,
-                commit: ser_msg(&commit)?,
-                welcome: None,
-                add_devices: Vec::new(),
-                remove_devices: devices,
-            },
-        })
+            epoch,
+            ser_msg(&commit)?,
+            None,
+            Vec::new(),
+            devices,
+        ))
     }
 
     /// Build a commit that refreshes this device's leaf keys (post-compromise security).
@@ -677,17 +671,14 @@ impl Client {
             .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
             .map_err(Error::mls)?;
         self.put_group(&group_hex, group);
-        Ok(PreparedCommit {
+        Ok(self.prepared(
             group_hex,
-            request: CommitRequest {
-                client_id: self.new_client_id(),
-                epoch,
-                commit: ser_msg(bundle.commit())?,
-                welcome: None,
-                add_devices: Vec::new(),
-                remove_devices: Vec::new(),
-            },
-        })
+            epoch,
+            ser_msg(bundle.commit())?,
+            None,
+            Vec::new(),
+            Vec::new(),
+        ))
     }
 
     /// Leave a conversation: a Remove proposal for our own leaf, for the server
@@ -784,18 +775,38 @@ impl Client {
                 .map_err(Error::mls)?
         };
         self.put_group(&group_hex, group);
-        Ok(Some(PreparedCommit {
+        // No device lists: the server already ended the delivery of members who
+        // left or were revoked.
+        Ok(Some(self.prepared(
+            group_hex,
+            epoch,
+            ser_msg(&commit)?,
+            None,
+            Vec::new(),
+            Vec::new(),
+        )))
+    }
+
+    fn prepared(
+        &self,
+        group_hex: String,
+        epoch: u64,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        add_devices: Vec<String>,
+        remove_devices: Vec<String>,
+    ) -> PreparedCommit {
+        PreparedCommit {
             group_hex,
             request: CommitRequest {
                 client_id: self.new_client_id(),
                 epoch,
-                commit: ser_msg(&commit)?,
-                welcome: None,
-                add_devices: Vec::new(),
-                // The server ended the leavers' delivery when they left.
-                remove_devices: Vec::new(),
+                commit,
+                welcome,
+                add_devices,
+                remove_devices,
             },
-        }))
+        }
     }
 
     /// The server accepted our commit: merge it.
