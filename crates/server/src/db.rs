@@ -978,23 +978,37 @@ impl Db {
         self.ack_many(&[(device_id.to_string(), up_to)])
     }
 
+    /// Run `f` in one transaction that commits without waiting for fsync
+    /// (`synchronous=NORMAL` for this transaction only). Only for writes whose
+    /// loss in a crash is harmless; the next durable commit syncs them too.
+    fn without_fsync<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, ApiErr>,
+    ) -> Result<T, ApiErr> {
+        let mut g = self.lock();
+        let conn = &mut g.conn;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let v = f(&tx)?;
+            tx.commit().map_err(db_err)?;
+            Ok(v)
+        })();
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        result
+    }
+
     /// Apply many acknowledgements in one transaction. An acknowledgement only
     /// moves a cursor, and losing one in a crash means a redelivery that the
     /// device skips by sequence number, so it commits without waiting for fsync
     /// (`synchronous=NORMAL` for this transaction only); the next durable commit
     /// syncs it with it.
     pub fn ack_many(&self, acks: &[(String, u64)]) -> Result<(), ApiErr> {
-        let mut g = self.lock();
-        let inner = &mut *g;
-        inner
-            .conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_err)?;
-        let result = (|| {
-            let tx = inner
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.without_fsync(|tx| {
             {
                 let mut st = tx
                     .prepare_cached(
@@ -1005,13 +1019,8 @@ impl Db {
                     st.execute(params![d, *up_to as i64]).map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
-        })();
-        inner
-            .conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err)?;
-        result
+            Ok(())
+        })
     }
 
     /// Delete what no device still needs: log entries every current (or
@@ -1020,17 +1029,7 @@ impl Db {
     /// of a group holding more than `max_backlog` (a device that far behind
     /// misses them and is told by the gap in the log). Returns rows deleted.
     pub fn gc(&self, now: u64, max_age_secs: u64, max_backlog: u64) -> Result<u64, ApiErr> {
-        let mut g = self.lock();
-        let inner = &mut *g;
-        inner
-            .conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_err)?;
-        let result = (|| {
-            let tx = inner
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.without_fsync(|tx| {
             let mut deleted = 0usize;
             let groups: Vec<(Vec<u8>, i64)> = {
                 let mut st = tx
@@ -1105,14 +1104,8 @@ impl Db {
                     [now.saturating_sub(max_age_secs) as i64],
                 )
                 .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
             Ok(deleted as u64)
-        })();
-        inner
-            .conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err)?;
-        result
+        })
     }
 }
 
