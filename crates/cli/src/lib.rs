@@ -3,6 +3,7 @@
 //! Integration tests drive these same functions against a real server.
 
 pub mod bench;
+pub mod records;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,12 +69,24 @@ impl Profile {
             Err(e) => return Err(e.into()),
         }
         let (vault, client, store) = session.into_parts().ok_or_else(|| anyhow!("locked"))?;
-        Ok(Self {
+        let mut p = Self {
             store,
             vault,
             client,
             _lock: l,
-        })
+        };
+        p.purge()?;
+        Ok(p)
+    }
+
+    /// Apply retention: delete expired messages (and old epoch keys) and
+    /// reseal, so they are gone from the store file too.
+    pub fn purge(&mut self) -> anyhow::Result<usize> {
+        let n = self.client.purge_expired(now_ms())?;
+        if n > 0 {
+            self.save()?;
+        }
+        Ok(n)
     }
 
     fn create(dir: &Path, passcode: &str, client: Client) -> anyhow::Result<Self> {
@@ -457,6 +470,7 @@ pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
 async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     refresh_policy(p).await?;
     let mut events = pull(p).await?;
+    p.purge()?;
     events.extend(commit_pending(p).await?);
     events.extend(join_own_devices(p).await?);
     flush_outbox(p).await?;
@@ -547,15 +561,72 @@ pub async fn chat_create(
     members: &[String],
     pid_policy: &str,
 ) -> anyhow::Result<()> {
+    chat_create_with(
+        p,
+        name,
+        members,
+        &ChatOptions {
+            pid_policy: pid_policy.into(),
+            ..ChatOptions::default()
+        },
+    )
+    .await
+}
+
+/// How a new conversation is set up.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// PID guard policy.
+    pub pid_policy: String,
+    /// Retention in seconds; 0 is the organisation's default.
+    pub retention_secs: u64,
+    /// Add the organisation's records account, visibly.
+    pub recorded: bool,
+}
+
+impl Default for ChatOptions {
+    fn default() -> Self {
+        Self {
+            pid_policy: "warn".into(),
+            retention_secs: 0,
+            recorded: false,
+        }
+    }
+}
+
+/// [`chat_create`] with retention and recording.
+pub async fn chat_create_with(
+    p: &mut Profile,
+    name: &str,
+    members: &[String],
+    opts: &ChatOptions,
+) -> anyhow::Result<()> {
     sync(p).await?;
-    let (_, req) = p.client.create_conversation(name, pid_policy)?;
+    let (hex, req) = p.client.create_conversation_with(
+        name,
+        &opts.pid_policy,
+        opts.retention_secs,
+        opts.recorded,
+        now_ms(),
+    )?;
     p.save()?;
     let _: serde_json::Value = p.remote().post("/v1/groups", &req).await?;
-    let others: Vec<String> = members
+    let mut others: Vec<String> = members
         .iter()
         .filter(|m| *m != p.client.user_id())
         .cloned()
         .collect();
+    let recorded = p
+        .client
+        .conversations()
+        .any(|c| c.recorded && sitrep_core::records::group_hex_of(c) == hex);
+    if recorded
+        && let Some(r) = p.client.records_user()
+        && r != p.client.user_id()
+        && !others.contains(&r)
+    {
+        others.push(r);
+    }
     if !others.is_empty() {
         chat_add(p, name, &others).await?;
     }

@@ -99,10 +99,105 @@ enum Cmd {
         /// Device id (see `sitrep devices`).
         device: String,
     },
+    /// Records account: search and disclose what it recorded (audited).
+    Records {
+        #[command(subcommand)]
+        cmd: RecordsCmd,
+    },
+    /// Transfer to the patient's health record.
+    Record {
+        #[command(subcommand)]
+        cmd: RecordCmd,
+    },
+    /// Export your own conversations (right of access): export.json,
+    /// export.html and a signed manifest.json in DIR.
+    Export {
+        /// Output directory (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an export bundle: the signed manifest and every file's hash.
+    Verify {
+        /// The bundle directory.
+        dir: PathBuf,
+    },
     /// Measure the server and the MLS layer (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
         cmd: sitrep_cli::bench::BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordsCmd {
+    /// Find recorded messages: one match per line.
+    Search {
+        /// NHS number (any spacing), major-incident number (MI-0042),
+        /// hospital number, or any text.
+        #[arg(long)]
+        identifier: Option<String>,
+        /// Free text (case-insensitive).
+        #[arg(long)]
+        text: Option<String>,
+        /// Sent on or after this date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Sent before this date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        to: Option<String>,
+        /// Sender's user id.
+        #[arg(long)]
+        participant: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A disclosure bundle for one identifier, other patients redacted.
+    Export {
+        /// NHS number or major-incident number.
+        #[arg(long)]
+        identifier: String,
+        /// Output directory (new or empty): export.json, export.html, manifest.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordCmd {
+    /// Write messages as a FHIR R4 Communication for the patient's record,
+    /// then mark them transferred in the conversation (and, by policy, delete them).
+    Transfer {
+        /// Conversation name.
+        name: String,
+        /// Message id (from `history NAME --json`); repeat or comma-separate.
+        #[arg(long, required = true, value_delimiter = ',')]
+        message: Vec<String>,
+        /// The patient's NHS number, or a major-incident number.
+        #[arg(long)]
+        patient: String,
+        /// Output file (FHIR JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain and the organisation's signatures.
+    Verify {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+    },
+    /// Print the audit log.
+    Show {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -145,11 +240,40 @@ enum PolicyCmd {
         /// Require two-step verification at unlock.
         #[arg(long)]
         two_step: Option<bool>,
+        /// Retention for conversations that set none (e.g. 30d, 12h, 90m).
+        #[arg(long)]
+        retention_default: Option<String>,
+        /// Longest retention a conversation may set.
+        #[arg(long)]
+        retention_max: Option<String>,
+        /// How long the records account keeps records (0: until the records team deletes them).
+        #[arg(long)]
+        records_retention: Option<String>,
+        /// Make every new conversation recorded.
+        #[arg(long)]
+        record_all: Option<bool>,
+        /// Delete messages on every device once transferred to the health record.
+        #[arg(long)]
+        delete_after_transfer: Option<bool>,
     },
 }
 
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// Name the organisation's records account (signed into the policy).
+    Records {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// User id of the records account.
+        #[arg(long)]
+        user: String,
+    },
+    /// The organisation's audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Revoke a device and have it wipe itself (works while the server runs).
     Wipe {
         /// Data directory of the server.
@@ -196,6 +320,13 @@ enum ChatCmd {
         /// PID guard policy: off, warn, block, pseudonymise.
         #[arg(long, default_value = "warn")]
         pid_policy: String,
+        /// Add the organisation's records account as a visible member.
+        #[arg(long)]
+        recorded: bool,
+        /// Delete messages this long after they are sent (e.g. 7d, 12h);
+        /// the organisation's default when not given.
+        #[arg(long)]
+        retention: Option<String>,
     },
     /// Add users to a conversation.
     Add {
@@ -345,6 +476,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 previews,
                 ciphersuite,
                 two_step,
+                retention_default,
+                retention_max,
+                records_retention,
+                record_all,
+                delete_after_transfer,
             } => {
                 let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
                 let mut p =
@@ -373,6 +509,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let Some(v) = two_step {
                     p.two_step_required = v;
+                }
+                if let Some(v) = retention_default {
+                    p.retention_default_secs = parse_duration(&v)?;
+                }
+                if let Some(v) = retention_max {
+                    p.retention_max_secs = parse_duration(&v)?;
+                }
+                if let Some(v) = records_retention {
+                    p.records_retention_secs = parse_duration(&v)?;
+                }
+                if let Some(v) = record_all {
+                    p.record_all = v;
+                }
+                if let Some(v) = delete_after_transfer {
+                    p.delete_after_transfer = v;
                 }
                 let p = sitrep_server::set_policy(&data, &org, p)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -437,9 +588,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     members,
                     pid_policy,
+                    recorded,
+                    retention,
                 } => {
-                    sitrep_cli::chat_create(&mut p, &name, &members, &pid_policy).await?;
+                    let retention_secs = match retention {
+                        Some(r) => parse_duration(&r)?,
+                        None => 0,
+                    };
+                    let opts = sitrep_cli::ChatOptions {
+                        pid_policy,
+                        retention_secs,
+                        recorded,
+                    };
+                    sitrep_cli::chat_create_with(&mut p, &name, &members, &opts).await?;
                     println!("created {name}");
+                    if let Some(r) = p.client.recorded_by(&name)? {
+                        println!("recorded by {r}");
+                    }
                 }
                 ChatCmd::Add { name, users } => {
                     sitrep_cli::chat_add(&mut p, &name, &users).await?;
@@ -466,6 +631,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let conv = p.client.conversation(&name)?;
                     println!("conversation: {}", conv.name);
                     println!("PID policy: {}", conv.pid_policy);
+                    match p.client.retention_secs(&name)? {
+                        Some(s) => println!(
+                            "retention: messages are deleted {} after they are sent",
+                            human_secs(s)
+                        ),
+                        None => println!(
+                            "retention: kept by the records account under the trust's records schedule"
+                        ),
+                    }
+                    match p.client.recorded_by(&name)? {
+                        Some(r) => println!(
+                            "recorded by {r}: every message is kept by the organisation's records account"
+                        ),
+                        None if conv.recorded => println!(
+                            "not recorded: created to be recorded, but the records account is not a member"
+                        ),
+                        None => println!("not recorded"),
+                    }
                     for m in p.client.members(&name)? {
                         println!(
                             "member: {} ({}) {} device {}",
@@ -537,6 +720,137 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Bench { cmd } => sitrep_cli::bench::run(cmd).await?,
+        Cmd::Records {
+            cmd:
+                RecordsCmd::Search {
+                    identifier,
+                    text,
+                    from,
+                    to,
+                    participant,
+                    json,
+                },
+        } => {
+            let mut p = open_profile(&cli.profile)?;
+            let q = sitrep_core::RecordsQuery {
+                identifier,
+                text,
+                from_ms: from.as_deref().map(parse_date).transpose()?,
+                to_ms: to.as_deref().map(parse_date).transpose()?,
+                participant,
+            };
+            if q.identifier.is_none() && q.text.is_none() && q.participant.is_none() {
+                bail!("give --identifier, --text or --participant");
+            }
+            for m in sitrep_cli::records::records_search(&mut p, &q).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&m)?);
+                } else {
+                    println!(
+                        "{} [{}] {} ({}): {}",
+                        fmt_time(m.entry.sent_at),
+                        m.conversation,
+                        m.entry.sender_name,
+                        m.entry.sender,
+                        m.entry.body
+                    );
+                }
+            }
+        }
+        Cmd::Records {
+            cmd: RecordsCmd::Export { identifier, out },
+        } => {
+            let mut p = open_profile(&cli.profile)?;
+            let files = sitrep_cli::records::records_export(&mut p, &identifier, &out).await?;
+            for f in files {
+                println!("{}", out.join(f.name).display());
+            }
+        }
+        Cmd::Record {
+            cmd:
+                RecordCmd::Transfer {
+                    name,
+                    message,
+                    patient,
+                    out,
+                },
+        } => {
+            let mut p = open_profile(&cli.profile)?;
+            let patient = sitrep_cli::records::Patient::parse(&patient)?;
+            sitrep_cli::records::record_transfer(&mut p, &name, &message, &patient, &out).await?;
+            println!(
+                "wrote {} ({} message(s)); marked transferred in {name}",
+                out.display(),
+                message.len()
+            );
+        }
+        Cmd::Export { out } => {
+            let mut p = open_profile(&cli.profile)?;
+            let files = sitrep_cli::records::personal_export(&mut p, &out).await?;
+            for f in files {
+                println!("{}", out.join(f.name).display());
+            }
+        }
+        Cmd::Verify { dir } => {
+            let v = sitrep_cli::records::verify_bundle(&dir)?;
+            println!(
+                "verified: {} file(s), {} export made {} by {} ({}, device {}), audit entry {}, organisation key {}",
+                v.manifest.files.len(),
+                v.manifest.kind,
+                v.manifest.created_at,
+                v.signer_name,
+                v.manifest.created_by,
+                v.manifest.device,
+                v.manifest.audit_seq,
+                v.manifest.org_fingerprint
+            );
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Records { data, user },
+        } => {
+            if !sitrep_wire::api::valid_id(&user) {
+                bail!("user ids are 1-64 of letters, digits, '.', '_' and '-'");
+            }
+            let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
+            let mut p =
+                sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
+            p.records_user = Some(user.clone());
+            let p =
+                sitrep_server::set_policy(&data, &org, p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            sitrep_server::audit_dir(&data, "records.account", &format!("user={user}"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "records account: {user} (policy serial {}); devices take it up at their next sync",
+                p.serial
+            );
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Audit { cmd },
+        } => match cmd {
+            AuditCmd::Verify { data } => {
+                let n = sitrep_server::audit_verify(&data)
+                    .map_err(|e| anyhow::anyhow!("audit log FAILED verification: {e}"))?;
+                println!(
+                    "audit log verified: {n} entries, chained and signed by the organisation key"
+                );
+            }
+            AuditCmd::Show { data, json } => {
+                for e in sitrep_server::audit_entries(&data).map_err(|e| anyhow::anyhow!("{e}"))? {
+                    if json {
+                        println!("{}", serde_json::to_string(&e)?);
+                    } else {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            e.seq,
+                            fmt_time(e.at * 1000),
+                            e.actor,
+                            e.action,
+                            e.detail
+                        );
+                    }
+                }
+            }
+        },
         Cmd::Devices { json } => {
             let p = open_profile(&cli.profile)?;
             for d in sitrep_cli::devices(&p).await? {
@@ -585,6 +899,12 @@ fn policy_json(p: &sitrep_core::OrgPolicy) -> String {
         "previews": p.previews,
         "argon2": { "m_kib": p.argon2.0, "t": p.argon2.1, "p": p.argon2.2 },
         "two_step_required": p.two_step_required,
+        "retention_default_secs": p.retention_default_secs,
+        "retention_max_secs": p.retention_max_secs,
+        "records_user": p.records_user,
+        "record_all": p.record_all,
+        "records_retention_secs": p.records_retention_secs,
+        "delete_after_transfer": p.delete_after_transfer,
     })
     .to_string()
 }
@@ -644,4 +964,53 @@ fn fmt_time(ms: u64) -> String {
     let secs = ms / 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     format!("{h:02}:{m:02}:{s:02}Z")
+}
+
+/// "30d", "12h", "90m", "45s" or plain seconds.
+fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'd')) => (&s[..i], 86_400),
+        Some((i, 'h')) => (&s[..i], 3_600),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 's')) => (&s[..i], 1),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration (e.g. 30d, 12h, 90m, 45s)"))?;
+    n.checked_mul(mult).context("duration too long")
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// YYYY-MM-DD (UTC midnight) to ms since the Unix epoch.
+fn parse_date(s: &str) -> anyhow::Result<u64> {
+    let parts: Vec<&str> = s.split('-').collect();
+    let bad = || anyhow::anyhow!("{s:?} is not a date (YYYY-MM-DD)");
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let y: i64 = parts[0].parse().map_err(|_| bad())?;
+    let m: i64 = parts[1].parse().map_err(|_| bad())?;
+    let d: i64 = parts[2].parse().map_err(|_| bad())?;
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(days as u64 * 86_400_000)
 }

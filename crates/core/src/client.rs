@@ -87,6 +87,9 @@ impl PendingEnrolment {
             has_last_resort: false,
             policy: None,
             totp_secret: None,
+            records_index: BTreeMap::new(),
+            records_journal: Vec::new(),
+            audit_key: None,
         };
         Ok(Client {
             provider: self.provider,
@@ -170,12 +173,12 @@ type VerifiedCache = HashMap<Vec<u8>, (Vec<u8>, DeviceCredential)>;
 
 /// An unlocked device.
 pub struct Client {
-    provider: Provider,
-    signer: SignatureKeyPair,
-    state: State,
+    pub(crate) provider: Provider,
+    pub(crate) signer: SignatureKeyPair,
+    pub(crate) state: State,
     /// Groups in memory. openmls writes through to the provider's storage on
     /// every change, so this is only a cache: dropping an entry loses nothing.
-    groups: HashMap<String, MlsGroup>,
+    pub(crate) groups: HashMap<String, MlsGroup>,
     /// Credentials already verified, by leaf signature key: (credential bytes, result).
     verified: RefCell<VerifiedCache>,
 }
@@ -474,14 +477,14 @@ impl Client {
 
     /// Take a group out of the cache (or load it); put it back with
     /// [`Self::put_group`] once the operation succeeded.
-    fn take_group(&mut self, group_hex: &str) -> Result<MlsGroup, Error> {
+    pub(crate) fn take_group(&mut self, group_hex: &str) -> Result<MlsGroup, Error> {
         match self.groups.remove(group_hex) {
             Some(g) => Ok(g),
             None => self.load_group(group_hex),
         }
     }
 
-    fn put_group(&mut self, group_hex: &str, group: MlsGroup) {
+    pub(crate) fn put_group(&mut self, group_hex: &str, group: MlsGroup) {
         self.groups.insert(group_hex.to_string(), group);
     }
 
@@ -499,6 +502,40 @@ impl Client {
         name: &str,
         pid_policy: &str,
     ) -> Result<(String, CreateGroup), Error> {
+        let recorded = self.policy().record_all;
+        self.create_conversation_with(name, pid_policy, 0, recorded, 0)
+    }
+
+    /// [`Client::create_conversation`] with a retention period in seconds (0:
+    /// the organisation's default; otherwise within the signed policy's bounds)
+    /// and, when `recorded`, marked for the organisation's records account, whose
+    /// devices the caller then adds. The organisation may make every
+    /// conversation recorded.
+    pub fn create_conversation_with(
+        &mut self,
+        name: &str,
+        pid_policy: &str,
+        retention_secs: u64,
+        recorded: bool,
+        now_ms: u64,
+    ) -> Result<(String, CreateGroup), Error> {
+        let policy = self.policy();
+        if retention_secs != 0
+            && !(sitrep_wire::policy::MIN_RETENTION_SECS..=policy.retention_max_secs)
+                .contains(&retention_secs)
+        {
+            return Err(Error::Invalid(format!(
+                "retention must be between {} seconds and the organisation's maximum of {} seconds",
+                sitrep_wire::policy::MIN_RETENTION_SECS,
+                policy.retention_max_secs
+            )));
+        }
+        let recorded = recorded || policy.record_all;
+        if recorded && policy.records_user.is_none() {
+            return Err(Error::Invalid(
+                "the organisation has not named a records account".into(),
+            ));
+        }
         if name.is_empty() || name.len() > 256 {
             return Err(Error::Invalid(
                 "a conversation name is 1 to 256 bytes".into(),
@@ -520,6 +557,8 @@ impl Client {
             name: name.to_string(),
             created_by: self.state.device.user_id.clone(),
             pid_policy: pid_policy.to_string(),
+            retention_secs,
+            recorded,
         };
         let ext = Extensions::single(Extension::Unknown(
             meta::EXTENSION_TYPE,
@@ -543,6 +582,10 @@ impl Client {
                 active: true,
                 history: Vec::new(),
                 pending_removals: Vec::new(),
+                retention_secs,
+                recorded,
+                epoch_starts: vec![(0, now_ms)],
+                keys_deleted_through: 0,
             },
         );
         Ok((
@@ -821,6 +864,7 @@ impl Client {
             .map_err(Error::mls)?;
         let epoch = group.epoch().as_u64();
         self.put_group(group_hex, group);
+        self.epoch_started(group_hex, epoch, now_ms);
         Ok(self.system_line(group_hex, epoch, summary, now_ms))
     }
 
@@ -840,7 +884,14 @@ impl Client {
         for add in staged.add_proposals() {
             let leaf = add.add_proposal().key_package().leaf_node();
             if let Ok(c) = self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice()) {
-                parts.push(format!("{} ({}) joined", c.display_name, c.user_id));
+                if self.is_records_user(&c.user_id) {
+                    parts.push(format!(
+                        "{} Records ({}) joined: this conversation is now recorded by {} Records",
+                        self.state.device.org_name, c.user_id, self.state.device.org_name
+                    ));
+                } else {
+                    parts.push(format!("{} ({}) joined", c.display_name, c.user_id));
+                }
             }
         }
         for rem in staged.remove_proposals() {
@@ -848,13 +899,20 @@ impl Client {
             if let Some(m) = group.member_at(idx)
                 && let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key)
             {
-                parts.push(format!("{} ({}) left", c.display_name, c.user_id));
+                if self.is_records_user(&c.user_id) {
+                    parts.push(format!(
+                        "{} Records ({}) left: this conversation is no longer recorded",
+                        self.state.device.org_name, c.user_id
+                    ));
+                } else {
+                    parts.push(format!("{} ({}) left", c.display_name, c.user_id));
+                }
             }
         }
         parts.join("; ")
     }
 
-    fn system_line(
+    pub(crate) fn system_line(
         &mut self,
         group_hex: &str,
         epoch: u64,
@@ -876,6 +934,8 @@ impl Client {
             received_at: now_ms,
             kind: "system".into(),
             body: summary.clone(),
+            epoch: 0,
+            transferred_at: None,
         });
         vec![Event::Membership {
             conversation: conv.name.clone(),
@@ -943,6 +1003,19 @@ impl Client {
     }
 
     fn encrypt_raw(&mut self, name: &str, body: &str, now_ms: u64) -> Result<Outgoing, Error> {
+        self.encrypt_content(name, Kind::Text, body, None, now_ms)
+    }
+
+    /// Encrypt structured content of any kind; it waits in the outbox until
+    /// [`Client::sent`].
+    pub(crate) fn encrypt_content(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        body: &str,
+        reply_to: Option<[u8; 16]>,
+        now_ms: u64,
+    ) -> Result<Outgoing, Error> {
         if body.len() > sitrep_wire::MAX_BODY_BYTES {
             return Err(Error::Invalid(format!(
                 "message longer than {} bytes",
@@ -957,7 +1030,10 @@ impl Client {
         }
         let mut group = self.take_group(&group_hex)?;
         let id = self.random::<16>();
-        let content = Content::text(id, now_ms, body);
+        let mut content = Content::text(id, now_ms, body);
+        content.kind = kind;
+        content.reply_to = reply_to.map(|r| ByteBuf::from(r.to_vec()));
+        let epoch = group.epoch().as_u64();
         let msg = group
             .create_message(&self.provider, &self.signer, &content.encode())
             .map_err(Error::mls)?;
@@ -970,8 +1046,13 @@ impl Client {
             sender_name: self.state.device.display_name.clone(),
             sent_at: now_ms,
             received_at: now_ms,
-            kind: "text".into(),
-            body: body.to_string(),
+            kind: kind_name(&content.kind).into(),
+            body: match &content.reply_to {
+                Some(r) if content.kind == Kind::Transferred => hex_id(r),
+                _ => body.to_string(),
+            },
+            epoch,
+            transferred_at: None,
         };
         let payload = ser_msg(&msg)?;
         self.state.outbox.push(Pending {
@@ -1010,9 +1091,7 @@ impl Client {
             .position(|p| p.client_id == client_id)
         {
             let p = self.state.outbox.remove(pos);
-            if let Some(c) = self.state.conversations.get_mut(&p.group_hex) {
-                c.history.push(p.entry);
-            }
+            self.store_entry(&p.group_hex, p.entry);
         }
     }
 
@@ -1047,7 +1126,7 @@ impl Client {
         }
         self.state.last_seq = seq;
         let result = match kind {
-            EntryKind::Welcome => self.handle_welcome(payload),
+            EntryKind::Welcome => self.handle_welcome(payload, now_ms),
             EntryKind::Revoked => self.handle_revoked(payload, now_ms),
             EntryKind::Commit | EntryKind::Application | EntryKind::Proposal => {
                 self.handle_group_message(payload, now_ms)
@@ -1085,7 +1164,7 @@ impl Client {
         Ok(self.system_line(&group_hex, u64::MAX - 1, line, now_ms))
     }
 
-    fn handle_welcome(&mut self, payload: &[u8]) -> Result<Vec<Event>, Error> {
+    fn handle_welcome(&mut self, payload: &[u8], now_ms: u64) -> Result<Vec<Event>, Error> {
         let msg = MlsMessageIn::tls_deserialize_exact(payload)
             .map_err(|_| Error::Protocol("malformed Welcome".into()))?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
@@ -1123,10 +1202,17 @@ impl Client {
                 active: true,
                 history: Vec::new(),
                 pending_removals: Vec::new(),
+                retention_secs: 0,
+                recorded: false,
+                epoch_starts: Vec::new(),
+                keys_deleted_through: 0,
             });
         conv.name = name.clone();
         conv.active = true;
         conv.pid_policy = meta.pid_policy;
+        conv.retention_secs = meta.retention_secs;
+        conv.recorded = meta.recorded;
+        conv.epoch_starts = vec![(group.epoch().as_u64(), now_ms)];
         Ok(vec![Event::Joined { conversation: name }])
     }
 
@@ -1156,6 +1242,7 @@ impl Client {
         let sender_cred = sender_leaf
             .and_then(|idx| group.member_at(*idx))
             .map(|m| self.verify_leaf(&m.credential, &m.signature_key));
+        let epoch = processed.epoch().as_u64();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 self.put_group(&group_hex, group);
@@ -1177,24 +1264,23 @@ impl Client {
                     sender_name: sender.display_name,
                     sent_at: content.sent_at,
                     received_at: now_ms,
-                    kind: match content.kind {
-                        Kind::Text => "text".into(),
-                        _ => "unknown".into(),
+                    kind: kind_name(&content.kind).into(),
+                    body: match &content.reply_to {
+                        Some(r) if content.kind == Kind::Transferred => hex_id(r),
+                        _ => content.body,
                     },
-                    body: content.body,
+                    epoch,
+                    transferred_at: None,
                 };
-                let conv = self
-                    .state
-                    .conversations
-                    .get_mut(&group_hex)
-                    .expect("looked up above");
                 // Redelivery is already excluded by the inbox sequence number
                 // and by MLS itself (a generation key decrypts once).
-                conv.history.push(entry.clone());
-                Ok(vec![Event::Message {
-                    conversation: conv_name,
-                    entry,
-                }])
+                match self.store_entry(&group_hex, entry.clone()) {
+                    true => Ok(vec![Event::Message {
+                        conversation: conv_name,
+                        entry,
+                    }]),
+                    false => Ok(Vec::new()),
+                }
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 // Check every credential the commit brings in before merging.
@@ -1221,6 +1307,7 @@ impl Client {
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(Error::mls)?;
                 let epoch = group.epoch().as_u64();
+                self.epoch_started(&group_hex, epoch, now_ms);
                 if !removed {
                     self.put_group(&group_hex, group);
                 }
@@ -1239,7 +1326,9 @@ impl Client {
                 group
                     .merge_pending_commit(&self.provider)
                     .map_err(Error::mls)?;
+                let epoch = group.epoch().as_u64();
                 self.put_group(&group_hex, group);
+                self.epoch_started(&group_hex, epoch, now_ms);
                 Ok(Vec::new())
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
@@ -1295,6 +1384,15 @@ impl Client {
         Err(Error::Unverified(format!(
             "conversation {name:?} suspended: a commit brought in a member the organisation did not vouch for ({e})"
         )))
+    }
+}
+
+/// The history `kind` of a content kind.
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Text => "text",
+        Kind::Transferred => "transferred",
+        _ => "unknown",
     }
 }
 

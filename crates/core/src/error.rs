@@ -38,6 +38,9 @@ pub enum Error {
     /// An MLS operation failed.
     #[error("MLS: {0}")]
     Mls(String),
+    /// Records commands are for the organisation's records account only.
+    #[error("this is not the organisation's records account: records commands are refused")]
+    NotRecords,
     /// A request was not valid.
     #[error("{0}")]
     Invalid(String),

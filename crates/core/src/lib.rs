@@ -13,9 +13,11 @@
 
 mod client;
 mod error;
+pub mod export;
 pub mod lock;
 pub mod notify;
 mod provider;
+pub mod records;
 mod state;
 pub mod store;
 pub mod vault;
@@ -25,8 +27,9 @@ pub use error::Error;
 pub use lock::{Locked, Session, UnlockError};
 pub use notify::Notification;
 pub use openmls::prelude::Ciphersuite;
+pub use records::{RecordMatch, RecordsQuery};
 pub use sitrep_wire::policy::{OrgPolicy, Previews, SignedPolicy};
-pub use state::{Conversation, HistoryEntry};
+pub use state::{Conversation, HistoryEntry, JournalEntry};
 
 /// The default suite: AES-256-GCM (the NHS standard) with a hybrid
 /// ML-KEM-768 + X25519 KEM, because health data must stay confidential for decades.

@@ -40,6 +40,12 @@ pub struct HistoryEntry {
     pub kind: String,
     /// The text.
     pub body: String,
+    /// MLS epoch the message was sent in (0 for system lines and old entries).
+    #[serde(default)]
+    pub epoch: u64,
+    /// When it was transferred to the patient's health record (ms), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_at: Option<u64>,
 }
 
 /// A conversation this device is (or was) in.
@@ -59,6 +65,19 @@ pub struct Conversation {
     /// next sync commits their removal.
     #[serde(default)]
     pub pending_removals: Vec<String>,
+    /// Retention from the encrypted group context, seconds (0: the
+    /// organisation's default).
+    #[serde(default)]
+    pub retention_secs: u64,
+    /// Created to be recorded (the group context says so).
+    #[serde(default)]
+    pub recorded: bool,
+    /// (epoch, ms when this device entered it), newest last; the last few only.
+    #[serde(default)]
+    pub epoch_starts: Vec<(u64, u64)>,
+    /// Past-epoch key material up to this epoch has been deleted for retention.
+    #[serde(default)]
+    pub keys_deleted_through: u64,
 }
 
 /// A message encrypted and waiting for the server's acknowledgement.
@@ -91,4 +110,30 @@ pub(crate) struct State {
     /// TOTP (RFC 6238) secret for two-step unlock, set up at enrolment.
     #[serde(default)]
     pub totp_secret: Option<ByteBuf>,
+    /// Records accounts only: identifier key (`nhs:9434765919`, `mi:42`) to
+    /// `group_hex/message_id` of the messages that mention it.
+    #[serde(default)]
+    pub records_index: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Records accounts only: the account's own audit journal of searches and
+    /// exports, with the query in clear (sealed here, never sent).
+    #[serde(default)]
+    pub records_journal: Vec<JournalEntry>,
+    /// Key for the keyed hashes of records queries sent to the audit log.
+    #[serde(default)]
+    pub audit_key: Option<ByteBuf>,
+}
+
+/// One search or export by a records account, as its own sealed journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// ms since the Unix epoch.
+    pub at: u64,
+    /// `records.search` or `records.export`.
+    pub action: String,
+    /// What was asked, in clear.
+    pub query: String,
+    /// The keyed hash the server's audit log holds for it.
+    pub query_hash: String,
+    /// The server's audit sequence number.
+    pub audit_seq: u64,
 }

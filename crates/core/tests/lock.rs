@@ -150,6 +150,8 @@ fn notifications_carry_no_content_unless_policy_and_user_allow_it() {
         received_at: 0,
         kind: "text".into(),
         body: "Mr Smith in bay 3, NHS 943 476 5919".into(),
+        epoch: 1,
+        transferred_at: None,
     };
     let events = vec![
         Event::Message {

@@ -14,7 +14,7 @@ use sitrep_wire::api::EntryKind;
 
 use crate::error::ApiErr;
 
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS invites (
     code_hash BLOB PRIMARY KEY,
     user_id TEXT NOT NULL,
@@ -91,6 +91,17 @@ CREATE TABLE IF NOT EXISTS policies (
     serial INTEGER PRIMARY KEY,
     signed BLOB NOT NULL,
     created_at INTEGER NOT NULL
+);
+-- The organisation's audit log (see audit.rs): hash-chained, org-signed.
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    signature BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
@@ -205,6 +216,19 @@ impl Db {
         // A panic while holding the lock would be a bug; the connection itself is
         // still consistent (SQLite rolled back), so carry on with it.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append to the audit log (for actions devices report, and user wipes).
+    pub fn audit(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+        actor: &str,
+        action: &str,
+        detail: &str,
+        at: u64,
+    ) -> Result<(u64, [u8; 32]), ApiErr> {
+        let mut g = self.lock();
+        crate::audit::append(&mut g.conn, key, actor, action, detail, at).map_err(db_err)
     }
 
     /// Look up a bearer token.
@@ -1141,6 +1165,15 @@ pub fn set_policy(
             crate::now_secs() as i64
         ],
     )?;
+    let detail = format!(
+        "serial={} records_user={} record_all={} retention_default_secs={} retention_max_secs={}",
+        policy.serial,
+        policy.records_user.as_deref().unwrap_or("-"),
+        policy.record_all,
+        policy.retention_default_secs,
+        policy.retention_max_secs
+    );
+    audit_dir(dir, "policy.set", &detail)?;
     Ok(policy)
 }
 
@@ -1165,6 +1198,10 @@ pub fn revoke_device(dir: &Path, device_id: &str) -> Result<bool, rusqlite::Erro
         "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
         params![device_id, crate::now_secs() as i64],
     )?;
+    if n > 0 {
+        audit_dir(dir, "device.wipe", &format!("device={device_id}"))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
+    }
     Ok(n > 0)
 }
 
@@ -1184,7 +1221,60 @@ pub fn create_invite(
         "INSERT INTO invites (code_hash, user_id, display_name, role, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![crate::org::code_hash(&code), user_id, display_name, role, now as i64, (now + ttl_secs) as i64],
     )?;
+    audit_dir(
+        dir,
+        "invite",
+        &format!("user={user_id} ttl_secs={ttl_secs}"),
+    )
+    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
     Ok(code)
+}
+
+/// Who runs an admin command: `admin:<OS user>`.
+pub fn admin_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let user: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    format!("admin:{user}")
+}
+
+/// Append an admin action to the audit log in `dir` (signed with the
+/// organisation key there).
+pub fn audit_dir(
+    dir: &Path,
+    action: &str,
+    detail: &str,
+) -> Result<(u64, [u8; 32]), Box<dyn std::error::Error + Send + Sync>> {
+    let (org, _) = crate::org::Org::open_or_create(dir, None).map_err(|e| e.to_string())?;
+    let mut conn = connect(dir)?;
+    Ok(crate::audit::append(
+        &mut conn,
+        &org.key,
+        &admin_actor(),
+        action,
+        detail,
+        crate::now_secs(),
+    )?)
+}
+
+/// Verify the audit log in `dir`; returns the number of entries.
+pub fn audit_verify(dir: &Path) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let (org, _) = crate::org::Org::open_or_create(dir, None).map_err(|e| e.to_string())?;
+    let conn = connect(dir)?;
+    Ok(crate::audit::verify(&conn, &org.public_key())?)
+}
+
+/// The audit log in `dir`, oldest first.
+pub fn audit_entries(
+    dir: &Path,
+) -> Result<Vec<crate::audit::AuditEntry>, Box<dyn std::error::Error + Send + Sync>> {
+    let conn = connect(dir)?;
+    Ok(crate::audit::entries(&conn)?)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{device}/wipe", post(wipe_device))
         .route("/v1/inbox/ack", post(ack))
+        .route("/v1/audit", post(audit))
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
@@ -198,6 +199,10 @@ async fn wipe_device(
     }
     let st2 = st.clone();
     let d = device.clone();
+    let (actor, detail) = (
+        format!("{}/{}", dev.user_id, dev.device_id),
+        format!("device={device}"),
+    );
     blocking(move || st2.db.revoke_own(&dev.user_id, &d, now_secs())).await?;
     let st3 = st.clone();
     blocking(move || {
@@ -206,8 +211,41 @@ async fn wipe_device(
             .map(|_| ())
     })
     .await?;
+    let st4 = st.clone();
+    blocking(move || {
+        st4.db
+            .audit(&st4.org.key, &actor, "device.wipe", &detail, now_secs())
+            .map(|_| ())
+    })
+    .await?;
     tracing::info!(device = %device, "device revoked by its user");
     Ok(Json(serde_json::json!({ "revoked": device })))
+}
+
+/// # POST /v1/audit
+/// A device reports a records or disclosure action; the entry is written
+/// before the device goes ahead (it refuses to search or export otherwise).
+async fn audit(
+    State(st): St,
+    Auth(dev): Auth,
+    JsonBody(req): JsonBody<sitrep_wire::api::AuditRequest>,
+) -> Result<Json<sitrep_wire::api::AuditResponse>, ApiErr> {
+    if !req.is_valid() {
+        return Err(ApiErr::bad_request(
+            "bad_audit",
+            "unknown action or detail too long",
+        ));
+    }
+    let actor = format!("{}/{}", dev.user_id, dev.device_id);
+    let (seq, hash) = blocking(move || {
+        st.db
+            .audit(&st.org.key, &actor, &req.action, &req.detail, now_secs())
+    })
+    .await?;
+    Ok(Json(sitrep_wire::api::AuditResponse {
+        seq,
+        hash: hex::encode(hash),
+    }))
 }
 
 /// # GET /v1/policy

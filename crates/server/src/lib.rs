@@ -11,6 +11,7 @@
 //! routing metadata (group id, epoch, sender device, sizes, times). Its logs carry
 //! ids and sizes only.
 
+pub mod audit;
 mod db;
 mod error;
 mod http;
@@ -21,7 +22,10 @@ mod ws;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use db::{Db, create_invite, revoke_device, set_policy, show_policy};
+pub use db::{
+    Db, admin_actor, audit_dir, audit_entries, audit_verify, create_invite, revoke_device,
+    set_policy, show_policy,
+};
 pub use error::ApiErr;
 
 /// Server settings; the defaults suit one trust on one machine.

@@ -257,6 +257,46 @@ pub struct DeviceInfo {
     pub this_device: bool,
 }
 
+/// A records or disclosure action a device reports to the organisation's audit
+/// log (`POST /v1/audit`). The device refuses to search or export unless the
+/// server recorded it. `detail` never carries a patient identifier: the client
+/// sends a keyed hash of the query (see docs/threat-model.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditRequest {
+    /// One of [`AUDIT_ACTIONS`].
+    pub action: String,
+    /// At most [`MAX_AUDIT_DETAIL`] printable ASCII characters.
+    pub detail: String,
+}
+
+/// The audit entry written (`POST /v1/audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditResponse {
+    /// Position in the organisation's audit log.
+    pub seq: u64,
+    /// Hex SHA-256 chaining this entry to the ones before it.
+    pub hash: String,
+}
+
+/// Actions a device may report.
+pub const AUDIT_ACTIONS: &[&str] = &[
+    "records.search",
+    "records.export",
+    "export.personal",
+    "record.transfer",
+];
+/// Bound on [`AuditRequest::detail`].
+pub const MAX_AUDIT_DETAIL: usize = 512;
+
+impl AuditRequest {
+    /// Whether the server may write it.
+    pub fn is_valid(&self) -> bool {
+        AUDIT_ACTIONS.contains(&self.action.as_str())
+            && self.detail.len() <= MAX_AUDIT_DETAIL
+            && self.detail.bytes().all(|b| (0x20..0x7f).contains(&b))
+    }
+}
+
 /// Longest user id, device id, name or role accepted.
 pub const MAX_ID_LEN: usize = 64;
 

@@ -18,6 +18,9 @@ pub const VERSION: u8 = 1;
 pub enum Kind {
     /// Plain text.
     Text,
+    /// The message named in `reply_to` was transferred to the patient's health
+    /// record; clients mark it, and delete it when the organisation says so.
+    Transferred,
     /// A kind this build does not understand.
     #[serde(other)]
     Unknown,

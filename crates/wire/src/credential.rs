@@ -122,6 +122,37 @@ impl SignedCredential {
     }
 }
 
+/// Verify a detached signature a device made with its MLS signature key (an
+/// export manifest, a decision-log entry): the organisation must have signed
+/// `credential` (a [`SignedCredential`] encoding), and the credential's key must
+/// have signed `label || msg`. Returns who signed.
+pub fn verify_detached(
+    org_public_key: &[u8],
+    credential: &[u8],
+    label: &[u8],
+    msg: &[u8],
+    signature: &[u8],
+) -> Result<DeviceCredential, CredentialError> {
+    let sc = SignedCredential::decode(credential)?;
+    let inner: DeviceCredential =
+        ciborium::from_reader(sc.credential.as_slice()).map_err(|_| CredentialError::Malformed)?;
+    let cred = sc.verify(org_public_key, &inner.signature_key)?;
+    let key: [u8; 32] = cred
+        .signature_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| CredentialError::KeyMismatch)?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| CredentialError::KeyMismatch)?;
+    let sig: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| CredentialError::BadSignature)?;
+    let mut signed = label.to_vec();
+    signed.extend_from_slice(msg);
+    key.verify_strict(&signed, &Signature::from_bytes(&sig))
+        .map_err(|_| CredentialError::BadSignature)?;
+    Ok(cred)
+}
+
 /// Human-checkable fingerprint of the organisation key: SHA-256, first 16 bytes,
 /// hex in groups of four.
 pub fn fingerprint(public_key: &[u8]) -> String {

@@ -20,6 +20,15 @@ pub struct ConversationMeta {
     pub created_by: String,
     /// PID guard policy: `off`, `warn`, `block` or `pseudonymise`.
     pub pid_policy: String,
+    /// Messages are deleted by every client this many seconds after they were
+    /// sent; 0 means the organisation's default. Bounded by the signed
+    /// organisation policy.
+    #[serde(default)]
+    pub retention_secs: u64,
+    /// Created to be recorded: the organisation's records account is a member,
+    /// and every participant is shown so.
+    #[serde(default)]
+    pub recorded: bool,
 }
 
 /// Why metadata bytes were refused.
@@ -64,6 +73,8 @@ mod tests {
             name: "resus".into(),
             created_by: "alice".into(),
             pid_policy: "warn".into(),
+            retention_secs: 86_400,
+            recorded: true,
         };
         assert_eq!(ConversationMeta::decode(&m.encode()), Ok(m));
     }

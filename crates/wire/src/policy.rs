@@ -47,7 +47,44 @@ pub struct OrgPolicy {
     pub argon2: (u32, u32, u32),
     /// Whether unlocking needs a TOTP code as well.
     pub two_step_required: bool,
+    /// Retention for conversations that do not set their own, in seconds.
+    #[serde(default = "default_retention")]
+    pub retention_default_secs: u64,
+    /// The longest retention a conversation may set, in seconds.
+    #[serde(default = "max_retention")]
+    pub retention_max_secs: u64,
+    /// The organisation's records account (a user id), the only account that
+    /// may search and export records and the visible member of recorded
+    /// conversations.
+    #[serde(default)]
+    pub records_user: Option<String>,
+    /// Every new conversation is recorded.
+    #[serde(default)]
+    pub record_all: bool,
+    /// How long the records account keeps what it records, in seconds; 0 keeps
+    /// it until the records team deletes it under the trust's records schedule.
+    #[serde(default)]
+    pub records_retention_secs: u64,
+    /// Delete a message on every device once it has been transferred to the
+    /// patient's health record.
+    #[serde(default = "yes")]
+    pub delete_after_transfer: bool,
 }
+
+fn default_retention() -> u64 {
+    30 * 86_400
+}
+
+fn max_retention() -> u64 {
+    180 * 86_400
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Shortest retention any conversation or policy may set (a minute).
+pub const MIN_RETENTION_SECS: u64 = 60;
 
 impl Default for OrgPolicy {
     /// The NHS guidance defaults: lock after 2 minutes, wipe after 10 wrong
@@ -63,6 +100,12 @@ impl Default for OrgPolicy {
             previews: Previews::Off,
             argon2: (19 * 1024, 2, 1),
             two_step_required: false,
+            retention_default_secs: default_retention(),
+            retention_max_secs: max_retention(),
+            records_user: None,
+            record_all: false,
+            records_retention_secs: 0,
+            delete_after_transfer: true,
         }
     }
 }
@@ -113,6 +156,28 @@ impl OrgPolicy {
         }
         if !matches!(self.ciphersuite, 0x0001 | 0x004E) {
             return Err(PolicyError::OutOfRange("ciphersuite"));
+        }
+        const TEN_YEARS: u64 = 10 * 366 * 86_400;
+        if !(MIN_RETENTION_SECS..=TEN_YEARS).contains(&self.retention_max_secs) {
+            return Err(PolicyError::OutOfRange("retention_max_secs"));
+        }
+        if !(MIN_RETENTION_SECS..=self.retention_max_secs).contains(&self.retention_default_secs) {
+            return Err(PolicyError::OutOfRange("retention_default_secs"));
+        }
+        if self.records_retention_secs != 0
+            && !(MIN_RETENTION_SECS..=TEN_YEARS * 10).contains(&self.records_retention_secs)
+        {
+            return Err(PolicyError::OutOfRange("records_retention_secs"));
+        }
+        if self
+            .records_user
+            .as_deref()
+            .is_some_and(|u| !crate::api::valid_id(u))
+        {
+            return Err(PolicyError::OutOfRange("records_user"));
+        }
+        if self.record_all && self.records_user.is_none() {
+            return Err(PolicyError::OutOfRange("record_all needs a records_user"));
         }
         Ok(())
     }
