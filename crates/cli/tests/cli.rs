@@ -30,6 +30,184 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf8")
 }
 
+/// `sitrep serve` on a free loopback port; killed on drop.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(d: &str) -> (Served, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
+        .args([
+            "serve",
+            "--data",
+            d,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("SITREP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let served = Served(server);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (served, format!("http://127.0.0.1:{port}"));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("server did not start");
+}
+
+fn enrol(d: &str, url: &str, profile: &str, user: &str) {
+    let out = ok(&[
+        "admin",
+        "invite",
+        "--data",
+        d,
+        "--user",
+        user,
+        "--name",
+        &format!("Dr {user}"),
+        "--role",
+        "ED consultant",
+    ]);
+    let code = out.lines().last().expect("code line").trim().to_string();
+    ok(&[
+        "--profile",
+        profile,
+        "enrol",
+        "--server",
+        url,
+        "--code",
+        &code,
+    ]);
+}
+
+/// Issue 6's CLI contract, as scripts use it.
+#[test]
+fn records_contract_through_the_cli() {
+    let data = TempDir::new("cli-rec-data");
+    let d = data.path().to_str().expect("path").to_string();
+    let (_server, url) = serve(&d);
+    let profiles = TempDir::new("cli-rec-profiles");
+    let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
+    for u in ["alice", "bob", "records"] {
+        enrol(&d, &url, &prof(u), u);
+    }
+    ok(&["admin", "records", "--data", &d, "--user", "records"]);
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "chat",
+        "create",
+        "resus",
+        "--members",
+        "bob",
+        "--recorded",
+    ]);
+    ok(&["--profile", &prof("bob"), "sync"]);
+    let info = ok(&["--profile", &prof("bob"), "chat", "info", "resus"]);
+    assert!(
+        info.contains("recorded by Sitrep Organisation Records"),
+        "{info}"
+    );
+    let id = ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "resus",
+        "NHS 9434765919 to CT, bed 4 is 401 023 2137",
+        "--allow-pid",
+    ]);
+    let id = id.trim().to_string();
+    ok(&["--profile", &prof("records"), "sync"]);
+    let found = ok(&[
+        "--profile",
+        &prof("records"),
+        "records",
+        "search",
+        "--identifier",
+        "943 476 5919",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{found}");
+    assert_eq!(lines[0]["id"], id.as_str());
+    let refused = sitrep(&[
+        "--profile",
+        &prof("bob"),
+        "records",
+        "search",
+        "--identifier",
+        "9434765919",
+    ]);
+    assert!(!refused.status.success());
+    let out = profiles.path().join("disclosure");
+    let o = out.to_str().expect("path");
+    ok(&[
+        "--profile",
+        &prof("records"),
+        "records",
+        "export",
+        "--identifier",
+        "9434765919",
+        "--out",
+        o,
+    ]);
+    let json = std::fs::read_to_string(out.join("export.json")).expect("export.json");
+    assert!(
+        json.contains("9434765919") && !json.contains("401 023 2137"),
+        "{json}"
+    );
+    assert!(out.join("export.html").exists());
+    ok(&["verify", o]);
+    std::fs::write(out.join("export.json"), json.replace("to CT", "to MRI")).expect("edit");
+    assert!(!sitrep(&["verify", o]).status.success());
+    let fhir = profiles.path().join("fhir.json");
+    let f = fhir.to_str().expect("path");
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "record",
+        "transfer",
+        "resus",
+        "--message",
+        &id,
+        "--patient",
+        "9434765919",
+        "--out",
+        f,
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&fhir).expect("fhir")).expect("json");
+    assert_eq!(v["resourceType"], "Communication");
+    let mine = profiles.path().join("mine");
+    ok(&[
+        "--profile",
+        &prof("bob"),
+        "export",
+        "--out",
+        mine.to_str().expect("path"),
+    ]);
+    assert!(mine.join("manifest.json").exists());
+    let audit = ok(&["admin", "audit", "verify", "--data", &d]);
+    assert!(audit.contains("verified"), "{audit}");
+}
+
 #[test]
 fn three_staff_chat_through_the_cli() {
     let data = TempDir::new("cli-data");

@@ -5,8 +5,11 @@
 //! One message becomes a single `Communication`; several become a `Bundle`
 //! of type `collection` holding one `Communication` per message.
 //!
-//! The R4 types and the JSON serialisation come from the [`fhirbolt`] crate
-//! (feature `r4` only). This crate does no I/O.
+//! The few R4 elements used are plain serde structs in this crate, not a FHIR
+//! model crate: the cheapest R4 model crate (fhirbolt 0.4, R4 only) took over
+//! 5 CPU-minutes to build in release, because serialising any resource
+//! compiles serialisers for every R4 resource. The tests check the output
+//! against the official FHIR R4 JSON Schema. This crate does no I/O.
 //!
 //! Each `Communication` carries:
 //! - `identifier`: the Sitrep message id under [`MESSAGE_ID_SYSTEM`];
@@ -20,13 +23,7 @@
 //! - `payload`: the message text as `contentString`;
 //! - `note`: who transferred it, when, and from which conversation.
 
-use fhirbolt::model::r4::{
-    Resource,
-    resources::{
-        Bundle, BundleEntry, Communication, CommunicationPayload, CommunicationPayloadContent,
-    },
-    types::{Annotation, AnnotationAuthor, Identifier, Reference},
-};
+use serde::Serialize;
 
 /// Identifier system for NHS numbers (England and Wales).
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -102,9 +99,9 @@ pub enum Error {
     /// A time lies after the year 9999, which FHIR cannot express.
     #[error("time {0} ms is out of FHIR's range")]
     TimeOutOfRange(u64),
-    /// The FHIR serialiser failed.
-    #[error("FHIR JSON serialisation failed: {0}")]
-    Serialize(#[from] fhirbolt::json::Error),
+    /// JSON serialisation failed.
+    #[error("JSON serialisation failed: {0}")]
+    Serialize(#[from] serde_json::Error),
 }
 
 /// Turns a transfer into FHIR R4 JSON (pretty-printed).
@@ -115,28 +112,94 @@ pub enum Error {
 pub fn to_fhir_json(t: &Transfer) -> Result<String, Error> {
     let json = match t.messages {
         [] => return Err(Error::NoMessages),
-        [one] => fhirbolt::json::to_string_pretty(&communication(t, one)?, None)?,
+        [one] => serde_json::to_string_pretty(&communication(t, one)?)?,
         many => {
             let entry = many
                 .iter()
                 .map(|m| {
                     Ok(BundleEntry {
-                        full_url: Some(format!("urn:uuid:{}", uuid_from_hex(&m.id)?).into()),
-                        resource: Some(Resource::Communication(Box::new(communication(t, m)?))),
-                        ..Default::default()
+                        full_url: format!("urn:uuid:{}", uuid_from_hex(&m.id)?),
+                        resource: communication(t, m)?,
                     })
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
-            let bundle = Bundle {
-                r#type: "collection".into(),
-                timestamp: Some(fhir_instant(t.now_ms)?.into()),
+            serde_json::to_string_pretty(&Bundle {
+                resource_type: "Bundle",
+                r#type: "collection",
+                timestamp: fhir_instant(t.now_ms)?,
                 entry,
-                ..Default::default()
-            };
-            fhirbolt::json::to_string_pretty(&bundle, None)?
+            })?
         }
     };
     Ok(json)
+}
+
+// The R4 elements used, with only the fields Sitrep fills in. Field names
+// and order follow the R4 JSON format; see the schema tests.
+
+/// R4 `Bundle` (type `collection`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle {
+    resource_type: &'static str,
+    r#type: &'static str,
+    timestamp: String,
+    entry: Vec<BundleEntry>,
+}
+
+/// R4 `Bundle.entry`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BundleEntry {
+    full_url: String,
+    resource: Communication,
+}
+
+/// R4 `Communication`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Communication {
+    resource_type: &'static str,
+    id: String,
+    identifier: Vec<Identifier>,
+    status: &'static str,
+    subject: Reference,
+    sent: String,
+    sender: Reference,
+    payload: Vec<Payload>,
+    note: Vec<Annotation>,
+}
+
+/// R4 `Identifier`.
+#[derive(Serialize)]
+struct Identifier {
+    system: &'static str,
+    value: String,
+}
+
+/// R4 `Reference`, logical (by identifier).
+#[derive(Serialize)]
+struct Reference {
+    r#type: &'static str,
+    identifier: Identifier,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<String>,
+}
+
+/// R4 `Communication.payload` with `contentString`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Payload {
+    content_string: String,
+}
+
+/// R4 `Annotation` with `authorString`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Annotation {
+    author_string: String,
+    time: String,
+    text: String,
 }
 
 /// Formats Unix milliseconds as a UTC FHIR `instant` (also a valid
@@ -217,25 +280,21 @@ fn subject_reference(subject: &Subject) -> Result<Reference, Error> {
         Subject::MajorIncident(n) => (
             MAJOR_INCIDENT_SYSTEM,
             n,
-            Some(format!("Major incident casualty {}", n.trim())),
+            Some(format!("Major incident casualty {}", fhir_text(n.trim()))),
         ),
     };
     let value = non_empty(value).ok_or(Error::EmptyField("subject identifier"))?;
     Ok(Reference {
-        r#type: Some("Patient".into()),
-        identifier: Some(Box::new(Identifier {
-            system: Some(system.into()),
-            value: Some(value.into()),
-            ..Default::default()
-        })),
-        display: display.map(Into::into),
-        ..Default::default()
+        r#type: "Patient",
+        identifier: Identifier { system, value },
+        display,
     })
 }
 
 /// Builds the `Communication` for one message.
 fn communication(t: &Transfer, m: &Message) -> Result<Communication, Error> {
     uuid_from_hex(&m.id)?;
+    let id = m.id.to_ascii_lowercase();
     let text = non_empty(&m.text).ok_or_else(|| Error::EmptyText(m.id.clone()))?;
     let sender_user = non_empty(&m.sender_user).ok_or(Error::EmptyField("sender user id"))?;
     let sender_display = match (non_empty(&m.sender_name), non_empty(&m.sender_role)) {
@@ -250,38 +309,32 @@ fn communication(t: &Transfer, m: &Message) -> Result<Communication, Error> {
         Some(org) => format!("Sitrep conversation \"{conversation}\" ({org})"),
         None => format!("Sitrep conversation \"{conversation}\""),
     };
-    let note = Annotation {
-        author: Some(AnnotationAuthor::String(transferred_by.clone().into())),
-        time: Some(now.clone().into()),
-        text: format!("Transferred from {origin} at {now} by {transferred_by}.").into(),
-        ..Default::default()
-    };
     Ok(Communication {
-        id: Some(m.id.to_ascii_lowercase().into()),
+        resource_type: "Communication",
         identifier: vec![Identifier {
-            system: Some(MESSAGE_ID_SYSTEM.into()),
-            value: Some(m.id.to_ascii_lowercase().into()),
-            ..Default::default()
+            system: MESSAGE_ID_SYSTEM,
+            value: id.clone(),
         }],
-        status: "completed".into(),
-        subject: Some(Box::new(subject_reference(&t.subject)?)),
-        sent: Some(fhir_instant(m.sent_at_ms)?.into()),
-        sender: Some(Box::new(Reference {
-            r#type: Some("Practitioner".into()),
-            identifier: Some(Box::new(Identifier {
-                system: Some(USER_ID_SYSTEM.into()),
-                value: Some(sender_user.into()),
-                ..Default::default()
-            })),
-            display: sender_display.map(Into::into),
-            ..Default::default()
-        })),
-        payload: vec![CommunicationPayload {
-            content: CommunicationPayloadContent::String(text.into()),
-            ..Default::default()
+        id,
+        status: "completed",
+        subject: subject_reference(&t.subject)?,
+        sent: fhir_instant(m.sent_at_ms)?,
+        sender: Reference {
+            r#type: "Practitioner",
+            identifier: Identifier {
+                system: USER_ID_SYSTEM,
+                value: sender_user,
+            },
+            display: sender_display,
+        },
+        payload: vec![Payload {
+            content_string: text,
         }],
-        note: vec![note],
-        ..Default::default()
+        note: vec![Annotation {
+            text: format!("Transferred from {origin} at {now} by {transferred_by}."),
+            author_string: transferred_by,
+            time: now,
+        }],
     })
 }
 
