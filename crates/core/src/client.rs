@@ -90,6 +90,9 @@ impl PendingEnrolment {
             records_index: BTreeMap::new(),
             records_journal: Vec::new(),
             audit_key: None,
+            directory: None,
+            incidents: BTreeMap::new(),
+            alerts: BTreeMap::new(),
         };
         Ok(Client {
             provider: self.provider,
@@ -519,6 +522,20 @@ impl Client {
         recorded: bool,
         now_ms: u64,
     ) -> Result<(String, CreateGroup), Error> {
+        self.create_conversation_full(name, pid_policy, retention_secs, recorded, &[], now_ms)
+    }
+
+    /// [`Client::create_conversation_with`], optionally as a command channel
+    /// where only `posters` post (every member's client enforces it).
+    pub fn create_conversation_full(
+        &mut self,
+        name: &str,
+        pid_policy: &str,
+        retention_secs: u64,
+        recorded: bool,
+        posters: &[String],
+        now_ms: u64,
+    ) -> Result<(String, CreateGroup), Error> {
         let policy = self.policy();
         if retention_secs != 0
             && !(sitrep_wire::policy::MIN_RETENTION_SECS..=policy.retention_max_secs)
@@ -559,6 +576,7 @@ impl Client {
             pid_policy: pid_policy.to_string(),
             retention_secs,
             recorded,
+            posters: posters.to_vec(),
         };
         let ext = Extensions::single(Extension::Unknown(
             meta::EXTENSION_TYPE,
@@ -586,6 +604,10 @@ impl Client {
                 recorded,
                 epoch_starts: vec![(0, now_ms)],
                 keys_deleted_through: 0,
+                posters: posters.to_vec(),
+                decisions: Vec::new(),
+                casualties: BTreeMap::new(),
+                receipts_through: 0,
             },
         );
         Ok((
@@ -1023,10 +1045,20 @@ impl Client {
             )));
         }
         let group_hex = self.group_hex_by_name(name)?;
-        if !self.state.conversations[&group_hex].active {
+        let conv = &self.state.conversations[&group_hex];
+        if !conv.active {
             return Err(Error::Invalid(
                 "you are no longer in this conversation".into(),
             ));
+        }
+        let me = &self.state.device.user_id;
+        if !conv.posters.is_empty()
+            && !conv.posters.contains(me)
+            && !matches!(kind, Kind::Receipt | Kind::Ack | Kind::Callin)
+        {
+            return Err(Error::Invalid(format!(
+                "only commanders post in {name:?}; you can read it and reply to call-ins and alerts"
+            )));
         }
         let mut group = self.take_group(&group_hex)?;
         let id = self.random::<16>();
@@ -1206,12 +1238,17 @@ impl Client {
                 recorded: false,
                 epoch_starts: Vec::new(),
                 keys_deleted_through: 0,
+                posters: Vec::new(),
+                decisions: Vec::new(),
+                casualties: BTreeMap::new(),
+                receipts_through: 0,
             });
         conv.name = name.clone();
         conv.active = true;
         conv.pid_policy = meta.pid_policy;
         conv.retention_secs = meta.retention_secs;
         conv.recorded = meta.recorded;
+        conv.posters = meta.posters;
         conv.epoch_starts = vec![(group.epoch().as_u64(), now_ms)];
         Ok(vec![Event::Joined { conversation: name }])
     }
@@ -1392,6 +1429,13 @@ fn kind_name(kind: &Kind) -> &'static str {
     match kind {
         Kind::Text => "text",
         Kind::Transferred => "transferred",
+        Kind::Incident => "incident",
+        Kind::Callin => "callin",
+        Kind::Alert => "alert",
+        Kind::Ack => "ack",
+        Kind::Receipt => "receipt",
+        Kind::Decision => "decision",
+        Kind::Casualty => "casualty",
         _ => "unknown",
     }
 }

@@ -14,6 +14,7 @@
 mod client;
 mod error;
 pub mod export;
+pub mod incident;
 pub mod lock;
 pub mod notify;
 mod provider;

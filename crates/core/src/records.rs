@@ -262,6 +262,27 @@ impl Client {
             self.apply_transferred(group_hex, &entry.body, &by, entry.received_at);
             return false;
         }
+        if let Some(kind) = crate::incident::structured_kind(&entry.kind) {
+            if let Err(why) = self.apply_structured(group_hex, &entry, &kind) {
+                let line = format!("refused a {} from {}: {why}", entry.kind, entry.sender);
+                let _ = self.system_line(group_hex, u64::MAX - 3, line, entry.received_at);
+                return false;
+            }
+            if kind == Kind::Receipt {
+                return false;
+            }
+        } else if let Some(conv) = self.state.conversations.get(group_hex)
+            && !conv.posters.is_empty()
+            && !conv.posters.contains(&entry.sender)
+            && entry.kind != "system"
+        {
+            let line = format!(
+                "refused a message from {}: only commanders post in this channel",
+                entry.sender
+            );
+            let _ = self.system_line(group_hex, u64::MAX - 3, line, entry.received_at);
+            return false;
+        }
         let records = self.is_records_account();
         let Some(conv) = self.state.conversations.get_mut(group_hex) else {
             return false;

@@ -78,6 +78,18 @@ pub struct Conversation {
     /// Past-epoch key material up to this epoch has been deleted for retention.
     #[serde(default)]
     pub keys_deleted_through: u64,
+    /// Command channel: only these users post (empty: everyone).
+    #[serde(default)]
+    pub posters: Vec<String>,
+    /// The conversation's decision log, in delivery order.
+    #[serde(default)]
+    pub decisions: Vec<sitrep_wire::incident::SignedDecision>,
+    /// Casualty board: MI number to (latest entry, ms, by whom).
+    #[serde(default)]
+    pub casualties: BTreeMap<String, (sitrep_wire::incident::Casualty, u64, String)>,
+    /// History entries already covered by a read receipt.
+    #[serde(default)]
+    pub receipts_through: usize,
 }
 
 /// A message encrypted and waiting for the server's acknowledgement.
@@ -121,6 +133,15 @@ pub(crate) struct State {
     /// Key for the keyed hashes of records queries sent to the audit log.
     #[serde(default)]
     pub audit_key: Option<ByteBuf>,
+    /// The organisation's signed directory (roles, call-out lists).
+    #[serde(default)]
+    pub directory: Option<ByteBuf>,
+    /// Incidents by id.
+    #[serde(default)]
+    pub incidents: BTreeMap<String, crate::incident::IncidentState>,
+    /// Alerts by message id.
+    #[serde(default)]
+    pub alerts: BTreeMap<String, crate::incident::AlertState>,
 }
 
 /// One search or export by a records account, as its own sealed journal keeps it.

@@ -21,6 +21,20 @@ pub enum Kind {
     /// The message named in `reply_to` was transferred to the patient's health
     /// record; clients mark it, and delete it when the organisation says so.
     Transferred,
+    /// STANDBY / DECLARED / CANCELLED / STAND DOWN ([`crate::incident::IncidentMsg`]).
+    Incident,
+    /// A call-in reply.
+    Callin,
+    /// A priority alert needing acknowledgement.
+    Alert,
+    /// An acknowledgement of an alert.
+    Ack,
+    /// Aggregated read receipts.
+    Receipt,
+    /// A signed decision-log entry.
+    Decision,
+    /// A casualty-board entry.
+    Casualty,
     /// A kind this build does not understand.
     #[serde(other)]
     Unknown,

@@ -14,7 +14,9 @@ pub mod api;
 pub mod b64;
 pub mod content;
 pub mod credential;
+pub mod directory;
 pub mod frame;
+pub mod incident;
 pub mod meta;
 pub mod policy;
 

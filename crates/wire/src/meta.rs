@@ -29,6 +29,10 @@ pub struct ConversationMeta {
     /// and every participant is shown so.
     #[serde(default)]
     pub recorded: bool,
+    /// A command channel: only these users post; everyone else reads. Every
+    /// client refuses other posts. Empty: everyone posts.
+    #[serde(default)]
+    pub posters: Vec<String>,
 }
 
 /// Why metadata bytes were refused.
@@ -54,7 +58,12 @@ impl ConversationMeta {
             return Err(MetaError::Malformed);
         }
         let m: Self = ciborium::from_reader(bytes).map_err(|_| MetaError::Malformed)?;
-        if m.v != 1 || m.name.is_empty() || m.name.len() > 256 {
+        if m.v != 1
+            || m.name.is_empty()
+            || m.name.len() > 256
+            || m.posters.len() > 1000
+            || !m.posters.iter().all(|p| crate::api::valid_id(p))
+        {
             return Err(MetaError::Malformed);
         }
         Ok(m)
@@ -75,6 +84,7 @@ mod tests {
             pid_policy: "warn".into(),
             retention_secs: 86_400,
             recorded: true,
+            posters: vec!["alice".into()],
         };
         assert_eq!(ConversationMeta::decode(&m.encode()), Ok(m));
     }

@@ -1,0 +1,621 @@
+//! Major-incident mode in the client core: authorisation of incident levels
+//! against the organisation-signed directory, command channels where only
+//! commanders post, call-in tallies, priority alerts with acknowledgement and
+//! escalation (clock injected), aggregated read receipts, the signed and
+//! hash-chained decision log, and the casualty board.
+//!
+//! Every rule here is applied by every receiving client, not only by the
+//! sender or the server: an unauthorised DECLARED or a post by a
+//! non-commander in a command channel is refused and shown as refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sitrep_wire::content::Kind;
+use sitrep_wire::directory::{Directory, SignedDirectory};
+use sitrep_wire::incident::{
+    Ack, Alert, Availability, Casualty, DECISION_LABEL, DecisionEntry, DecisionKind, IncidentMsg,
+    Level, Receipt, SignedDecision, Structured, Target,
+};
+
+use crate::Error;
+use crate::client::{Client, Outgoing};
+use crate::state::HistoryEntry;
+
+/// What this device knows of one incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentState {
+    /// Incident id.
+    pub id: String,
+    /// Current level.
+    pub level: Level,
+    /// The latest METHANE/ETHANE report.
+    pub methane: Option<sitrep_wire::incident::Methane>,
+    /// Conversation (group hex) it was raised in.
+    pub group: String,
+    /// (level, ms, user id) in order.
+    pub timeline: Vec<(Level, u64, String)>,
+    /// Latest call-in reply per user: (availability, role, sent ms, message id).
+    pub callin: BTreeMap<String, (Availability, String, u64, String)>,
+}
+
+/// What the sender (and everyone) knows of one alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertState {
+    /// The alert.
+    pub alert: Alert,
+    /// Group hex.
+    pub group: String,
+    /// Sender user id.
+    pub sender: String,
+    /// Sent (ms, sender's clock bounded by arrival).
+    pub sent_at: u64,
+    /// Who it is for, expanded through the directory at sending.
+    pub recipients: Vec<String>,
+    /// Who read it (receipts).
+    pub read_by: BTreeSet<String>,
+    /// Who acknowledged it (or an escalation of it), and when.
+    pub acked: Option<(String, u64)>,
+    /// Escalations sent: (step, ms, target).
+    pub escalations: Vec<(u8, u64, Target)>,
+}
+
+/// Per-role call-in tally.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RoleTally {
+    /// Coming now.
+    pub now: u32,
+    /// Coming later: minutes each.
+    pub later: Vec<u32>,
+    /// Cannot come.
+    pub unavailable: u32,
+}
+
+/// The coordinator's live view of a call-in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// By role.
+    pub by_role: BTreeMap<String, RoleTally>,
+    /// Replies counted.
+    pub replies: u32,
+    /// On the call-out list and not replied.
+    pub not_replied: Vec<String>,
+}
+
+/// A decision-log export anyone can verify with [`verify_decision_log`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionLog {
+    /// `sitrep-decision-log-v1`.
+    pub format: String,
+    /// Conversation name.
+    pub conversation: String,
+    /// Organisation key (base64) and its fingerprint.
+    pub org_public_key: String,
+    /// Fingerprint.
+    pub org_fingerprint: String,
+    /// Entries in log order.
+    pub entries: Vec<SignedDecision>,
+    /// Hex hash of the last entry.
+    pub head: String,
+    /// ms since the Unix epoch.
+    pub exported_at: u64,
+    /// Exporting device's credential (base64).
+    pub exported_by: String,
+    /// Exporter's signature over `sitrep-decision-log-v1 || head || be64(count)`.
+    pub signature: String,
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const LOG_LABEL: &[u8] = b"sitrep-decision-log-v1";
+
+/// Hash of a signed entry (what the next entry's `prev` names).
+pub fn decision_hash(d: &SignedDecision) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&d.entry).expect("plain struct"));
+    h.update(d.signature.as_bytes());
+    hex::encode(h.finalize())
+}
+
+fn verify_decision(d: &SignedDecision, org_key: &[u8]) -> Result<(), String> {
+    let cred = sitrep_wire::b64::decode(&d.credential).ok_or("credential is not base64")?;
+    let sig = sitrep_wire::b64::decode(&d.signature).ok_or("signature is not base64")?;
+    let msg = serde_json::to_vec(&d.entry).map_err(|e| e.to_string())?;
+    let who = sitrep_wire::credential::verify_detached(org_key, &cred, DECISION_LABEL, &msg, &sig)
+        .map_err(|e| format!("signature: {e}"))?;
+    if who.user_id != d.entry.author || who.device_id != d.entry.device {
+        return Err("signed by another device than it names".into());
+    }
+    Ok(())
+}
+
+/// Check an exported decision log: every entry signed by its author's
+/// organisation-vouched device, each chained to the one before, and the
+/// exporter's signature over the head and count. Returns the entry count.
+pub fn verify_decision_log(json: &[u8]) -> Result<usize, String> {
+    let log: DecisionLog =
+        serde_json::from_slice(json).map_err(|e| format!("not a decision log: {e}"))?;
+    let org = sitrep_wire::b64::decode(&log.org_public_key).ok_or("bad organisation key")?;
+    if sitrep_wire::credential::fingerprint(&org) != log.org_fingerprint {
+        return Err("organisation key does not match its fingerprint".into());
+    }
+    let mut prev = GENESIS.to_string();
+    for (i, d) in log.entries.iter().enumerate() {
+        verify_decision(d, &org).map_err(|e| format!("entry {}: {e} (changed?)", i + 1))?;
+        if d.entry.prev != prev {
+            return Err(format!(
+                "entry {}: does not follow the entry before it (removed or reordered)",
+                i + 1
+            ));
+        }
+        prev = decision_hash(d);
+    }
+    if prev != log.head {
+        return Err("the log's head does not match its last entry (truncated?)".into());
+    }
+    let cred = sitrep_wire::b64::decode(&log.exported_by).ok_or("bad exporter credential")?;
+    let sig = sitrep_wire::b64::decode(&log.signature).ok_or("bad signature")?;
+    let mut msg = log.head.as_bytes().to_vec();
+    msg.extend_from_slice(&(log.entries.len() as u64).to_be_bytes());
+    sitrep_wire::credential::verify_detached(&org, &cred, LOG_LABEL, &msg, &sig)
+        .map_err(|e| format!("exporter signature: {e}"))?;
+    Ok(log.entries.len())
+}
+
+/// The history kind of a structured content kind.
+pub(crate) fn structured_kind(kind: &str) -> Option<Kind> {
+    Some(match kind {
+        "incident" => Kind::Incident,
+        "callin" => Kind::Callin,
+        "alert" => Kind::Alert,
+        "ack" => Kind::Ack,
+        "receipt" => Kind::Receipt,
+        "decision" => Kind::Decision,
+        "casualty" => Kind::Casualty,
+        _ => return None,
+    })
+}
+
+impl Client {
+    /// Take up a newer organisation-signed directory.
+    pub fn apply_directory(&mut self, signed: &[u8]) -> Result<Directory, Error> {
+        let d = SignedDirectory::verify(signed, &self.state.device.org_public_key)
+            .map_err(|e| Error::Unverified(e.to_string()))?;
+        if self.state.directory.is_some() && d.serial <= self.directory().serial {
+            return Ok(self.directory());
+        }
+        self.state.directory = Some(serde_bytes::ByteBuf::from(signed.to_vec()));
+        Ok(d)
+    }
+
+    /// The directory in force (verified on every read; empty if none).
+    pub fn directory(&self) -> Directory {
+        self.state
+            .directory
+            .as_ref()
+            .and_then(|b| SignedDirectory::verify(b, &self.state.device.org_public_key).ok())
+            .unwrap_or_default()
+    }
+
+    /// Incidents this device knows.
+    pub fn incidents(&self) -> impl Iterator<Item = &IncidentState> {
+        self.state.incidents.values()
+    }
+
+    /// One alert's state, by its message id.
+    pub fn alert_state(&self, id: &str) -> Option<&AlertState> {
+        self.state.alerts.get(id)
+    }
+
+    /// Alerts addressed to this user and not yet acknowledged, newest last;
+    /// `breakthrough` ones must be surfaced even in do-not-disturb.
+    pub fn alerts_for_me(&self) -> Vec<(&String, &AlertState)> {
+        let me = self.user_id();
+        self.state
+            .alerts
+            .iter()
+            .filter(|(_, a)| a.acked.is_none() && a.recipients.iter().any(|r| r == me))
+            .collect()
+    }
+
+    /// Who an alert target means now.
+    pub fn expand_target(&self, t: &Target) -> Vec<String> {
+        let d = self.directory();
+        match t {
+            Target::User(u) => vec![u.clone()],
+            Target::Role(r) => d.role(r).map(|r| r.holders.clone()).unwrap_or_default(),
+            Target::Team(t) => d.team(t).into_iter().collect(),
+        }
+    }
+
+    /// Encrypt a structured item after the sender-side checks every receiver
+    /// also applies.
+    pub fn send_structured(
+        &mut self,
+        name: &str,
+        item: &Structured,
+        now_ms: u64,
+    ) -> Result<Outgoing, Error> {
+        item.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        let hex = self.group_hex(name)?;
+        let me = self.user_id().to_string();
+        self.authorised(&hex, &me, item).map_err(Error::Invalid)?;
+        let (kind, body) = item.encode();
+        self.encrypt_content(name, kind, &body, None, now_ms)
+    }
+
+    /// A signed decision-log entry chained to this conversation's log head.
+    pub fn decision(
+        &self,
+        name: &str,
+        kind: DecisionKind,
+        text: &str,
+        now_ms: u64,
+    ) -> Result<Structured, Error> {
+        let conv = self.conversation(name)?;
+        let prev = conv
+            .decisions
+            .last()
+            .map_or_else(|| GENESIS.to_string(), decision_hash);
+        let entry = DecisionEntry {
+            kind,
+            text: text.to_string(),
+            prev,
+            at: now_ms,
+            author: self.user_id().to_string(),
+            device: self.device_id().to_string(),
+        };
+        let msg = serde_json::to_vec(&entry).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sig = self.sign_detached(DECISION_LABEL, &msg)?;
+        Ok(Structured::Decision(SignedDecision {
+            entry,
+            credential: sitrep_wire::b64::encode(self.credential()),
+            signature: sitrep_wire::b64::encode(&sig),
+        }))
+    }
+
+    /// Export a conversation's decision log, signed over its head.
+    pub fn export_decisions(&self, name: &str, now_ms: u64) -> Result<DecisionLog, Error> {
+        let conv = self.conversation(name)?;
+        let head = conv
+            .decisions
+            .last()
+            .map_or_else(|| GENESIS.to_string(), decision_hash);
+        let mut msg = head.as_bytes().to_vec();
+        msg.extend_from_slice(&(conv.decisions.len() as u64).to_be_bytes());
+        let sig = self.sign_detached(LOG_LABEL, &msg)?;
+        Ok(DecisionLog {
+            format: "sitrep-decision-log-v1".into(),
+            conversation: conv.name.clone(),
+            org_public_key: sitrep_wire::b64::encode(self.org_public_key()),
+            org_fingerprint: sitrep_wire::credential::fingerprint(self.org_public_key()),
+            entries: conv.decisions.clone(),
+            head,
+            exported_at: now_ms,
+            exported_by: sitrep_wire::b64::encode(self.credential()),
+            signature: sitrep_wire::b64::encode(&sig),
+        })
+    }
+
+    /// The casualty board of a conversation: latest entry per MI number.
+    pub fn casualties(&self, name: &str) -> Result<Vec<(Casualty, u64, String)>, Error> {
+        Ok(self
+            .conversation(name)?
+            .casualties
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    /// Live call-in tally for an incident: latest reply per person, by role,
+    /// and who on the DECLARED call-out list has not replied.
+    pub fn callin_tally(&self, incident: &str) -> Result<Tally, Error> {
+        let inc = self
+            .state
+            .incidents
+            .get(incident)
+            .ok_or_else(|| Error::Invalid(format!("no incident {incident}")))?;
+        let mut t = Tally::default();
+        for (avail, role, _, _) in inc.callin.values() {
+            let r = t.by_role.entry(role.clone()).or_default();
+            match avail {
+                Availability::Now => r.now += 1,
+                Availability::In(m) => r.later.push(*m),
+                Availability::Unavailable => r.unavailable += 1,
+            }
+            t.replies += 1;
+        }
+        let level = if inc.timeline.iter().any(|(l, _, _)| *l == Level::Declared) {
+            Level::Declared
+        } else {
+            Level::Standby
+        };
+        t.not_replied = self
+            .directory()
+            .callout(level)
+            .into_iter()
+            .map(|(u, _)| u)
+            .filter(|u| !inc.callin.contains_key(u))
+            .collect();
+        Ok(t)
+    }
+
+    /// Escalations now due for alerts this user sent: an alert not
+    /// acknowledged within its time goes to the next step of the chain
+    /// (person -> their role's deputy -> the team). Returns (conversation,
+    /// escalation alert) pairs to send; marks them as sent.
+    pub fn escalations_due(&mut self, now_ms: u64) -> Vec<(String, Structured)> {
+        let me = self.user_id().to_string();
+        let dir = self.directory();
+        let mut out = Vec::new();
+        let ids: Vec<String> = self.state.alerts.keys().cloned().collect();
+        for id in ids {
+            let a = &self.state.alerts[&id];
+            if a.sender != me || a.acked.is_some() || a.alert.escalates.is_some() {
+                continue;
+            }
+            let step = a.escalations.len() as u8;
+            let last_at = a.escalations.last().map_or(a.sent_at, |e| e.1);
+            if now_ms < last_at + u64::from(a.alert.ack_within_secs) * 1000 {
+                continue;
+            }
+            let current = a.escalations.last().map_or(&a.alert.to, |e| &e.2);
+            let next = match current {
+                Target::User(u) => dir
+                    .roles_of(u)
+                    .find_map(|r| r.deputy.clone())
+                    .map(Target::Role)
+                    .or_else(|| dir.roles_of(u).next().map(|r| Target::Team(r.team.clone()))),
+                Target::Role(r) => dir.role(r).map(|r| match &r.deputy {
+                    Some(d) => Target::Role(d.clone()),
+                    None => Target::Team(r.team.clone()),
+                }),
+                Target::Team(_) => None,
+            };
+            let Some(next) = next else { continue };
+            let Some(conv) = self.state.conversations.get(&a.group) else {
+                continue;
+            };
+            let esc = Alert {
+                to: next.clone(),
+                escalates: Some((id.clone(), step + 1)),
+                text: format!("ESCALATED (no acknowledgement): {}", a.alert.text),
+                ..a.alert.clone()
+            };
+            out.push((conv.name.clone(), Structured::Alert(esc)));
+            if let Some(a) = self.state.alerts.get_mut(&id) {
+                a.escalations.push((step + 1, now_ms, next));
+            }
+        }
+        out
+    }
+
+    /// One aggregated receipt per conversation for alerts and incident
+    /// messages read since the last one (other messages need none).
+    pub fn pending_receipts(&mut self) -> Vec<(String, Structured)> {
+        let me = self.user_id().to_string();
+        let mut out = Vec::new();
+        for conv in self.state.conversations.values_mut() {
+            if !conv.active {
+                continue;
+            }
+            let unread: Vec<String> = conv
+                .history
+                .iter()
+                .skip(conv.receipts_through)
+                .filter(|e| e.sender != me && matches!(e.kind.as_str(), "alert" | "incident"))
+                .map(|e| e.id.clone())
+                .take(1000)
+                .collect();
+            conv.receipts_through = conv.history.len();
+            if !unread.is_empty() {
+                out.push((
+                    conv.name.clone(),
+                    Structured::Receipt(Receipt { read: unread }),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Whether `user` may post `item` in the conversation `hex`.
+    fn authorised(&self, hex: &str, user: &str, item: &Structured) -> Result<(), String> {
+        let conv = &self.state.conversations[hex];
+        let reading = matches!(
+            item,
+            Structured::Receipt(_) | Structured::Ack(_) | Structured::Callin(_)
+        );
+        if !conv.posters.is_empty() && !reading && !conv.posters.iter().any(|p| p == user) {
+            return Err(format!(
+                "{user} is not a commander: only commanders post in {:?}",
+                conv.name
+            ));
+        }
+        if let Structured::Incident(m) = item
+            && !self.directory().can_declare(user)
+        {
+            return Err(format!(
+                "{user} holds no role the organisation authorises to raise {:?}",
+                m.level
+            ));
+        }
+        Ok(())
+    }
+
+    /// Apply a structured item (sent or received). `Err` is why it was refused.
+    pub(crate) fn apply_structured(
+        &mut self,
+        hex: &str,
+        e: &HistoryEntry,
+        kind: &Kind,
+    ) -> Result<(), String> {
+        let item = Structured::decode(kind, &e.body)
+            .map_err(|err| err.to_string())?
+            .ok_or("not structured")?;
+        self.authorised(hex, &e.sender, &item)?;
+        let at = e.sent_at.min(e.received_at);
+        match item {
+            Structured::Incident(IncidentMsg {
+                incident,
+                level,
+                methane,
+                ..
+            }) => {
+                let inc = self
+                    .state
+                    .incidents
+                    .entry(incident.clone())
+                    .or_insert_with(|| IncidentState {
+                        id: incident,
+                        level,
+                        methane: None,
+                        group: hex.to_string(),
+                        timeline: Vec::new(),
+                        callin: BTreeMap::new(),
+                    });
+                inc.level = level;
+                if methane.is_some() {
+                    inc.methane = methane;
+                }
+                inc.timeline.push((level, at, e.sender.clone()));
+            }
+            Structured::Callin(c) => {
+                let inc = self
+                    .state
+                    .incidents
+                    .get_mut(&c.incident)
+                    .ok_or("call-in reply for an unknown incident")?;
+                // Latest reply per person wins, by sent time then id, so
+                // every device computes the same tally whatever the order.
+                let newer = inc
+                    .callin
+                    .get(&e.sender)
+                    .is_none_or(|(_, _, t, id)| (at, &e.id) > (*t, id));
+                if newer {
+                    inc.callin
+                        .insert(e.sender.clone(), (c.availability, c.role, at, e.id.clone()));
+                }
+            }
+            Structured::Alert(a) => {
+                let recipients = self.expand_target(&a.to);
+                if let Some((root, _)) = &a.escalates
+                    && let Some(r) = self.state.alerts.get_mut(root)
+                    && !r.escalations.iter().any(|x| x.2 == a.to)
+                {
+                    r.escalations
+                        .push((a.escalates.as_ref().map_or(1, |x| x.1), at, a.to.clone()));
+                }
+                self.state.alerts.insert(
+                    e.id.clone(),
+                    AlertState {
+                        alert: a,
+                        group: hex.to_string(),
+                        sender: e.sender.clone(),
+                        sent_at: at,
+                        recipients,
+                        read_by: BTreeSet::new(),
+                        acked: None,
+                        escalations: Vec::new(),
+                    },
+                );
+            }
+            Structured::Ack(Ack { alert }) => {
+                let root = self
+                    .state
+                    .alerts
+                    .get(&alert)
+                    .and_then(|a| a.alert.escalates.as_ref().map(|x| x.0.clone()))
+                    .unwrap_or(alert.clone());
+                for id in [alert, root] {
+                    if let Some(a) = self.state.alerts.get_mut(&id)
+                        && a.acked.is_none()
+                    {
+                        a.acked = Some((e.sender.clone(), at));
+                    }
+                }
+            }
+            Structured::Receipt(r) => {
+                for id in r.read {
+                    if let Some(a) = self.state.alerts.get_mut(&id) {
+                        a.read_by.insert(e.sender.clone());
+                    }
+                }
+            }
+            Structured::Decision(d) => {
+                verify_decision(&d, &self.state.device.org_public_key)?;
+                if d.entry.author != e.sender {
+                    return Err("decision signed for someone else".into());
+                }
+                let conv = self
+                    .state
+                    .conversations
+                    .get_mut(hex)
+                    .ok_or("no conversation")?;
+                conv.decisions.push(d);
+            }
+            Structured::Casualty(c) => {
+                let conv = self
+                    .state
+                    .conversations
+                    .get_mut(hex)
+                    .ok_or("no conversation")?;
+                conv.casualties
+                    .insert(c.mi.to_ascii_uppercase(), (c, at, e.sender.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A one-line rendering of a structured history entry for people.
+pub fn summary(kind: &str, body: &str) -> String {
+    let Some(k) = structured_kind(kind) else {
+        return body.to_string();
+    };
+    match Structured::decode(&k, body) {
+        Ok(Some(Structured::Incident(m))) => {
+            let mut s = format!("{:?} incident {}", m.level, m.incident).to_uppercase();
+            if let Some(me) = m.methane {
+                s.push_str(&format!(
+                    " | M: {} E: {} T: {} H: {} A: {} N: {} (P1 {} P2 {} P3 {} dead {}) E: {}",
+                    if me.major_incident {
+                        "declared"
+                    } else {
+                        "standby"
+                    },
+                    me.exact_location,
+                    me.incident_type,
+                    me.hazards,
+                    me.access,
+                    me.casualties.estimated,
+                    me.casualties.p1,
+                    me.casualties.p2,
+                    me.casualties.p3,
+                    me.casualties.dead,
+                    me.emergency_services
+                ));
+            }
+            s
+        }
+        Ok(Some(Structured::Callin(c))) => {
+            format!("call-in {}: {:?} as {}", c.incident, c.availability, c.role)
+        }
+        Ok(Some(Structured::Alert(a))) => {
+            format!("{:?} ALERT to {:?}: {}", a.priority, a.to, a.text)
+        }
+        Ok(Some(Structured::Ack(a))) => format!("acknowledged alert {}", &a.alert[..8]),
+        Ok(Some(Structured::Receipt(r))) => format!("read {} item(s)", r.read.len()),
+        Ok(Some(Structured::Decision(d))) => {
+            let k = match d.entry.kind {
+                DecisionKind::Decision => "DECISION",
+                DecisionKind::Action => "ACTION",
+            };
+            format!("{k}: {}", d.entry.text)
+        }
+        Ok(Some(Structured::Casualty(c))) => format!(
+            "casualty {} {:?} at {} {}",
+            c.mi, c.triage, c.location, c.note
+        ),
+        _ => "(unreadable structured item)".into(),
+    }
+}
