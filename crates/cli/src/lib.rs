@@ -3,6 +3,7 @@
 //! Integration tests drive these same functions against a real server.
 
 pub mod bench;
+pub mod incident;
 pub mod records;
 
 use std::path::{Path, PathBuf};
@@ -469,11 +470,13 @@ pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
 
 async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     refresh_policy(p).await?;
+    incident::refresh_directory(p).await?;
     let mut events = pull(p).await?;
     p.purge()?;
     events.extend(commit_pending(p).await?);
     events.extend(join_own_devices(p).await?);
     flush_outbox(p).await?;
+    incident::after_sync(p).await?;
     top_up(p).await?;
     Ok(events)
 }

@@ -72,6 +72,12 @@ enum Cmd {
         /// Print PID-guard findings as JSON when the message is held back.
         #[arg(long)]
         json: bool,
+        /// Log it as a DECISION (signed, hash-chained).
+        #[arg(long, conflicts_with = "action")]
+        decision: bool,
+        /// Log it as an ACTION (signed, hash-chained).
+        #[arg(long)]
+        action: bool,
     },
     /// The PID guard on its own.
     Pid {
@@ -99,6 +105,41 @@ enum Cmd {
         /// Device id (see `sitrep devices`).
         device: String,
     },
+    /// Take on or hand back a role (e.g. the night medical registrar).
+    Role {
+        #[command(subcommand)]
+        cmd: RoleCmd,
+    },
+    /// Major incidents: STANDBY, DECLARED (with METHANE), CANCELLED, STAND DOWN.
+    Incident {
+        #[command(subcommand)]
+        cmd: IncidentCmd,
+    },
+    /// Staff call-in: reply, or see the live tally.
+    Callin {
+        #[command(subcommand)]
+        cmd: CallinCmd,
+    },
+    /// Priority alerts that need acknowledgement (pager replacement).
+    Alert {
+        #[command(subcommand)]
+        cmd: AlertCmd,
+    },
+    /// Acknowledge an alert.
+    Ack {
+        /// Alert id.
+        id: String,
+    },
+    /// The signed, hash-chained decision and action log.
+    Decisions {
+        #[command(subcommand)]
+        cmd: DecisionsCmd,
+    },
+    /// The casualty board (major-incident numbers, no names).
+    Casualty {
+        #[command(subcommand)]
+        cmd: CasualtyCmd,
+    },
     /// Records account: search and disclose what it recorded (audited).
     Records {
         #[command(subcommand)]
@@ -125,6 +166,212 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         cmd: sitrep_cli::bench::BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleCmd {
+    /// Take on a role.
+    Take {
+        /// Role id.
+        role: String,
+    },
+    /// Hand a role back.
+    Handback {
+        /// Role id.
+        role: String,
+    },
+    /// Roles and who holds them.
+    List,
+}
+
+#[derive(clap::Args, Default)]
+struct MethaneArgs {
+    /// E: exact location.
+    #[arg(long)]
+    location: Option<String>,
+    /// T: type of incident.
+    #[arg(long = "type")]
+    incident_type: Option<String>,
+    /// H: hazards.
+    #[arg(long)]
+    hazards: Option<String>,
+    /// A: access and egress.
+    #[arg(long)]
+    access: Option<String>,
+    /// N: casualties: ESTIMATED or ESTIMATED,P1,P2,P3,DEAD.
+    #[arg(long)]
+    casualties: Option<String>,
+    /// E: emergency services present and required.
+    #[arg(long)]
+    services: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum IncidentCmd {
+    /// STANDBY: alert the standby call-out list (optional ETHANE report).
+    Standby {
+        /// Incident id, e.g. MI-2026-11-26.
+        id: String,
+        #[command(flatten)]
+        ethane: MethaneArgs,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// DECLARED: a METHANE report (every field); opens the coordination group
+    /// and command channel and calls in the DECLARED call-out list.
+    Declare {
+        /// Incident id.
+        id: String,
+        #[command(flatten)]
+        methane: MethaneArgs,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// CANCELLED.
+    Cancel {
+        /// Incident id.
+        id: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// STAND DOWN.
+    StandDown {
+        /// Incident id.
+        id: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Incidents this device knows, with their level and timeline.
+    Status {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallinCmd {
+    /// Answer the call-in: --now, --in MINUTES or --unavailable.
+    Reply {
+        /// Incident id.
+        id: String,
+        /// Available now.
+        #[arg(long, conflicts_with_all = ["in_minutes", "unavailable"])]
+        now: bool,
+        /// Available in this many minutes.
+        #[arg(long = "in")]
+        in_minutes: Option<u32>,
+        /// Not available.
+        #[arg(long)]
+        unavailable: bool,
+        /// Role you would fill (default: your first role).
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Live tally by role, and who has not replied.
+    Status {
+        /// Incident id.
+        id: String,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertCmd {
+    /// Send an alert to a person, role or team (user:ID, role:ID, team:ID or an id).
+    Send {
+        /// routine, urgent or emergency.
+        #[arg(long, default_value = "urgent")]
+        priority: String,
+        /// Recipient.
+        #[arg(long)]
+        to: String,
+        /// Escalate after this many seconds without acknowledgement.
+        #[arg(long, default_value_t = 120)]
+        ack_within: u32,
+        /// Conversation to send in (default: alerts-<recipient>).
+        #[arg(long = "in")]
+        conversation: Option<String>,
+        /// The text.
+        text: String,
+    },
+    /// Per recipient: read, acknowledged, escalated.
+    Status {
+        /// Alert id.
+        id: String,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Alerts waiting for your acknowledgement.
+    Pending,
+}
+
+#[derive(Subcommand)]
+enum DecisionsCmd {
+    /// Write the decision log: FILE (JSON, verifiable) and FILE.md.
+    Export {
+        /// Conversation.
+        name: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an exported log: signatures, chain, head.
+    Verify {
+        /// The JSON file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CasualtyCmd {
+    /// Add a casualty.
+    Add {
+        /// Conversation.
+        name: String,
+        /// Major-incident number, e.g. MI-0001.
+        mi: String,
+        /// P1, P2, P3 or DEAD.
+        #[arg(long)]
+        triage: String,
+        /// Where the casualty is.
+        #[arg(long)]
+        location: String,
+        /// Update text.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Update a casualty (same fields).
+    Update {
+        /// Conversation.
+        name: String,
+        /// Major-incident number.
+        mi: String,
+        /// P1, P2, P3 or DEAD.
+        #[arg(long)]
+        triage: String,
+        /// Where the casualty is.
+        #[arg(long)]
+        location: String,
+        /// Update text.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// The board.
+    List {
+        /// Conversation.
+        name: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -259,7 +506,70 @@ enum PolicyCmd {
 }
 
 #[derive(Subcommand)]
+enum AdminRoleCmd {
+    /// Add or replace a role.
+    Add {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// Role id.
+        #[arg(long)]
+        id: String,
+        /// Name people see.
+        #[arg(long)]
+        name: String,
+        /// Team id.
+        #[arg(long)]
+        team: String,
+        /// Users holding it.
+        #[arg(long, value_delimiter = ',')]
+        holders: Vec<String>,
+        /// Role an unacknowledged alert escalates to.
+        #[arg(long)]
+        deputy: Option<String>,
+        /// May raise incident levels.
+        #[arg(long)]
+        can_declare: bool,
+        /// Posts in command channels.
+        #[arg(long)]
+        commander: bool,
+    },
+    /// Remove a role.
+    Remove {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// Role id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Print the directory (JSON).
+    List {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdminCmd {
+    /// Roles and teams of the organisation's directory (signed).
+    Role {
+        #[command(subcommand)]
+        cmd: AdminRoleCmd,
+    },
+    /// Set the call-out list for a level.
+    Callout {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// standby or declared.
+        #[arg(long)]
+        level: String,
+        /// Role ids called at that level.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
     /// Name the organisation's records account (signed into the policy).
     Records {
         /// Data directory of the server.
@@ -400,7 +710,13 @@ fn print_events(events: &[Event]) {
                 conversation,
                 entry,
             } => {
-                println!("[{conversation}] {}: {}", entry.sender_name, entry.body)
+                let text = sitrep_core::incident::summary(&entry.kind, &entry.body);
+                let flag = if entry.kind == "alert" {
+                    " [ALERT]"
+                } else {
+                    ""
+                };
+                println!("[{conversation}]{flag} {}: {text}", entry.sender_name)
             }
             Event::Membership {
                 conversation,
@@ -661,8 +977,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Send {
             name,
             text,
+            decision: true,
+            ..
+        } => {
+            let mut p = open_profile(&cli.profile)?;
+            let id = sitrep_cli::incident::decide(
+                &mut p,
+                &name,
+                sitrep_wire::incident::DecisionKind::Decision,
+                &text,
+            )
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Send {
+            name,
+            text,
+            action: true,
+            ..
+        } => {
+            let mut p = open_profile(&cli.profile)?;
+            let id = sitrep_cli::incident::decide(
+                &mut p,
+                &name,
+                sitrep_wire::incident::DecisionKind::Action,
+                &text,
+            )
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Send {
+            name,
+            text,
             allow_pid,
             json,
+            ..
         } => {
             let mut p = open_profile(&cli.profile)?;
             let mut confirmed = allow_pid;
@@ -715,11 +1064,351 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string(h)?);
                 } else {
-                    println!("{} {}: {}", fmt_time(h.sent_at), h.sender_name, h.body);
+                    println!(
+                        "{} {}: {}",
+                        fmt_time(h.sent_at),
+                        h.sender_name,
+                        sitrep_core::incident::summary(&h.kind, &h.body)
+                    );
                 }
             }
         }
         Cmd::Bench { cmd } => sitrep_cli::bench::run(cmd).await?,
+        Cmd::Role { cmd } => {
+            let mut p = open_profile(&cli.profile)?;
+            match cmd {
+                RoleCmd::Take { role } => {
+                    sitrep_cli::incident::role_change(&mut p, &role, true).await?;
+                    println!("you now hold {role}");
+                }
+                RoleCmd::Handback { role } => {
+                    sitrep_cli::incident::role_change(&mut p, &role, false).await?;
+                    println!("you handed back {role}");
+                }
+                RoleCmd::List => {
+                    sitrep_cli::sync(&mut p).await?;
+                    for r in p.client.directory().roles {
+                        println!("{}\t{}\t{}\t{}", r.id, r.name, r.team, r.holders.join(","));
+                    }
+                }
+            }
+        }
+        Cmd::Incident { cmd } => {
+            use sitrep_wire::incident::Level;
+            let mut p = open_profile(&cli.profile)?;
+            let (id, level, methane, note) = match cmd {
+                IncidentCmd::Standby { id, ethane, note } => {
+                    let any = ethane.location.is_some() || ethane.incident_type.is_some();
+                    let m = if any {
+                        Some(methane_from(ethane, false)?)
+                    } else {
+                        None
+                    };
+                    (id, Level::Standby, m, note)
+                }
+                IncidentCmd::Declare { id, methane, note } => (
+                    id,
+                    Level::Declared,
+                    Some(methane_from(methane, true)?),
+                    note,
+                ),
+                IncidentCmd::Cancel { id, note } => (id, Level::Cancelled, None, note),
+                IncidentCmd::StandDown { id, note } => (id, Level::StandDown, None, note),
+                IncidentCmd::Status { json } => {
+                    sitrep_cli::sync(&mut p).await?;
+                    for i in p.client.incidents() {
+                        if json {
+                            println!("{}", serde_json::to_string(i)?);
+                        } else {
+                            println!("{}\t{:?}", i.id, i.level);
+                            for (l, at, by) in &i.timeline {
+                                println!("  {} {:?} by {by}", fmt_time(*at), l);
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+            };
+            let r = sitrep_cli::incident::raise(&mut p, &id, level, methane, &note).await?;
+            println!(
+                "{level:?} {id}: {} called, {} without a device",
+                r.called,
+                r.unreachable.len()
+            );
+        }
+        Cmd::Callin { cmd } => {
+            let mut p = open_profile(&cli.profile)?;
+            match cmd {
+                CallinCmd::Reply {
+                    id,
+                    now,
+                    in_minutes,
+                    unavailable,
+                    role,
+                } => {
+                    use sitrep_wire::incident::Availability;
+                    let a = match (now, in_minutes, unavailable) {
+                        (true, None, false) => Availability::Now,
+                        (false, Some(m), false) => Availability::In(m),
+                        (false, None, true) => Availability::Unavailable,
+                        _ => bail!("give one of --now, --in MINUTES, --unavailable"),
+                    };
+                    sitrep_cli::incident::callin_reply(&mut p, &id, a, role).await?;
+                    println!("replied to {id}");
+                }
+                CallinCmd::Status { id, json } => {
+                    sitrep_cli::sync(&mut p).await?;
+                    let t = p.client.callin_tally(&id)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&t)?);
+                    } else {
+                        println!("{} replies, {} not replied", t.replies, t.not_replied.len());
+                        for (role, r) in &t.by_role {
+                            println!(
+                                "{role}: {} now, {} later ({}), {} unavailable",
+                                r.now,
+                                r.later.len(),
+                                r.later
+                                    .iter()
+                                    .map(|m| format!("{m} min"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                r.unavailable
+                            );
+                        }
+                        if !t.not_replied.is_empty() {
+                            println!("not replied: {}", t.not_replied.join(", "));
+                        }
+                    }
+                }
+            }
+        }
+        Cmd::Alert { cmd } => {
+            let mut p = open_profile(&cli.profile)?;
+            match cmd {
+                AlertCmd::Send {
+                    priority,
+                    to,
+                    ack_within,
+                    conversation,
+                    text,
+                } => {
+                    use sitrep_wire::incident::Priority;
+                    let pr = match priority.as_str() {
+                        "routine" => Priority::Routine,
+                        "urgent" => Priority::Urgent,
+                        "emergency" => Priority::Emergency,
+                        _ => bail!("priority: routine, urgent or emergency"),
+                    };
+                    let id = sitrep_cli::incident::alert_send(
+                        &mut p,
+                        &to,
+                        pr,
+                        &text,
+                        ack_within,
+                        conversation,
+                    )
+                    .await?;
+                    println!("{id}");
+                }
+                AlertCmd::Status { id, json } => {
+                    sitrep_cli::sync(&mut p).await?;
+                    let st = p
+                        .client
+                        .alert_state(&id)
+                        .context("no such alert on this device")?;
+                    if json {
+                        println!("{}", serde_json::to_string(st)?);
+                    } else {
+                        println!(
+                            "{:?} to {:?}: {}",
+                            st.alert.priority, st.alert.to, st.alert.text
+                        );
+                        for r in &st.recipients {
+                            let read = if st.read_by.contains(r) {
+                                "read"
+                            } else {
+                                "not read"
+                            };
+                            let acked = match &st.acked {
+                                Some((u, at)) if u == r => {
+                                    format!("acknowledged {}", fmt_time(*at))
+                                }
+                                _ => "not acknowledged".into(),
+                            };
+                            println!("{r}\t{read}\t{acked}");
+                        }
+                        if let Some((u, at)) = &st.acked {
+                            println!("acknowledged by {u} at {}", fmt_time(*at));
+                        }
+                        for (step, at, to) in &st.escalations {
+                            println!("escalated (step {step}) to {to:?} at {}", fmt_time(*at));
+                        }
+                    }
+                }
+                AlertCmd::Pending => {
+                    sitrep_cli::sync(&mut p).await?;
+                    for (id, a) in p.client.alerts_for_me() {
+                        let bt = if a.alert.breakthrough {
+                            " [BREAK-THROUGH]"
+                        } else {
+                            ""
+                        };
+                        println!(
+                            "{id}\t{:?}{bt}\tfrom {}\t{}",
+                            a.alert.priority, a.sender, a.alert.text
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Ack { id } => {
+            let mut p = open_profile(&cli.profile)?;
+            sitrep_cli::incident::ack(&mut p, &id).await?;
+            println!("acknowledged {id}");
+        }
+        Cmd::Decisions { cmd } => match cmd {
+            DecisionsCmd::Export { name, out } => {
+                let mut p = open_profile(&cli.profile)?;
+                let n = sitrep_cli::incident::decisions_export(&mut p, &name, &out).await?;
+                println!(
+                    "wrote {} ({n} entries) and {}.md",
+                    out.display(),
+                    out.display()
+                );
+            }
+            DecisionsCmd::Verify { file } => {
+                let bytes = std::fs::read(&file)?;
+                let n = sitrep_core::incident::verify_decision_log(&bytes)
+                    .map_err(|e| anyhow::anyhow!("decision log FAILED verification: {e}"))?;
+                println!(
+                    "decision log verified: {n} entries, each signed by its author, none changed, removed or reordered"
+                );
+            }
+        },
+        Cmd::Casualty { cmd } => {
+            let mut p = open_profile(&cli.profile)?;
+            match cmd {
+                CasualtyCmd::Add {
+                    name,
+                    mi,
+                    triage,
+                    location,
+                    note,
+                }
+                | CasualtyCmd::Update {
+                    name,
+                    mi,
+                    triage,
+                    location,
+                    note,
+                } => {
+                    use sitrep_wire::incident::Triage;
+                    let t = match triage.to_ascii_uppercase().as_str() {
+                        "P1" => Triage::P1,
+                        "P2" => Triage::P2,
+                        "P3" => Triage::P3,
+                        "DEAD" => Triage::Dead,
+                        _ => bail!("triage: P1, P2, P3 or DEAD"),
+                    };
+                    let c = sitrep_wire::incident::Casualty {
+                        mi: mi.clone(),
+                        triage: t,
+                        location,
+                        note,
+                    };
+                    sitrep_cli::incident::casualty(&mut p, &name, c).await?;
+                    println!("{mi} recorded");
+                }
+                CasualtyCmd::List { name, json } => {
+                    sitrep_cli::sync(&mut p).await?;
+                    for (c, at, by) in p.client.casualties(&name)? {
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"casualty": c, "updated_at": at, "by": by})
+                            );
+                        } else {
+                            println!(
+                                "{}\t{:?}\t{}\t{}\t{} by {by}",
+                                c.mi,
+                                c.triage,
+                                c.location,
+                                c.note,
+                                fmt_time(at)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Role { cmd },
+        } => match cmd {
+            AdminRoleCmd::Add {
+                data,
+                id,
+                name,
+                team,
+                holders,
+                deputy,
+                can_declare,
+                commander,
+            } => {
+                let d = sitrep_server::directory::admin_update(&data, "role.set", |d| {
+                    d.roles.retain(|r| r.id != id);
+                    d.roles.push(sitrep_wire::directory::Role {
+                        id: id.clone(),
+                        name,
+                        team,
+                        holders,
+                        deputy,
+                        can_declare,
+                        commander,
+                    });
+                    Ok(format!("role={id}"))
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("role {id} set (directory serial {})", d.serial);
+            }
+            AdminRoleCmd::Remove { data, id } => {
+                let d = sitrep_server::directory::admin_update(&data, "role.remove", |d| {
+                    d.roles.retain(|r| r.id != id);
+                    d.callout_standby.retain(|r| *r != id);
+                    d.callout_declared.retain(|r| *r != id);
+                    Ok(format!("role={id}"))
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("role {id} removed (directory serial {})", d.serial);
+            }
+            AdminRoleCmd::List { data } => {
+                let d =
+                    sitrep_server::directory::show(&data).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            }
+        },
+        Cmd::Admin {
+            cmd: AdminCmd::Callout { data, level, roles },
+        } => {
+            let lvl = level.clone();
+            let d = sitrep_server::directory::admin_update(&data, "callout.set", |d| {
+                match lvl.as_str() {
+                    "standby" => d.callout_standby = roles.clone(),
+                    "declared" => d.callout_declared = roles.clone(),
+                    _ => {
+                        return Err(sitrep_wire::directory::DirectoryError::Invalid(
+                            "level: standby or declared",
+                        ));
+                    }
+                }
+                Ok(format!("level={lvl} roles={}", roles.join(",")))
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "call-out list for {level} set (directory serial {})",
+                d.serial
+            );
+        }
         Cmd::Records {
             cmd:
                 RecordsCmd::Search {
@@ -1013,4 +1702,39 @@ fn parse_date(s: &str) -> anyhow::Result<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Ok(days as u64 * 86_400_000)
+}
+
+fn methane_from(a: MethaneArgs, major: bool) -> anyhow::Result<sitrep_wire::incident::Methane> {
+    let need = |v: Option<String>, what: &str| v.with_context(|| format!("METHANE needs --{what}"));
+    let cas = need(a.casualties, "casualties")?;
+    let n: Vec<u32> = cas
+        .split(',')
+        .map(|x| x.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .context("--casualties: ESTIMATED or ESTIMATED,P1,P2,P3,DEAD")?;
+    let casualties = match n.as_slice() {
+        [e] => sitrep_wire::incident::Casualties {
+            estimated: *e,
+            ..Default::default()
+        },
+        [e, p1, p2, p3, d] => sitrep_wire::incident::Casualties {
+            estimated: *e,
+            p1: *p1,
+            p2: *p2,
+            p3: *p3,
+            dead: *d,
+        },
+        _ => bail!("--casualties: ESTIMATED or ESTIMATED,P1,P2,P3,DEAD"),
+    };
+    let m = sitrep_wire::incident::Methane {
+        major_incident: major,
+        exact_location: need(a.location, "location")?,
+        incident_type: need(a.incident_type, "type")?,
+        hazards: need(a.hazards, "hazards")?,
+        access: need(a.access, "access")?,
+        casualties,
+        emergency_services: need(a.services, "services")?,
+    };
+    m.validate()?;
+    Ok(m)
 }

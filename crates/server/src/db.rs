@@ -92,6 +92,12 @@ CREATE TABLE IF NOT EXISTS policies (
     signed BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
+-- The organisation's signed directories; the highest serial is in force.
+CREATE TABLE IF NOT EXISTS directories (
+    serial INTEGER PRIMARY KEY,
+    signed BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
 -- The organisation's audit log (see audit.rs): hash-chained, org-signed.
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
@@ -216,6 +222,48 @@ impl Db {
         // A panic while holding the lock would be a bug; the connection itself is
         // still consistent (SQLite rolled back), so carry on with it.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The signed directory in force.
+    pub fn directory(&self) -> Result<Option<Vec<u8>>, ApiErr> {
+        crate::directory::current(&self.lock().conn).map_err(db_err)
+    }
+
+    /// A member of staff takes (`take`) or hands back a role: the server
+    /// re-signs the directory with the organisation key and audits it.
+    pub fn role_holder(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+        user: &str,
+        device: &str,
+        role: &str,
+        take: bool,
+    ) -> Result<sitrep_wire::directory::Directory, ApiErr> {
+        let mut g = self.lock();
+        let actor = format!("{user}/{device}");
+        let action = if take { "role.take" } else { "role.handback" };
+        let (user, role) = (user.to_string(), role.to_string());
+        crate::directory::update(&mut g.conn, key, &actor, action, |d| {
+            let r = d.roles.iter_mut().find(|r| r.id == role).ok_or(
+                sitrep_wire::directory::DirectoryError::Invalid("no such role"),
+            )?;
+            if take {
+                if !r.holders.contains(&user) {
+                    r.holders.push(user.clone());
+                }
+            } else {
+                r.holders.retain(|h| h != &user);
+            }
+            Ok(format!("role={role} user={user}"))
+        })
+        .map_err(|e| {
+            if e.to_string().contains("no such role") {
+                ApiErr::not_found("no_role", "no such role")
+            } else {
+                tracing::error!(error = %e, "directory update failed");
+                ApiErr::internal()
+            }
+        })
     }
 
     /// Append to the audit log (for actions devices report, and user wipes).

@@ -48,6 +48,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/devices/{device}/wipe", post(wipe_device))
         .route("/v1/inbox/ack", post(ack))
         .route("/v1/audit", post(audit))
+        .route("/v1/directory", get(directory))
+        .route("/v1/roles/{role}/take", post(take_role))
+        .route("/v1/roles/{role}/handback", post(handback_role))
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
@@ -220,6 +223,53 @@ async fn wipe_device(
     .await?;
     tracing::info!(device = %device, "device revoked by its user");
     Ok(Json(serde_json::json!({ "revoked": device })))
+}
+
+/// # GET /v1/directory
+/// The organisation's signed directory (roles, holders, call-out lists), for
+/// enrolled devices; they verify the organisation's signature.
+async fn directory(State(st): St, Auth(_dev): Auth) -> Result<Json<serde_json::Value>, ApiErr> {
+    let signed = blocking(move || st.db.directory()).await?;
+    Ok(Json(
+        serde_json::json!({ "directory": signed.map(|b| sitrep_wire::b64::encode(&b)) }),
+    ))
+}
+
+async fn role_change(
+    st: Arc<AppState>,
+    dev: crate::db::DeviceRow,
+    role: String,
+    take: bool,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    if !valid_id(&role) {
+        return Err(ApiErr::bad_request("bad_role", "invalid role id"));
+    }
+    let d = blocking(move || {
+        st.db
+            .role_holder(&st.org.key, &dev.user_id, &dev.device_id, &role, take)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "serial": d.serial })))
+}
+
+/// # POST /v1/roles/{role}/take
+/// The caller takes on a role (e.g. the night medical registrar).
+async fn take_role(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(role): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    role_change(st, dev, role, true).await
+}
+
+/// # POST /v1/roles/{role}/handback
+/// The caller hands a role back.
+async fn handback_role(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(role): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    role_change(st, dev, role, false).await
 }
 
 /// # POST /v1/audit

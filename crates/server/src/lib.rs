@@ -13,6 +13,7 @@
 
 pub mod audit;
 mod db;
+pub mod directory;
 mod error;
 mod http;
 mod hub;

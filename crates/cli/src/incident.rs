@@ -1,0 +1,400 @@
+//! Major-incident mode over the network: the signed directory, raising
+//! incident levels (which opens the incident's conversations and adds the
+//! call-out list), call-in replies, priority alerts and acknowledgements,
+//! escalation and read receipts at every sync, the decision log and the
+//! casualty board. The rules themselves live in `sitrep_core::incident`.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use sitrep_core::Client;
+use sitrep_wire::api;
+use sitrep_wire::directory::Directory;
+use sitrep_wire::incident::{
+    Ack, Alert, Availability, CallinReply, Casualty, DecisionKind, IncidentMsg, Level, Methane,
+    Priority, Structured, Target,
+};
+
+use crate::{Profile, commit_with_retry, flush_outbox, now_ms, sync};
+
+/// Users per KeyPackage claim request (the server's bound is 1,000).
+const CLAIM_CHUNK: usize = 500;
+
+/// Fetch and take up a newer organisation-signed directory.
+pub(crate) async fn refresh_directory(p: &mut Profile) -> anyhow::Result<()> {
+    let r: serde_json::Value = p.remote().get("/v1/directory").await?;
+    let Some(b64) = r["directory"].as_str() else {
+        return Ok(());
+    };
+    let bytes = sitrep_wire::b64::decode(b64).context("directory is not base64")?;
+    let before = p.client.directory().serial;
+    p.client
+        .apply_directory(&bytes)
+        .context("the server offered a directory the organisation did not sign")?;
+    if p.client.directory().serial != before {
+        p.save()?;
+    }
+    Ok(())
+}
+
+/// After a sync: send escalations that fell due and one aggregated read
+/// receipt per conversation.
+pub(crate) async fn after_sync(p: &mut Profile) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut items = p.client.escalations_due(now);
+    items.extend(p.client.pending_receipts());
+    if items.is_empty() {
+        return Ok(());
+    }
+    for (conv, item) in items {
+        p.client.send_structured(&conv, &item, now)?;
+    }
+    p.save()?;
+    flush_outbox(p).await
+}
+
+/// Send one structured item and wait for the server to store it; returns its id.
+pub async fn post(p: &mut Profile, conv: &str, item: &Structured) -> anyhow::Result<String> {
+    sync(p).await?;
+    let out = p.client.send_structured(conv, item, now_ms())?;
+    p.save()?;
+    flush_outbox(p).await?;
+    Ok(out.request.client_id)
+}
+
+/// Add whichever of `users` have an enrolled device; returns those without one.
+pub async fn add_available(
+    p: &mut Profile,
+    conv: &str,
+    users: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let present: Vec<String> = p
+        .client
+        .members(conv)?
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
+    let wanted: Vec<String> = users
+        .iter()
+        .filter(|u| !present.contains(u))
+        .cloned()
+        .collect();
+    let mut kps = Vec::new();
+    let mut missing = Vec::new();
+    for chunk in wanted.chunks(CLAIM_CHUNK) {
+        let claim: api::ClaimResponse = p
+            .remote()
+            .post(
+                "/v1/keypackages/claim",
+                &api::ClaimRequest {
+                    user_ids: chunk.to_vec(),
+                    device_ids: Vec::new(),
+                },
+            )
+            .await?;
+        kps.extend(claim.key_packages);
+        missing.extend(claim.missing);
+    }
+    if !kps.is_empty() {
+        commit_with_retry(p, |c| c.prepare_add(conv, &kps)).await?;
+    }
+    Ok(missing)
+}
+
+fn has_conversation(c: &Client, name: &str) -> bool {
+    c.conversations().any(|x| x.active && x.name == name)
+}
+
+/// The conversations an incident uses.
+pub fn coordination(id: &str) -> String {
+    id.to_string()
+}
+
+/// The command channel of an incident.
+pub fn command(id: &str) -> String {
+    format!("{id}-command")
+}
+
+/// What raising a level did.
+#[derive(Debug, Default)]
+pub struct Raised {
+    /// Call-out list members added.
+    pub called: usize,
+    /// On the call-out list but with no enrolled device.
+    pub unreachable: Vec<String>,
+}
+
+/// Raise STANDBY, DECLARED, CANCELLED or STAND DOWN. STANDBY and DECLARED
+/// open the incident's coordination group (named after the incident) with the
+/// call-out list for that level; DECLARED also opens the command channel
+/// (`<id>-command`), where only commanders post.
+pub async fn raise(
+    p: &mut Profile,
+    id: &str,
+    level: Level,
+    methane: Option<Methane>,
+    note: &str,
+) -> anyhow::Result<Raised> {
+    sync(p).await?;
+    let item = Structured::Incident(IncidentMsg {
+        incident: id.to_string(),
+        level,
+        methane,
+        note: note.to_string(),
+    });
+    item.validate()?;
+    let dir = p.client.directory();
+    let me = p.client.user_id().to_string();
+    if !dir.can_declare(&me) {
+        bail!("{me} holds no role the organisation authorises to raise incident levels");
+    }
+    let coord = coordination(id);
+    let mut raised = Raised::default();
+    if matches!(level, Level::Standby | Level::Declared) {
+        if !has_conversation(&p.client, &coord) {
+            crate::chat_create(p, &coord, &[], "warn").await?;
+        }
+        let mut users: Vec<String> = dir.callout(level).into_iter().map(|(u, _)| u).collect();
+        users.extend(dir.commanders());
+        users.retain(|u| u != &me);
+        users.sort();
+        users.dedup();
+        raised.called = users.len();
+        raised.unreachable = add_available(p, &coord, &users).await?;
+    }
+    if level == Level::Declared && !has_conversation(&p.client, &command(id)) {
+        let mut posters: Vec<String> = dir.commanders().into_iter().collect();
+        if !posters.contains(&me) {
+            posters.push(me.clone());
+        }
+        let (_, req) = p.client.create_conversation_full(
+            &command(id),
+            "warn",
+            0,
+            false,
+            &posters,
+            now_ms(),
+        )?;
+        p.save()?;
+        let _: serde_json::Value = p.remote().post("/v1/groups", &req).await?;
+        let others: Vec<String> = posters.iter().filter(|u| **u != me).cloned().collect();
+        add_available(p, &command(id), &others).await?;
+    }
+    if has_conversation(&p.client, &coord) {
+        p.client.send_structured(&coord, &item, now_ms())?;
+    }
+    if has_conversation(&p.client, &command(id)) {
+        p.client.send_structured(&command(id), &item, now_ms())?;
+    }
+    p.save()?;
+    flush_outbox(p).await?;
+    Ok(raised)
+}
+
+/// Reply to an incident's call-in.
+pub async fn callin_reply(
+    p: &mut Profile,
+    id: &str,
+    availability: Availability,
+    role: Option<String>,
+) -> anyhow::Result<()> {
+    sync(p).await?;
+    let role = match role {
+        Some(r) => r,
+        None => p
+            .client
+            .directory()
+            .roles_of(p.client.user_id())
+            .next()
+            .map(|r| r.id.clone())
+            .unwrap_or_else(|| "staff".into()),
+    };
+    let conv = incident_conversation(&p.client, id)?;
+    let item = Structured::Callin(CallinReply {
+        incident: id.to_string(),
+        availability,
+        role,
+    });
+    p.client.send_structured(&conv, &item, now_ms())?;
+    p.save()?;
+    flush_outbox(p).await
+}
+
+fn incident_conversation(c: &Client, id: &str) -> anyhow::Result<String> {
+    let inc = c
+        .incidents()
+        .find(|i| i.id == id)
+        .with_context(|| format!("no incident {id} on this device (sync first?)"))?;
+    c.conversations()
+        .find(|x| sitrep_core::records::group_hex_of(x) == inc.group)
+        .map(|x| x.name.clone())
+        .context("the incident's conversation is gone")
+}
+
+/// Parse `user:ID`, `role:ID`, `team:ID`, or a bare id (a role if the
+/// directory has it, else a user).
+pub fn parse_target(dir: &Directory, s: &str) -> Target {
+    match s.split_once(':') {
+        Some(("user", u)) => Target::User(u.into()),
+        Some(("role", r)) => Target::Role(r.into()),
+        Some(("team", t)) => Target::Team(t.into()),
+        _ if dir.role(s).is_some() => Target::Role(s.into()),
+        _ => Target::User(s.into()),
+    }
+}
+
+/// Send a priority alert. Without `conv`, it goes in a conversation named
+/// `alerts-<target>` holding the recipients and everyone on its escalation
+/// chain (created if needed). Returns the alert id.
+pub async fn alert_send(
+    p: &mut Profile,
+    to: &str,
+    priority: Priority,
+    text: &str,
+    ack_within_secs: u32,
+    conv: Option<String>,
+) -> anyhow::Result<String> {
+    sync(p).await?;
+    let dir = p.client.directory();
+    let target = parse_target(&dir, to);
+    let conv = match conv {
+        Some(c) => c,
+        None => {
+            let name = format!("alerts-{}", to.replace(':', "-"));
+            let mut users = p.client.expand_target(&target);
+            // Everyone the chain can reach must be able to read it.
+            let mut t = target.clone();
+            for _ in 0..4 {
+                let next = match &t {
+                    Target::User(u) => dir
+                        .roles_of(u)
+                        .find_map(|r| r.deputy.clone())
+                        .map(Target::Role),
+                    Target::Role(r) => dir.role(r).map(|r| match &r.deputy {
+                        Some(d) => Target::Role(d.clone()),
+                        None => Target::Team(r.team.clone()),
+                    }),
+                    Target::Team(_) => None,
+                };
+                let Some(n) = next else { break };
+                users.extend(p.client.expand_target(&n));
+                t = n;
+            }
+            let me = p.client.user_id().to_string();
+            users.retain(|u| *u != me);
+            users.sort();
+            users.dedup();
+            if !has_conversation(&p.client, &name) {
+                crate::chat_create(p, &name, &[], "warn").await?;
+            }
+            add_available(p, &name, &users).await?;
+            name
+        }
+    };
+    let item = Structured::Alert(Alert {
+        priority,
+        to: target,
+        text: text.to_string(),
+        ack_within_secs,
+        breakthrough: priority == Priority::Emergency,
+        escalates: None,
+    });
+    let out = p.client.send_structured(&conv, &item, now_ms())?;
+    p.save()?;
+    flush_outbox(p).await?;
+    Ok(out.request.client_id)
+}
+
+/// Acknowledge an alert by id.
+pub async fn ack(p: &mut Profile, alert: &str) -> anyhow::Result<()> {
+    sync(p).await?;
+    let st = p
+        .client
+        .alert_state(alert)
+        .with_context(|| format!("no alert {alert} on this device"))?;
+    let conv = p
+        .client
+        .conversations()
+        .find(|c| sitrep_core::records::group_hex_of(c) == st.group)
+        .map(|c| c.name.clone())
+        .context("the alert's conversation is gone")?;
+    let item = Structured::Ack(Ack {
+        alert: alert.to_string(),
+    });
+    p.client.send_structured(&conv, &item, now_ms())?;
+    p.save()?;
+    flush_outbox(p).await
+}
+
+/// Log a DECISION or ACTION in a conversation (signed, hash-chained).
+pub async fn decide(
+    p: &mut Profile,
+    conv: &str,
+    kind: DecisionKind,
+    text: &str,
+) -> anyhow::Result<String> {
+    sync(p).await?;
+    let item = p.client.decision(conv, kind, text, now_ms())?;
+    let out = p.client.send_structured(conv, &item, now_ms())?;
+    p.save()?;
+    flush_outbox(p).await?;
+    Ok(out.request.client_id)
+}
+
+/// Write a conversation's decision log: `out` (JSON, verifiable) and
+/// `out` with `.md` appended (readable).
+pub async fn decisions_export(p: &mut Profile, conv: &str, out: &Path) -> anyhow::Result<usize> {
+    sync(p).await?;
+    let log = p.client.export_decisions(conv, now_ms())?;
+    let json = serde_json::to_vec_pretty(&log)?;
+    let mut md = format!(
+        "# Decision log: {}\n\nExported {} by {} ({}). Organisation key {}.\n\n| # | Time (UTC) | By | Kind | Entry |\n|---|---|---|---|---|\n",
+        log.conversation,
+        sitrep_core::export::iso8601(log.exported_at),
+        p.client.display_name(),
+        p.client.user_id(),
+        log.org_fingerprint
+    );
+    for (i, d) in log.entries.iter().enumerate() {
+        let kind = match d.entry.kind {
+            DecisionKind::Decision => "DECISION",
+            DecisionKind::Action => "ACTION",
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {kind} | {} |\n",
+            i + 1,
+            sitrep_core::export::iso8601(d.entry.at),
+            d.entry.author,
+            d.entry.text.replace('|', "\\|").replace('\n', " ")
+        ));
+    }
+    md.push_str(&format!(
+        "\nHead hash: `{}`. Check with `sitrep decisions verify {}`.\n",
+        log.head,
+        out.display()
+    ));
+    let mut f = std::fs::File::create(out)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    let mut md_path = out.as_os_str().to_owned();
+    md_path.push(".md");
+    std::fs::write(md_path, md)?;
+    Ok(log.entries.len())
+}
+
+/// Add or update a casualty-board entry.
+pub async fn casualty(p: &mut Profile, conv: &str, c: Casualty) -> anyhow::Result<()> {
+    post(p, conv, &Structured::Casualty(c)).await.map(|_| ())
+}
+
+/// Take on or hand back a role; the server re-signs the directory.
+pub async fn role_change(p: &mut Profile, role: &str, take: bool) -> anyhow::Result<()> {
+    let verb = if take { "take" } else { "handback" };
+    let _: serde_json::Value = p
+        .remote()
+        .post(&format!("/v1/roles/{role}/{verb}"), &())
+        .await?;
+    sync(p).await?;
+    Ok(())
+}
