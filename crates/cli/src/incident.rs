@@ -200,6 +200,16 @@ pub async fn callin_reply(
     role: Option<String>,
 ) -> anyhow::Result<()> {
     sync(p).await?;
+    callin_reply_synced(p, id, availability, role).await
+}
+
+/// [`callin_reply`] on a device that has just synced.
+pub async fn callin_reply_synced(
+    p: &mut Profile,
+    id: &str,
+    availability: Availability,
+    role: Option<String>,
+) -> anyhow::Result<()> {
     let role = match role {
         Some(r) => r,
         None => p

@@ -162,6 +162,13 @@ enum Cmd {
         /// The bundle directory.
         dir: PathBuf,
     },
+    /// A scripted major-incident exercise against a real server with simulated
+    /// staff: standby, declare, call-in, an escalating alert, decisions, stand down.
+    Drill {
+        /// Simulated staff on the call-out list.
+        #[arg(long, default_value_t = 500)]
+        staff: usize,
+    },
     /// Measure the server and the MLS layer (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -734,7 +741,11 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SITREP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| {
+                    // The server reports what it does; client commands stay quiet.
+                    let serve = matches!(cli.cmd, Cmd::Serve { .. });
+                    tracing_subscriber::EnvFilter::new(if serve { "info" } else { "warn" })
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -1074,6 +1085,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Bench { cmd } => sitrep_cli::bench::run(cmd).await?,
+        Cmd::Drill { staff } => sitrep_cli::drill::run(staff).await?,
         Cmd::Role { cmd } => {
             let mut p = open_profile(&cli.profile)?;
             match cmd {

@@ -51,28 +51,35 @@ pub fn chi_date_prefix(digits: &[u8; 10]) -> bool {
 }
 
 /// Month number for an English month name or abbreviation (case-insensitive).
+#[cfg(test)]
 pub fn month_from_name(word: &str) -> Option<u32> {
-    let w = word.trim_end_matches('.').to_ascii_lowercase();
-    const MONTHS: [&str; 12] = [
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
+    month_from_letters(word.trim_end_matches('.').as_bytes())
+}
+
+/// Month number for an English month name or abbreviation given as bytes
+/// (ASCII, any case), without allocating: the first month whose name starts
+/// with the word, which must have at least three letters.
+pub fn month_from_letters(w: &[u8]) -> Option<u32> {
+    const MONTHS: [&[u8]; 12] = [
+        b"january",
+        b"february",
+        b"march",
+        b"april",
+        b"may",
+        b"june",
+        b"july",
+        b"august",
+        b"september",
+        b"october",
+        b"november",
+        b"december",
     ];
     if w.len() < 3 {
         return None;
     }
     MONTHS
         .iter()
-        .position(|m| m.starts_with(w.as_str()) || (w == "sept" && *m == "september"))
+        .position(|m| m.len() >= w.len() && m[..w.len()].eq_ignore_ascii_case(w))
         .and_then(|i| u32::try_from(i + 1).ok())
 }
 
@@ -90,7 +97,39 @@ const POSTCODE_AREAS: &[&str] = &[
     "TS", "TW", "UB", "W", "WA", "WC", "WD", "WF", "WN", "WR", "WS", "WV", "YO", "ZE",
 ];
 
+/// [`POSTCODE_AREAS`] as bit sets: bit `x` of `[0]` for the one-letter area
+/// `A + x`, and bit `y` of `[1 + x]` for the two-letter area `(A + x)(A + y)`.
+const AREA_BITS: [u32; 27] = {
+    let mut t = [0u32; 27];
+    let mut i = 0;
+    while i < POSTCODE_AREAS.len() {
+        let a = POSTCODE_AREAS[i].as_bytes();
+        let x = (a[0] - b'A') as usize;
+        if a.len() == 1 {
+            t[0] |= 1 << x;
+        } else {
+            t[1 + x] |= 1 << (a[1] - b'A');
+        }
+        i += 1;
+    }
+    t
+};
+
+/// [`postcode_area_known`] for an area of one or two ASCII capitals.
+pub fn postcode_area_letters_known(area: &[u8]) -> bool {
+    let bit = |c: u8| c.is_ascii_uppercase().then(|| 1u32 << (c - b'A'));
+    match *area {
+        [a] => bit(a).is_some_and(|m| AREA_BITS[0] & m != 0),
+        [a, b] => {
+            a.is_ascii_uppercase()
+                && bit(b).is_some_and(|m| AREA_BITS[1 + usize::from(a - b'A')] & m != 0)
+        }
+        _ => false,
+    }
+}
+
 /// True when `outward` (e.g. "LS1", "SW1A", "M60") starts with a real postcode area.
+#[cfg(test)]
 pub fn postcode_area_known(outward: &str) -> bool {
     let letters: &str = outward
         .split(|c: char| c.is_ascii_digit())
@@ -128,6 +167,20 @@ mod tests {
         assert_eq!(month_from_name("Sept."), Some(9));
         assert_eq!(month_from_name("mar"), Some(3));
         assert_eq!(month_from_name("ma"), None);
+        for a in b'A'..=b'Z' {
+            assert_eq!(
+                postcode_area_letters_known(&[a]),
+                postcode_area_known(&(a as char).to_string())
+            );
+            for b in b'A'..=b'Z' {
+                let s = format!("{}{}", a as char, b as char);
+                assert_eq!(
+                    postcode_area_letters_known(s.as_bytes()),
+                    postcode_area_known(&s),
+                    "{s}"
+                );
+            }
+        }
         assert!(postcode_area_known("SW1A"));
         assert!(postcode_area_known("M60"));
         assert!(!postcode_area_known("QQ1"));

@@ -7,7 +7,7 @@
 use regex::Regex;
 
 use crate::checks::{
-    chi_date_prefix, mod11_valid, month_from_name, postcode_area_known, valid_day,
+    chi_date_prefix, mod11_valid, month_from_letters, postcode_area_letters_known, valid_day,
 };
 use crate::finding::{Finding, PidKind};
 
@@ -175,12 +175,43 @@ const NOT_NAMES: &[&str] = &[
     "Your",
 ];
 
-fn is_not_name(word: &str) -> bool {
-    match word_key128(word.as_bytes()) {
-        Some(k) => NOT_NAME_KEYS.binary_search(&k).is_ok(),
+fn is_not_name(word: &[u8]) -> bool {
+    match word_key128(word) {
+        Some(k) => {
+            let i = NOT_NAME_SLOTS[not_name_slot(k)];
+            i != 0 && NOT_NAME_KEYS[usize::from(i - 1)] == k
+        }
         None => false,
     }
 }
+
+/// Multiplier of the perfect hash over [`NOT_NAMES`] (found offline; the
+/// table build fails to compile if two words share a slot).
+const NOT_NAME_HASH_MUL: u64 = 0x2238_9c84_00b6_0b9d;
+const NOT_NAME_HASH_BITS: u32 = 10;
+
+const fn not_name_slot(k: u128) -> usize {
+    let folded = (k as u64) ^ ((k >> 64) as u64).rotate_left(29);
+    (folded.wrapping_mul(NOT_NAME_HASH_MUL) >> (64 - NOT_NAME_HASH_BITS)) as usize
+}
+
+/// For each hash slot, 1 + the index in [`NOT_NAME_KEYS`] of the word there (0
+/// when empty).
+const NOT_NAME_SLOTS: [u8; 1 << NOT_NAME_HASH_BITS] = {
+    assert!(NOT_NAMES.len() < 255);
+    let mut t = [0u8; 1 << NOT_NAME_HASH_BITS];
+    let mut i = 0;
+    while i < NOT_NAME_KEYS.len() {
+        let h = not_name_slot(NOT_NAME_KEYS[i]);
+        assert!(
+            t[h] == 0,
+            "stoplist hash collision: pick another multiplier"
+        );
+        t[h] = (i + 1) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// A word of up to 15 bytes packed into an integer (its bytes, then its length),
 /// so a stoplist lookup compares integers instead of strings.
@@ -197,7 +228,7 @@ const fn word_key128(w: &[u8]) -> Option<u128> {
     Some((k << 8) | w.len() as u128)
 }
 
-/// [`NOT_NAMES`] as sorted [`word_key128`] keys.
+/// [`NOT_NAMES`] as [`word_key128`] keys.
 const NOT_NAME_KEYS: [u128; NOT_NAMES.len()] = {
     let mut t = [0u128; NOT_NAMES.len()];
     let mut i = 0;
@@ -208,19 +239,14 @@ const NOT_NAME_KEYS: [u128; NOT_NAMES.len()] = {
         };
         i += 1;
     }
-    let mut i = 1;
-    while i < t.len() {
-        let mut j = i;
-        while j > 0 && t[j - 1] > t[j] {
-            let tmp = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = tmp;
-            j -= 1;
-        }
-        i += 1;
-    }
     t
 };
+
+/// The hospital-number keyword, anchored: matched by hand in
+/// [`hospital_keyword_at`]; the regex is kept for the test that pins the two
+/// together.
+#[cfg(test)]
+const HOSPITAL_KEYWORD: &str = r"^(?i-u)(?:mrn|m\.r\.n\.?|hosp(?:ital)?\.?[ ]*(?:number|num|no|id|ref)\.?|unit[ ]+(?:number|no)\.?|case[ ]*notes?[ ]*(?:number|no)?\.?|pas[ ]+(?:number|no|id)\.?|patient[ ]+(?:id|no)\.?|pt[ ]+(?:id|no)\.?|crn|patient[ ]+number|local[ ]+(?:patient[ ]+)?(?:id|number|identifier))";
 
 /// Words that end a street name in an address.
 const STREET_TYPES: &str = "Road|Rd|Street|St|Avenue|Ave|Lane|Ln|Close|Cl|Drive|Dr|Way|Crescent|Cres|Court|Ct|Place|Pl|Gardens|Gdns|Grove|Gr|Terrace|Terr|Hill|Park|Square|Sq|Row|View|Walk|Mews|Green|Rise|Parade|Boulevard|Vale|Croft|Meadows?|Fields|Wynd|Brae|Gate|Yard|End|Heights|Mount";
@@ -234,8 +260,6 @@ pub struct Scanner {
     date: Regex,
     /// The same, anchored: tried at the candidate starts just after a keyword.
     date_at: Regex,
-    /// Anchored at a word start the prepass found ("MRN", "hosp no", ...).
-    hospital: Regex,
     /// Anchored at the start of an identifier: "K445566 (MRN)".
     hospital_suffix: Regex,
     trust: Vec<Regex>,
@@ -296,9 +320,6 @@ impl Scanner {
             email: re(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
             date_at: re(&format!("^(?:{date})")),
             date: re(&date),
-            hospital: re(
-                r"^(?i-u)(?:mrn|m\.r\.n\.?|hosp(?:ital)?\.?[ ]*(?:number|num|no|id|ref)\.?|unit[ ]+(?:number|no)\.?|case[ ]*notes?[ ]*(?:number|no)?\.?|pas[ ]+(?:number|no|id)\.?|patient[ ]+(?:id|no)\.?|pt[ ]+(?:id|no)\.?|crn|patient[ ]+number|local[ ]+(?:patient[ ]+)?(?:id|number|identifier))",
-            ),
             hospital_suffix: re(
                 r"^(?i-u)(?:[a-z]{0,3}[0-9]{5,10}[a-z]?)[ ]*[(\[]?[ ]*(?:mrn|hosp(?:ital)?\.?[ ]*(?:number|num|no)|unit[ ]+no)(?-u:\b)",
             ),
@@ -370,8 +391,9 @@ impl Scanner {
         if f.at {
             self.find_emails(text, &mut out);
         }
-        if f.upper {
-            self.find_names(text, f, &mut out);
+        // A name needs a cue word before it or a mark ("'s", "(") after it.
+        if f.upper && !(pre.cue_ends.is_empty() && pre.marks.is_empty()) {
+            self.find_names(text, &pre, &mut out);
         }
         resolve_overlaps(out)
     }
@@ -388,11 +410,11 @@ impl Scanner {
         // because every match starts at one of the candidate word starts.
         let mut next = 0;
         for s in pre.hospital_words.iter() {
-            if s < next {
+            if s < next || !hospital_keyword_may_start(b, s) {
                 continue;
             }
-            if let Some(kw) = self.hospital.find(&text[s..]) {
-                next = s + kw.end();
+            if let Some(kw_end) = hospital_keyword_at(b, s) {
+                next = kw_end;
                 if let Some((s, e)) = identifier_after(b, next) {
                     out.push(Finding::new(PidKind::HospitalNumber, s, e, 0.9));
                 }
@@ -402,6 +424,10 @@ impl Scanner {
         // 5-10 digits, so every match starts just before a digit run.
         let mut next = 0;
         for d in pre.digit_runs.iter() {
+            // A run of fewer than five digits is skipped with one load.
+            if !b.get(d + 4).is_some_and(u8::is_ascii_digit) {
+                continue;
+            }
             let mut c = d;
             while c > 0 && d - c < 4 && b[c - 1].is_ascii_alphabetic() {
                 c -= 1;
@@ -509,21 +535,42 @@ impl Scanner {
         // 1-4 digits on a word boundary followed by a capitalised word; merge the
         // two sorted candidate lists and try the anchored regex at each.
         let mut flats = pre.flat_words.iter().peekable();
-        let mut runs = pre
-            .digit_runs
-            .iter()
-            .filter(|&d| house_number_at(b, d))
-            .peekable();
+        let mut runs = pre.digit_runs.iter().peekable();
+        // Every match ends at a capitalised street-type word the prepass
+        // recorded, and everything before it in the match is letters, digits,
+        // spaces, commas, apostrophes, dashes or non-ASCII: `street` holds the
+        // next such word and the start of the run of those bytes before it.
+        let mut streets = pre.street_words.iter();
+        let mut street: Option<(usize, usize)> = None;
         let mut next = 0;
         loop {
-            let s = match (flats.peek(), runs.peek()) {
-                (Some(&f), Some(&r)) if f < r => flats.next(),
-                (Some(_), None) => flats.next(),
-                (_, Some(_)) => runs.next(),
-                (None, None) => None,
+            let (s, is_run) = match (flats.peek(), runs.peek()) {
+                (Some(&f), Some(&r)) if f < r => (flats.next(), false),
+                (Some(_), None) => (flats.next(), false),
+                (_, Some(_)) => (runs.next(), true),
+                (None, None) => (None, false),
             };
             let Some(s) = s else { break };
             if s < next {
+                continue;
+            }
+            while street.is_none_or(|(w, _)| w <= s) {
+                let Some(w) = streets.next() else {
+                    return;
+                };
+                let limit = street.map_or(0, |(p, _)| p);
+                let mut r = w;
+                while r > limit && street_byte(b[r - 1]) {
+                    r -= 1;
+                }
+                if let Some((p, pr)) = street
+                    && r == p
+                {
+                    r = pr;
+                }
+                street = Some((w, r));
+            }
+            if street.is_some_and(|(_, r)| r > s) || (is_run && !house_number_at(b, s)) {
                 continue;
             }
             let Some(m) = self.street.find(&text[s..]) else {
@@ -553,42 +600,61 @@ impl Scanner {
         }
     }
 
-    fn find_names(&self, text: &str, f: &Features, out: &mut Vec<Finding>) {
+    fn find_names(&self, text: &str, pre: &Prepass, out: &mut Vec<Finding>) {
         let b = text.as_bytes();
+        let f = &pre.f;
+        // A title or context cue can only end at a word the prepass flagged;
+        // `last_cue` is the end of the last such word before the capital.
+        let mut cues = pre.cue_ends.iter().peekable();
+        let mut last_cue = None;
+        // "'s" and "(" marks, each with the first position from which
+        // `name_followed_by` can reach it.
+        let mut marks = pre.marks.iter().peekable();
+        let mut mark_reach: Option<(usize, usize)> = None;
+        // The prepass recorded every word start (no ASCII letter, digit or
+        // non-ASCII byte before it) holding an ASCII capital or a non-ASCII
+        // lead byte; positions inside a name already found are skipped.
         let mut i = 0;
-        while i < b.len() {
-            i = next_capital_or_high(b, i);
-            if i >= b.len() {
-                break;
+        for p in pre.capitals.iter() {
+            if p < i {
+                continue;
             }
+            i = p;
             let c = b[i];
-            let at_word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] >= 0x80);
             let capital = c.is_ascii_uppercase()
                 || (c >= 0xC0 && text[i..].chars().next().is_some_and(char::is_uppercase));
-            if !(at_word_start && capital) {
-                i += 1;
+            if !capital {
                 continue;
             }
             let rest = &text[i..];
-            let found = match preceding_cue(text, i) {
-                Cue::Title => self
-                    .titled_tail
-                    .find(rest)
-                    .filter(|m| {
-                        !b.get(i + m.end())
-                            .is_some_and(|&n| n == b'-' || n.is_ascii_digit())
-                    })
-                    .and_then(|m| trim_name(text, i, i + m.end()))
+            while let Some(&p) = cues.peek() {
+                if p > i {
+                    break;
+                }
+                last_cue = Some(p);
+                cues.next();
+            }
+            let cue = match last_cue {
+                Some(p) if cue_gap(&b[p..i]) => preceding_cue(text, i),
+                _ => Cue::None,
+            };
+            let found = match cue {
+                Cue::Title => titled_tail_at(b, i)
+                    .unwrap_or_else(|NonAscii| self.titled_tail.find(rest).map(|m| i + m.end()))
+                    .filter(|&e| !b.get(e).is_some_and(|&n| n == b'-' || n.is_ascii_digit()))
+                    .and_then(|e| trim_name(text, i, e))
                     .map(|(s, e)| (s, e, 0.9)),
-                Cue::Context => self
-                    .context_tail
-                    .find(rest)
-                    .and_then(|m| trim_name(text, i, i + m.end()))
+                Cue::Context => context_tail_at(b, i)
+                    .unwrap_or_else(|NonAscii| self.context_tail.find(rest).map(|m| i + m.end()))
+                    .and_then(|e| trim_name(text, i, e))
                     .map(|(s, e)| (s, e, 0.75)),
                 Cue::None => None,
             };
             // What follows the word matters only when no cue before it finds a name.
-            let marks = if found.is_none() && (f.apostrophe_s || f.paren) {
+            let marks = if found.is_none()
+                && (f.apostrophe_s || f.paren)
+                && mark_reachable(b, i, &mut marks, &mut mark_reach)
+            {
                 name_followed_by(b, i)
             } else {
                 Marks::None
@@ -625,27 +691,200 @@ impl Scanner {
     }
 }
 
-/// The first position from `i` holding an ASCII capital or a non-ASCII byte
-/// (`b.len()` if none): eight bytes at a time.
-fn next_capital_or_high(b: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = ONES * 0x80;
-    while let Some(chunk) = b.get(i..).and_then(<[u8]>::first_chunk::<8>) {
-        let x = u64::from_le_bytes(*chunk);
-        // Bytes in 'A'..='Z' (no carries: every byte of `y` is below 0x80), or
-        // with the high bit set.
-        let y = x & !HI;
-        let capitals = y.wrapping_add(ONES * 0x3f) & !y.wrapping_add(ONES * 0x25) & HI;
-        let stop = (capitals | x) & HI;
-        if stop != 0 {
-            return i + (stop.trailing_zeros() / 8) as usize;
+/// A hand matcher reached a non-ASCII byte, where `\p{Lu}` / `\p{Ll}` (and
+/// the curly apostrophe) need the regex: the caller falls back to it.
+struct NonAscii;
+
+/// The byte at `j` (0 past the end) if it is ASCII.
+fn ascii_at(b: &[u8], j: usize) -> Result<u8, NonAscii> {
+    match b.get(j) {
+        None => Ok(0),
+        Some(&c) if c >= 0x80 => Err(NonAscii),
+        Some(&c) => Ok(c),
+    }
+}
+
+/// `[A-Z][a-z]+(?:-[A-Z][a-z]+)?` at `p`: its end, if it matches. Every byte
+/// read is ASCII (else `NonAscii`), where `\p{Lu}`/`\p{Ll}` are `[A-Z]`/`[a-z]`;
+/// the quantifiers are greedy and nothing after them can start with a
+/// lowercase letter, so the first match found is the regex's.
+fn name_core_at(b: &[u8], p: usize) -> Result<Option<usize>, NonAscii> {
+    if !ascii_at(b, p)?.is_ascii_uppercase() || !ascii_at(b, p + 1)?.is_ascii_lowercase() {
+        return Ok(None);
+    }
+    let mut j = p + 2;
+    while ascii_at(b, j)?.is_ascii_lowercase() {
+        j += 1;
+    }
+    if ascii_at(b, j)? == b'-'
+        && ascii_at(b, j + 1)?.is_ascii_uppercase()
+        && ascii_at(b, j + 2)?.is_ascii_lowercase()
+    {
+        j += 3;
+        while ascii_at(b, j)?.is_ascii_lowercase() {
+            j += 1;
         }
-        i += 8;
     }
-    while i < b.len() && CLASS[usize::from(b[i])] & (UPPER | HIGH) == 0 {
-        i += 1;
+    Ok(Some(j))
+}
+
+/// [`NAME`] at `p` on ASCII bytes: the end of the first alternative that
+/// matches, in the regex's order (prefix "Mc", "Mac", "O'", "D'", then none).
+/// Whatever follows a name in the tail patterns can match empty, so the
+/// first alternative that matches is the one the regex keeps.
+fn name_at(b: &[u8], p: usize) -> Result<Option<usize>, NonAscii> {
+    let c0 = ascii_at(b, p)?;
+    if c0 == b'M' {
+        let c1 = ascii_at(b, p + 1)?;
+        if c1 == b'c'
+            && let Some(e) = name_core_at(b, p + 2)?
+        {
+            return Ok(Some(e));
+        }
+        if c1 == b'a'
+            && ascii_at(b, p + 2)? == b'c'
+            && let Some(e) = name_core_at(b, p + 3)?
+        {
+            return Ok(Some(e));
+        }
+    } else if (c0 == b'O' || c0 == b'D')
+        && ascii_at(b, p + 1)? == b'\''
+        && let Some(e) = name_core_at(b, p + 2)?
+    {
+        return Ok(Some(e));
     }
-    i
+    name_core_at(b, p)
+}
+
+/// [`UPPER_NAME`] at `p` on ASCII bytes: `[A-Z]{2,}(?:-[A-Z]{2,})?`, greedy.
+fn upper_name_at(b: &[u8], p: usize) -> Result<Option<usize>, NonAscii> {
+    let mut j = p;
+    while ascii_at(b, j)?.is_ascii_uppercase() {
+        j += 1;
+    }
+    if j - p < 2 {
+        return Ok(None);
+    }
+    if ascii_at(b, j)? == b'-' {
+        let mut k = j + 1;
+        while ascii_at(b, k)?.is_ascii_uppercase() {
+            k += 1;
+        }
+        if k - (j + 1) >= 2 {
+            j = k;
+        }
+    }
+    Ok(Some(j))
+}
+
+/// The `titled_tail` regex at `p` on ASCII bytes: the end of its match.
+/// `(?:\p{Lu}\.?[ ]?){0,2}(?:NAME|UPPER_NAME)(?:[ ]+NAME){0,2}`, leftmost-first:
+/// the initials are tried greedily (most repetitions, then with the dot and
+/// space before without), backing off until a name follows; the trailing
+/// names can match empty, so they never force a back-off.
+fn titled_tail_at(b: &[u8], p: usize) -> Result<Option<usize>, NonAscii> {
+    fn from(b: &[u8], p: usize, initials_left: u8) -> Result<Option<usize>, NonAscii> {
+        if initials_left > 0 && ascii_at(b, p)?.is_ascii_uppercase() {
+            let q = p + 1;
+            let dots: &[usize] = if ascii_at(b, q)? == b'.' {
+                &[1, 0]
+            } else {
+                &[0]
+            };
+            for &d in dots {
+                let spaces: &[usize] = if ascii_at(b, q + d)? == b' ' {
+                    &[1, 0]
+                } else {
+                    &[0]
+                };
+                for &sp in spaces {
+                    if let Some(e) = from(b, q + d + sp, initials_left - 1)? {
+                        return Ok(Some(e));
+                    }
+                }
+            }
+        }
+        let head = match name_at(b, p)? {
+            Some(e) => Some(e),
+            None => upper_name_at(b, p)?,
+        };
+        let Some(mut e) = head else {
+            return Ok(None);
+        };
+        for _ in 0..2 {
+            let mut j = e;
+            while ascii_at(b, j)? == b' ' {
+                j += 1;
+            }
+            if j == e {
+                break;
+            }
+            match name_at(b, j)? {
+                Some(x) => e = x,
+                None => break,
+            }
+        }
+        Ok(Some(e))
+    }
+    from(b, p, 2)
+}
+
+/// The `context_tail` regex at `p` on ASCII bytes: the end of its match.
+/// `NAME(?:[ ]+(?:NAME|UPPER_NAME))?`, leftmost-first.
+fn context_tail_at(b: &[u8], p: usize) -> Result<Option<usize>, NonAscii> {
+    let Some(mut e) = name_at(b, p)? else {
+        return Ok(None);
+    };
+    let mut j = e;
+    while ascii_at(b, j)? == b' ' {
+        j += 1;
+    }
+    if j > e {
+        if let Some(x) = name_at(b, j)? {
+            e = x;
+        } else if let Some(x) = upper_name_at(b, j)? {
+            e = x;
+        }
+    }
+    Ok(Some(e))
+}
+
+/// The bytes between the end of a cue word and a capitalised word allow
+/// [`preceding_cue`] to find the cue: trailing dots, spaces, one `:`/`-`/`=`
+/// and "is". A necessary condition only.
+fn cue_gap(gap: &[u8]) -> bool {
+    gap.iter()
+        .all(|c| matches!(c, b' ' | b'.' | b':' | b'-' | b'=' | b'i' | b's'))
+}
+
+/// Whether [`name_followed_by`] can reach a mark ("'s" or "(") from the
+/// capital at `i`: it walks only over letters, `-`, spaces and non-ASCII bytes,
+/// so the next mark after `i` must be preceded by such bytes back to `i`.
+/// `reach` caches the next mark and the start of that run.
+fn mark_reachable(
+    b: &[u8],
+    i: usize,
+    marks: &mut std::iter::Peekable<impl Iterator<Item = usize>>,
+    reach: &mut Option<(usize, usize)>,
+) -> bool {
+    if reach.is_none_or(|(m, _)| m <= i) {
+        *reach = None;
+        for m in marks.by_ref() {
+            if m > i {
+                let mut r = m;
+                while r > 0
+                    && (b[r - 1].is_ascii_alphabetic()
+                        || matches!(b[r - 1], b' ' | b'-')
+                        || b[r - 1] >= 0x80)
+                {
+                    r -= 1;
+                }
+                *reach = Some((m, r));
+                break;
+            }
+        }
+    }
+    reach.is_some_and(|(_, r)| r <= i)
 }
 
 /// What follows one or two capitalised words: "'s" ("Jack's mum") or "("
@@ -846,8 +1085,11 @@ const CLASS: [u8; 256] = {
 /// Positions recorded by the prepass: kept on the stack for typical messages,
 /// spilling to the heap only for long ones.
 #[derive(Debug)]
+/// Positions are pushed in increasing order; the inline slots hold `u16` (less
+/// stack to clear per scan), and everything from the first position that does
+/// not fit (past 64 KiB, or past `N` positions) goes to `spill`.
 struct Positions<const N: usize> {
-    inline: [usize; N],
+    inline: [u16; N],
     len: usize,
     spill: Vec<usize>,
 }
@@ -864,19 +1106,26 @@ impl<const N: usize> Default for Positions<N> {
 
 impl<const N: usize> Positions<N> {
     fn push(&mut self, p: usize) {
-        if let Some(slot) = self.inline.get_mut(self.len) {
-            *slot = p;
+        if self.spill.is_empty()
+            && let Some(slot) = self.inline.get_mut(self.len)
+            && let Ok(v) = u16::try_from(p)
+        {
+            *slot = v;
+            self.len += 1;
         } else {
             self.spill.push(p);
         }
-        self.len += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0 && self.spill.is_empty()
     }
 
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.inline[..self.len.min(N)]
+        self.inline[..self.len]
             .iter()
-            .chain(&self.spill)
-            .copied()
+            .map(|&v| v as usize)
+            .chain(self.spill.iter().copied())
     }
 }
 
@@ -896,6 +1145,15 @@ struct Prepass {
     dob_words: Positions<16>,
     /// "Flat", "Apt", "Apartment", "Unit" (case-sensitive) on a word boundary.
     flat_words: Positions<4>,
+    /// Ends of words that may be a title or name-context word ("Mr", "son", "as").
+    cue_ends: Positions<32>,
+    /// Positions of "(" and of the quote in "'s" / "’s", in order.
+    marks: Positions<16>,
+    /// Starts of capitalised street-type words ("Road", "St").
+    street_words: Positions<8>,
+    /// Word starts holding an ASCII capital or a non-ASCII lead byte, with no
+    /// ASCII letter or digit or non-ASCII byte before them: where names start.
+    capitals: Positions<128>,
 }
 
 /// A word of up to 8 ASCII letters packed big-endian and lowercased (the
@@ -912,15 +1170,17 @@ const fn key(w: &[u8]) -> u64 {
 }
 
 // What a (lowercased) word means to the detectors, from one lookup.
-const W_HOSPITAL: u16 = 1; // mrn, crn, hosp, hospno, hospital
-const W_ID: u16 = 2; // id, no, number, num, ref
-const W_ID_CONTEXT: u16 = 4; // patient, pt, unit, pas, local, case, notes, note, casenotes
-const W_DOB: u16 = 8; // dob, b, born, birth, birthday, birthdate
-const W_STREET: u16 = 16; // a street type, when capitalised
-const W_FLAT: u16 = 32; // flat, apt, apartment, unit, when capitalised
+const W_HOSPITAL: u8 = 1; // mrn, crn, hosp, hospno, hospital
+const W_ID: u8 = 2; // id, no, number, num, ref
+const W_ID_CONTEXT: u8 = 4; // patient, pt, unit, pas, local, case, notes, note, casenotes
+const W_DOB: u8 = 8; // dob, b, born, birth, birthday, birthdate
+const W_STREET: u8 = 16; // a street type, when capitalised
+const W_FLAT: u8 = 32; // flat, apt, apartment, unit, when capitalised
+/// A title or name-context word (any case; `preceding_cue` decides), or "as".
+const W_CUE: u8 = 64;
 
 /// The words the prepass recognises, with their flags.
-const WORD_LIST: [(&[u8], u16); 73] = [
+const WORD_LIST: &[(&[u8], u8)] = &[
     (b"mrn", W_HOSPITAL),
     (b"crn", W_HOSPITAL),
     (b"hosp", W_HOSPITAL),
@@ -931,8 +1191,8 @@ const WORD_LIST: [(&[u8], u16); 73] = [
     (b"number", W_ID),
     (b"num", W_ID),
     (b"ref", W_ID),
-    (b"patient", W_ID_CONTEXT),
-    (b"pt", W_ID_CONTEXT),
+    (b"patient", W_ID_CONTEXT | W_CUE),
+    (b"pt", W_ID_CONTEXT | W_CUE),
     (b"pas", W_ID_CONTEXT),
     (b"local", W_ID_CONTEXT),
     (b"case", W_ID_CONTEXT),
@@ -957,7 +1217,7 @@ const WORD_LIST: [(&[u8], u16); 73] = [
     (b"close", W_STREET),
     (b"cl", W_STREET),
     (b"drive", W_STREET),
-    (b"dr", W_STREET),
+    (b"dr", W_STREET | W_CUE),
     (b"way", W_STREET),
     (b"crescent", W_STREET),
     (b"cres", W_STREET),
@@ -994,89 +1254,127 @@ const WORD_LIST: [(&[u8], u16); 73] = [
     (b"end", W_STREET),
     (b"heights", W_STREET),
     (b"mount", W_STREET),
+    (b"mr", W_CUE),
+    (b"mrs", W_CUE),
+    (b"ms", W_CUE),
+    (b"miss", W_CUE),
+    (b"mx", W_CUE),
+    (b"prof", W_CUE),
+    (b"master", W_CUE),
+    (b"name", W_CUE),
+    (b"named", W_CUE),
+    (b"called", W_CUE),
+    (b"nok", W_CUE),
+    (b"kin", W_CUE),
+    (b"wife", W_CUE),
+    (b"husband", W_CUE),
+    (b"son", W_CUE),
+    (b"daughter", W_CUE),
+    (b"mother", W_CUE),
+    (b"father", W_CUE),
+    (b"mum", W_CUE),
+    (b"dad", W_CUE),
+    (b"partner", W_CUE),
+    (b"brother", W_CUE),
+    (b"sister", W_CUE),
+    (b"carer", W_CUE),
+    (b"grandson", W_CUE),
+    (b"as", W_CUE),
 ];
 
-/// [`WORD_LIST`] as packed keys, sorted for binary search.
-const WORD_KEYS: [(u64, u16); 73] = {
-    let mut t = [(0u64, 0u16); 73];
-    let mut i = 0;
-    while i < t.len() {
-        t[i] = (key(WORD_LIST[i].0), WORD_LIST[i].1);
-        i += 1;
-    }
-    // insertion sort (const context)
-    let mut i = 1;
-    while i < t.len() {
-        let mut j = i;
-        while j > 0 && t[j - 1].0 > t[j].0 {
-            let tmp = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = tmp;
-            j -= 1;
-        }
-        i += 1;
-    }
-    t
-};
+/// Multiplier of the perfect hash over [`WORD_LIST`] (found offline; the
+/// table build below fails to compile if two words share a slot).
+const WORD_HASH_MUL: u64 = 0x958a_85b0_091a_d845;
+const WORD_HASH_BITS: u32 = 9;
 
-/// For each lowercase first letter, a bit per word length (1-9) that occurs in
-/// [`WORD_LIST`] (plus the four nine-letter words): most words fail this test
-/// and skip the lookup.
-const WORD_LENGTHS: [u16; 32] = {
-    let mut t = [0u16; 32];
+/// The slot of a packed word key in [`WORD_TABLE`].
+const fn word_slot(k: u64) -> usize {
+    (k.wrapping_mul(WORD_HASH_MUL) >> (64 - WORD_HASH_BITS)) as usize
+}
+
+/// [`WORD_LIST`] as a perfect hash table: the packed key in each slot (0 when
+/// empty) and its flags, so a lookup is one multiply and one compare.
+const WORD_TABLE: ([u64; 1 << WORD_HASH_BITS], [u8; 1 << WORD_HASH_BITS]) = {
+    let mut keys = [0u64; 1 << WORD_HASH_BITS];
+    let mut flags = [0u8; 1 << WORD_HASH_BITS];
     let mut i = 0;
     while i < WORD_LIST.len() {
-        let w = WORD_LIST[i].0;
-        t[(w[0] & 31) as usize] |= 1 << w.len();
+        let (w, f) = WORD_LIST[i];
+        assert!(
+            !w.is_empty() && w.len() <= 8,
+            "table words have 1-8 letters"
+        );
+        let k = key(w);
+        let h = word_slot(k);
+        assert!(keys[h] == 0, "word hash collision: pick another multiplier");
+        keys[h] = k;
+        flags[h] = f;
         i += 1;
     }
-    let nine: [u8; 4] = [b'b', b'c', b'b', b'a'];
-    let mut i = 0;
-    while i < nine.len() {
-        t[(nine[i] & 31) as usize] |= 1 << 9;
-        i += 1;
-    }
-    t
+    (keys, flags)
 };
 
-/// As [`WORD_LENGTHS`], for the words with a flag that matters when the word is
-/// not capitalised (hospital-number and birth keywords).
-const KEY_WORD_LENGTHS: [u16; 32] = {
-    let mut t = [0u16; 32];
-    let mut i = 0;
-    while i < WORD_LIST.len() {
-        let w = WORD_LIST[i].0;
-        if WORD_LIST[i].1 & (W_HOSPITAL | W_ID | W_ID_CONTEXT | W_DOB) != 0 {
-            t[(w[0] & 31) as usize] |= 1 << w.len();
-        }
-        i += 1;
+/// Flags of a word of 1-8 letters with packed key `k` (0 if not listed).
+fn table_flags(k: u64) -> u8 {
+    let h = word_slot(k);
+    if WORD_TABLE.0[h] == k {
+        WORD_TABLE.1[h]
+    } else {
+        0
     }
-    // birthdate, casenotes
-    t[(b'b' & 31) as usize] |= 1 << 9;
-    t[(b'c' & 31) as usize] |= 1 << 9;
-    t
-};
+}
 
-/// Flags for a word of `len` <= 9 letters whose packed key is `k`; `first` is
-/// its first letter, lowercased (needed for nine-letter words). The caller
-/// checks [`WORD_LENGTHS`] (or [`KEY_WORD_LENGTHS`]) first.
-fn word_flags(k: u64, len: usize, first: u8) -> u16 {
+/// Flags of a nine-letter word: `first` is its first letter (lowercased) and
+/// `k` the packed key of the other eight.
+fn nine_letter_flags(first: u8, k: u64) -> u8 {
+    if first == b'b' && k == const { key(b"irthdate") } {
+        W_DOB
+    } else if first == b'c' && k == const { key(b"asenotes") } {
+        W_ID_CONTEXT
+    } else if first == b'b' && k == const { key(b"oulevard") } {
+        W_STREET
+    } else if first == b'a' && k == const { key(b"partment") } {
+        W_FLAT
+    } else {
+        0
+    }
+}
+
+/// Flags of the word of ASCII letters `b[s..s + len]`; `x` is [`load8`] at `s`.
+#[inline(always)]
+fn word_flags(b: &[u8], s: usize, len: usize, x: u64) -> u8 {
+    if len <= 8 {
+        // The packed lowercase key of a word of up to eight letters is the
+        // top `len` bytes of `x`.
+        let shift = 8 * (8 - len) as u32;
+        table_flags((x >> shift) | (0x2020_2020_2020_2020 >> shift))
+    } else {
+        long_word_flags(b, s, len)
+    }
+}
+
+#[cold]
+fn long_word_flags(b: &[u8], s: usize, len: usize) -> u8 {
+    let lower_first = b[s] | 0x20;
     if len == 9 {
-        return if first == b'b' && k == const { key(b"irthdate") } {
-            W_DOB
-        } else if first == b'c' && k == const { key(b"asenotes") } {
-            W_ID_CONTEXT
-        } else if first == b'b' && k == const { key(b"oulevard") } {
-            W_STREET
-        } else if first == b'a' && k == const { key(b"partment") } {
-            W_FLAT
-        } else {
-            0
-        };
+        nine_letter_flags(lower_first, load8(b, s + 1) | 0x2020_2020_2020_2020)
+    } else if len == 13 && lower_first == b'g' {
+        W_CUE // granddaughter (or another 13-letter g-word: a cue is only a hint)
+    } else {
+        0
     }
-    match WORD_KEYS.binary_search_by_key(&k, |e| e.0) {
-        Ok(i) => WORD_KEYS[i].1,
-        Err(_) => 0,
+}
+
+/// The eight bytes from `s` as a big-endian integer, zero-padded past the end.
+fn load8(b: &[u8], s: usize) -> u64 {
+    let rest = &b[s..];
+    match rest.first_chunk::<8>() {
+        Some(c) => u64::from_be_bytes(*c),
+        None => {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            u64::from_be_bytes(buf)
+        }
     }
 }
 
@@ -1108,7 +1406,7 @@ const FIRST: [u8; 256] = first_letter_mask();
 struct WordState {
     upper: bool,
     /// Flags of the previous word (0 if none or long).
-    prev_flags: u16,
+    prev_flags: u8,
 }
 
 impl Prepass {
@@ -1133,7 +1431,46 @@ impl Prepass {
             }
             let k = CLASS[usize::from(b[i])];
             if k & ALPHA != 0 {
-                i = self.word(b, i, k, &mut ws);
+                // Most words are lowercase, not listed and cannot start a
+                // keyword: they cost the end search and one table probe.
+                let s = i;
+                let (e, rest_upper) = word_end(b, s + 1);
+                let len = e - s;
+                let x = load8(b, s);
+                let flags = word_flags(b, s, len, x);
+                let first = b[s];
+                let fm = FIRST[usize::from(first)];
+                let kw = if fm != 0 {
+                    keyword_start(len, x, fm)
+                } else {
+                    0
+                };
+                if k & UPPER == 0
+                    && !rest_upper
+                    && flags == 0
+                    && kw == 0
+                    && !(len == 1 && first == b's')
+                {
+                    ws.prev_flags = 0;
+                } else if k & UPPER != 0 && !rest_upper && flags == 0 && kw == 0 && len >= 2 {
+                    // "Word": what `word` does for it, without the call.
+                    ws.upper = true;
+                    ws.prev_flags = 0;
+                    if s == 0 || !(b[s - 1].is_ascii_digit() || b[s - 1] >= 0x80) {
+                        self.capitals.push(s);
+                    }
+                    if s >= 2 && b[s - 1] == b' ' {
+                        let p = if b[s - 2] == b',' && s >= 3 {
+                            b[s - 3]
+                        } else {
+                            b[s - 2]
+                        };
+                        self.f.number_then_capital |= p.is_ascii_digit();
+                    }
+                } else {
+                    self.word(b, s, e, k, rest_upper, flags, kw, &mut ws);
+                }
+                i = e;
             } else if k & DIGIT != 0 {
                 // Runs are consumed whole, so a digit here starts a new run.
                 self.digit_runs.push(i);
@@ -1155,8 +1492,18 @@ impl Prepass {
                 prev_end = i;
             } else {
                 self.f.at |= b[i] == b'@';
-                self.f.paren |= b[i] == b'(';
-                ws.upper |= k & HIGH != 0;
+                if b[i] == b'(' {
+                    self.f.paren = true;
+                    self.marks.push(i);
+                }
+                if k & HIGH != 0 {
+                    ws.upper = true;
+                    if b[i] >= 0xC0
+                        && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] >= 0x80))
+                    {
+                        self.capitals.push(i);
+                    }
+                }
                 i += 1;
             }
         }
@@ -1165,19 +1512,33 @@ impl Prepass {
         self.f.upper = ws.upper;
     }
 
-    /// Handle the word of ASCII letters starting at `s` (first byte of class `k`);
-    /// returns its end. Kept out of line so the byte loop stays small.
+    /// Handle the word of ASCII letters `b[s..i]` (first byte of class `k`,
+    /// `rest_upper` if a later letter is a capital, `x` is [`load8`] at `s`,
+    /// `flags` its [`word_flags`]). Kept out of line so the byte loop stays
+    /// small.
     #[inline(never)]
-    fn word(&mut self, b: &[u8], s: usize, k: u8, ws: &mut WordState) -> usize {
+    #[allow(clippy::too_many_arguments)]
+    fn word(
+        &mut self,
+        b: &[u8],
+        s: usize,
+        i: usize,
+        k: u8,
+        rest_upper: bool,
+        flags: u8,
+        kw: u8,
+        ws: &mut WordState,
+    ) {
         let n = b.len();
         let first = b[s];
-        // Only whether a letter after the first is a capital is needed.
-        let (i, rest_upper) = word_end(b, s + 1);
         let len = i - s;
         let first_upper = k & UPPER != 0;
         let mut capitalised = false;
         if first_upper || rest_upper {
             ws.upper = true;
+            if first_upper && (s == 0 || !(b[s - 1].is_ascii_digit() || b[s - 1] >= 0x80)) {
+                self.capitals.push(s);
+            }
             if first_upper && s >= 2 && b[s - 1] == b' ' {
                 let p = if b[s - 2] == b',' && s >= 3 {
                     b[s - 3]
@@ -1192,46 +1553,44 @@ impl Prepass {
             // Capitalised with the rest lowercase, as street types are written.
             capitalised = first_upper && len <= 9 && !rest_upper;
         }
-        let lower_first = first | 0x20;
         // "'s" / "’s" (the curly quote ends in byte 0x99)
         if len == 1 && first == b's' && s > 0 && (b[s - 1] == b'\'' || b[s - 1] == 0x99) {
             self.f.apostrophe_s = true;
-        }
-        // Street and flat words matter only capitalised; other words are looked
-        // up only when a keyword of their first letter and length exists (a
-        // skipped word has no flags the detectors read).
-        let lengths = if capitalised {
-            WORD_LENGTHS[usize::from(lower_first & 31)]
-        } else {
-            KEY_WORD_LENGTHS[usize::from(lower_first & 31)]
-        };
-        let flags = if len <= 9 && lengths & (1 << len) != 0 {
-            let mut wk = 0u64;
-            for &c in &b[s..i] {
-                wk = (wk << 8) | u64::from(c | 0x20);
+            if b[s - 1] == b'\'' {
+                self.marks.push(s - 1);
+            } else if s >= 3 && b[s - 3..s] == *"’".as_bytes() {
+                self.marks.push(s - 3);
             }
-            word_flags(wk, len, lower_first)
-        } else {
-            0
-        };
+        }
         if flags != 0 {
             if flags & W_HOSPITAL != 0 || (flags & W_ID != 0 && ws.prev_flags & W_ID_CONTEXT != 0) {
                 self.f.hospital_word = true;
             }
             self.f.dob_word |= flags & W_DOB != 0;
             if capitalised {
-                self.f.street_word |= flags & W_STREET != 0;
+                if flags & W_STREET != 0 {
+                    self.f.street_word = true;
+                    self.street_words.push(s);
+                }
                 if flags & W_FLAT != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
                     self.flat_words.push(s);
                 }
             }
+            if flags & W_CUE != 0 {
+                self.cue_ends.push(i);
+            }
         }
         ws.prev_flags = flags;
-        let fm = FIRST[usize::from(first)];
-        if fm != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
-            self.record_keyword_start(b, s, len, fm);
+        // Record a word start (on an ASCII word boundary) where a keyword
+        // may begin.
+        if kw != 0 && (s == 0 || !is_word_byte(b[s - 1])) {
+            if kw & 1 != 0 {
+                self.hospital_words.push(s);
+            }
+            if kw & 2 != 0 {
+                self.dob_words.push(s);
+            }
         }
-        i
     }
 }
 
@@ -1250,40 +1609,44 @@ fn word_end(b: &[u8], mut j: usize) -> (usize, bool) {
     (j, classes & UPPER != 0)
 }
 
-impl Prepass {
-    /// Record a word start (on an ASCII word boundary) where a hospital-number or
-    /// birth keyword may begin. Necessary conditions only: the detectors decide.
-    /// `b[s..s + len]` is a run of ASCII letters.
-    fn record_keyword_start(&mut self, b: &[u8], s: usize, len: usize, mask: u8) {
-        let l0 = b[s] | 0x20;
-        // The first three letters, lowercased and packed (0 when shorter).
-        let p3 = if len >= 3 {
-            u32::from(l0) << 16 | u32::from(b[s + 1] | 0x20) << 8 | u32::from(b[s + 2] | 0x20)
-        } else {
-            0
-        };
-        const fn w3(w: &[u8; 3]) -> u32 {
-            (w[0] as u32) << 16 | (w[1] as u32) << 8 | w[2] as u32
-        }
-        if mask & 1 != 0
-            && ((len == 1 && l0 == b'm')
-                || (len == 2 && l0 == b'p' && b[s + 1] | 0x20 == b't')
-                || [
-                    b"mrn", b"crn", b"hos", b"uni", b"cas", b"pas", b"pat", b"loc",
-                ]
-                .iter()
-                .any(|w| p3 == w3(w)))
-        {
-            self.hospital_words.push(s);
-        }
-        if mask & 2 != 0
-            && ((l0 == b'd' && len <= 4)
-                || p3 == const { w3(b"bor") }
-                || p3 == const { w3(b"bir") })
-        {
-            self.dob_words.push(s);
-        }
+/// Whether a hospital-number (bit 1) or birth (bit 2) keyword may begin at a
+/// word of `len` ASCII letters whose first eight bytes are `x` ([`load8`]) and
+/// whose first letter has the [`FIRST`] mask `mask`. Necessary conditions
+/// only: the detectors decide.
+#[inline(always)]
+fn keyword_start(len: usize, x: u64, mask: u8) -> u8 {
+    let l0 = (x >> 56) as u8 | 0x20;
+    // The first three letters, lowercased and packed (0 when shorter).
+    let p3 = if len >= 3 {
+        (x >> 40) as u32 | 0x0020_2020
+    } else {
+        0
+    };
+    const fn w3(w: &[u8; 3]) -> u32 {
+        (w[0] as u32) << 16 | (w[1] as u32) << 8 | w[2] as u32
     }
+    const MRN: u32 = w3(b"mrn");
+    const CRN: u32 = w3(b"crn");
+    const HOS: u32 = w3(b"hos");
+    const UNI: u32 = w3(b"uni");
+    const CAS: u32 = w3(b"cas");
+    const PAS: u32 = w3(b"pas");
+    const PAT: u32 = w3(b"pat");
+    const LOC: u32 = w3(b"loc");
+    let mut kw = 0;
+    if mask & 1 != 0
+        && ((len == 1 && l0 == b'm')
+            || (len == 2 && (x >> 48) as u16 | 0x2020 == u16::from_be_bytes(*b"pt"))
+            || matches!(p3, MRN | CRN | HOS | UNI | CAS | PAS | PAT | LOC))
+    {
+        kw |= 1;
+    }
+    if mask & 2 != 0
+        && ((l0 == b'd' && len <= 4) || p3 == const { w3(b"bor") } || p3 == const { w3(b"bir") })
+    {
+        kw |= 2;
+    }
+    kw
 }
 
 /// The birth keyword starting at `s` (on a word boundary), with the semantics of
@@ -1346,6 +1709,122 @@ fn dob_keyword_at(b: &[u8], s: usize) -> Option<usize> {
     }
 }
 
+/// The hospital-number keyword at `s`, with the semantics of the anchored
+/// regex `(?i-u)(?:mrn|m\.r\.n\.?|hosp(?:ital)?\.?[ ]*(?:number|num|no|id|ref)\.?|
+/// unit[ ]+(?:number|no)\.?|case[ ]*notes?[ ]*(?:number|no)?\.?|pas[ ]+(?:number|no|id)\.?|
+/// patient[ ]+(?:id|no)\.?|pt[ ]+(?:id|no)\.?|crn|patient[ ]+number|
+/// local[ ]+(?:patient[ ]+)?(?:id|number|identifier))` (leftmost-first: the
+/// first alternative that matches, each optional part taken when present).
+/// Returns the end of the match. (The test `hospital_keyword_matches_the_regex`
+/// compares it with the regex.)
+fn hospital_keyword_at(b: &[u8], s: usize) -> Option<usize> {
+    let lit = |i: usize, w: &[u8]| {
+        b.get(i..i + w.len())
+            .is_some_and(|x| x.eq_ignore_ascii_case(w))
+            .then_some(i + w.len())
+    };
+    let spaces = |mut i: usize| {
+        while b.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        i
+    };
+    let spaces1 = |i: usize| {
+        let j = spaces(i);
+        (j > i).then_some(j)
+    };
+    let dot = |i: usize| if b.get(i) == Some(&b'.') { i + 1 } else { i };
+    let first_of = |i: usize, words: &[&[u8]]| words.iter().find_map(|w| lit(i, w));
+    match b.get(s)? | 0x20 {
+        b'm' => {
+            if let Some(e) = lit(s, b"mrn") {
+                return Some(e);
+            }
+            lit(s, b"m.r.n").map(dot)
+        }
+        b'h' => {
+            let h = lit(s, b"hosp")?;
+            // "ital" when present; without it the keyword would have to
+            // start at its "i", and "id" cannot match "it".
+            let base = lit(h, b"ital").unwrap_or(h);
+            let j = spaces(dot(base));
+            first_of(j, &[b"number", b"num", b"no", b"id", b"ref"]).map(dot)
+        }
+        b'u' => {
+            let j = spaces1(lit(s, b"unit")?)?;
+            first_of(j, &[b"number", b"no"]).map(dot)
+        }
+        b'c' => {
+            if let Some(c) = lit(s, b"case") {
+                if let Some(n) = lit(spaces(c), b"note") {
+                    let n = if b.get(n).is_some_and(|&c| c | 0x20 == b's') {
+                        n + 1
+                    } else {
+                        n
+                    };
+                    let j = spaces(n);
+                    return Some(dot(first_of(j, &[b"number", b"no"]).unwrap_or(j)));
+                }
+                return None;
+            }
+            lit(s, b"crn")
+        }
+        b'p' => {
+            if let Some(j) = lit(s, b"pas").and_then(spaces1) {
+                return first_of(j, &[b"number", b"no", b"id"]).map(dot);
+            }
+            if let Some(j) = lit(s, b"patient").and_then(spaces1) {
+                if let Some(e) = first_of(j, &[b"id", b"no"]) {
+                    return Some(dot(e));
+                }
+                return lit(j, b"number");
+            }
+            let j = lit(s, b"pt").and_then(spaces1)?;
+            first_of(j, &[b"id", b"no"]).map(dot)
+        }
+        b'l' => {
+            let j = spaces1(lit(s, b"local")?)?;
+            // "id" before "identifier": the longer word never wins.
+            let words: &[&[u8]] = &[b"id", b"number", b"identifier"];
+            if let Some(k) = lit(j, b"patient").and_then(spaces1)
+                && let Some(e) = first_of(k, words)
+            {
+                return Some(e);
+            }
+            first_of(j, words)
+        }
+        _ => None,
+    }
+}
+
+/// Necessary conditions for the hospital keyword regex to match at the word
+/// start `s`: "pt", "pas", "patient", "unit" and "local" must be followed by
+/// spaces and the first letter of "id"/"no"/"number" (or "patient" after
+/// "local"); "mrn" and "m.r.n" need an "r" or "." second.
+fn hospital_keyword_may_start(b: &[u8], s: usize) -> bool {
+    let l0 = b[s] | 0x20;
+    match l0 {
+        b'm' => b.get(s + 1).is_some_and(|&c| c | 0x20 == b'r' || c == b'.'),
+        b'p' | b'u' | b'l' => {
+            let mut j = s + 1;
+            while b.get(j).is_some_and(u8::is_ascii_alphabetic) {
+                j += 1;
+            }
+            if b.get(j) != Some(&b' ') {
+                return false;
+            }
+            while b.get(j) == Some(&b' ') {
+                j += 1;
+            }
+            b.get(j).is_some_and(|&c| {
+                let c = c | 0x20;
+                c == b'i' || c == b'n' || (c == b'p' && l0 == b'l')
+            })
+        }
+        _ => true,
+    }
+}
+
 /// After a 5-10 digit identifier ending at `e`, the suffix keyword ("mrn",
 /// "hosp", "unit") can start: optional letter, spaces, optional bracket, spaces.
 fn suffix_keyword_may_follow(b: &[u8], e: usize) -> bool {
@@ -1370,6 +1849,11 @@ fn suffix_keyword_may_follow(b: &[u8], e: usize) -> bool {
         j += 1;
     }
     kw(j)
+}
+
+/// A byte that can occur in an address match before its street-type word.
+fn street_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b' ' | b',' | b'\'' | b'-') || c >= 0x80
 }
 
 /// A house number can start an address at the digit run `d`: on a word boundary,
@@ -1412,7 +1896,15 @@ fn find_long_numbers<const N: usize>(
         if i < next {
             continue;
         }
-        if let Some(f) = nhs_at(text, i) {
+        // An NHS/CHI number's first group has 3, 6 or 10 digits; a phone starts
+        // at "0", "+44" or "(0". Anything else is skipped without parsing.
+        let mut run = i + 1;
+        while run < b.len() && run - i < 11 && b[run].is_ascii_digit() {
+            run += 1;
+        }
+        if matches!(run - i, 3 | 6 | 10)
+            && let Some(f) = nhs_at(text, i)
+        {
             next = f.end;
             out.push(f);
             continue;
@@ -1620,8 +2112,7 @@ fn postcode_at(b: &[u8], s: usize) -> Option<usize> {
     } else {
         inward_at(i)?
     };
-    let area = std::str::from_utf8(&b[s..area_end]).ok()?;
-    postcode_area_known(area).then_some(end)
+    postcode_area_letters_known(&b[s..area_end]).then_some(end)
 }
 
 /// The span of a digit group stands alone: no digit or letter glued to either end,
@@ -1734,16 +2225,47 @@ fn date_ok(b: &[u8], s: usize, e: usize, d: &str) -> bool {
     if e < b.len() && (b[e].is_ascii_alphanumeric() || (b[e] == b'/' || b[e] == b':')) {
         return false;
     }
-    let nums: Vec<u32> = d
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|w| !w.is_empty())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let month_word = d
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .find_map(month_from_name);
+    // The numbers in the date (runs of digits that fit a `u32`, at most three
+    // kept: more never match below) and the first month name.
+    let mut nums = [0u32; 3];
+    let mut count = 0usize;
+    let mut month_word = None;
+    let db = d.as_bytes();
+    let mut j = 0;
+    while j < db.len() {
+        let c = db[j];
+        let from = j;
+        if c.is_ascii_digit() {
+            let mut v = Some(0u32);
+            while j < db.len() && db[j].is_ascii_digit() {
+                v = v
+                    .and_then(|v| v.checked_mul(10))
+                    .and_then(|v| v.checked_add(u32::from(db[j] - b'0')));
+                j += 1;
+            }
+            if let Some(v) = v {
+                if let Some(slot) = nums.get_mut(count) {
+                    *slot = v;
+                }
+                count += 1;
+            }
+        } else if c.is_ascii_alphabetic() {
+            while j < db.len() && db[j].is_ascii_alphabetic() {
+                j += 1;
+            }
+            if month_word.is_none() {
+                month_word = month_from_letters(&db[from..j]);
+            }
+        } else {
+            j += 1;
+        }
+    }
+    if count > 3 {
+        return false;
+    }
+    let nums = &nums[..count];
     let year_ok = |y: u32| y < 100 || (1880..=2100).contains(&y);
-    match (nums.as_slice(), month_word) {
+    match (nums, month_word) {
         ([day, year], Some(month)) => valid_day(*day, month, None) && year_ok(*year),
         ([single], None) => {
             // DDMMYYYY or DDMMYY written without separators.
@@ -1764,33 +2286,51 @@ fn date_ok(b: &[u8], s: usize, e: usize, d: &str) -> bool {
 /// Trim a captured name: drop trailing words that are not names ("Mr Smith Bay"),
 /// and reject it if the first word is not a name ("Dr On call").
 fn trim_name(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
-    let span = &text[s..e];
+    let b = text.as_bytes();
     let mut end = s;
     let mut seen = 0;
-    let mut offset = 0;
-    for word in span.split(' ') {
-        let w_start = s + offset;
-        offset += word.len() + 1;
-        if word.is_empty() {
-            continue;
+    // The space-separated words of `s..e` (empty ones skipped).
+    let mut w = s;
+    while w <= e {
+        let mut we = w;
+        while we < e && b[we] != b' ' {
+            we += 1;
         }
-        let bare = word.trim_end_matches('.');
-        if is_not_name(bare) {
-            if seen == 0 {
-                return None;
+        if we > w {
+            let mut bare = we;
+            while bare > w && b[bare - 1] == b'.' {
+                bare -= 1;
             }
-            break;
+            if is_not_name(&b[w..bare]) {
+                if seen == 0 {
+                    return None;
+                }
+                break;
+            }
+            end = we;
+            seen += 1;
         }
-        // A single capital with no initial-dot is only a name part before a surname.
-        end = w_start + word.len();
-        seen += 1;
+        w = we + 1;
     }
     if seen == 0 {
         return None;
     }
-    // Never end a name on an initial ("Mr J." alone is still flagged, trimmed).
-    let out = &text[s..end];
-    if out.chars().filter(|c| c.is_alphabetic()).count() < 2 {
+    // Never end a name on an initial ("Mr J." alone is still flagged, trimmed):
+    // at least two alphabetic characters.
+    let mut letters = 0;
+    let mut i = s;
+    while i < end && letters < 2 {
+        let c = b[i];
+        if c < 0x80 {
+            letters += usize::from(c.is_ascii_alphabetic());
+            i += 1;
+        } else {
+            let ch = text[i..].chars().next()?;
+            letters += usize::from(ch.is_alphabetic());
+            i += ch.len_utf8();
+        }
+    }
+    if letters < 2 {
         return None;
     }
     Some((s, end))
@@ -1798,11 +2338,15 @@ fn trim_name(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
 
 /// For "X's mum" the capture may start with a sentence word ("Today Jack's mum").
 fn trim_name_leading(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
-    let span = &text[s..e];
+    let b = text.as_bytes();
     let mut start = s;
-    for word in span.split(' ') {
-        if is_not_name(word) || word.is_empty() {
-            start += word.len() + 1;
+    while start <= e {
+        let mut we = start;
+        while we < e && b[we] != b' ' {
+            we += 1;
+        }
+        if we == start || is_not_name(&b[start..we]) {
+            start = we + 1;
         } else {
             break;
         }
@@ -1816,20 +2360,20 @@ fn trim_name_leading(text: &str, s: usize, e: usize) -> Option<(usize, usize)> {
 /// Whether "nhs" and "chi" occur in `hay` as whole words (maximal runs of ASCII
 /// letters and digits), in any case.
 fn nhs_chi_words(hay: &[u8]) -> (bool, bool) {
+    // Both words have an "h" in the middle: look at each "h" with a letter
+    // on either side and nothing alphanumeric beyond them.
     let (mut nhs, mut chi) = (false, false);
-    let mut i = 0;
-    while i < hay.len() {
-        if !hay[i].is_ascii_alphanumeric() {
-            i += 1;
+    for j in 1..hay.len().saturating_sub(1) {
+        if hay[j] | 0x20 != b'h' {
             continue;
         }
-        let s = i;
-        while i < hay.len() && hay[i].is_ascii_alphanumeric() {
-            i += 1;
+        let isolated = (j < 2 || !hay[j - 2].is_ascii_alphanumeric())
+            && hay.get(j + 2).is_none_or(|c| !c.is_ascii_alphanumeric());
+        if isolated {
+            let (p, n) = (hay[j - 1] | 0x20, hay[j + 1] | 0x20);
+            nhs |= p == b'n' && n == b's';
+            chi |= p == b'c' && n == b'i';
         }
-        let w = &hay[s..i];
-        nhs |= w.eq_ignore_ascii_case(b"nhs");
-        chi |= w.eq_ignore_ascii_case(b"chi");
     }
     (nhs, chi)
 }
@@ -1849,9 +2393,90 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 
 /// Keep the best of overlapping candidates: higher kind priority, then longer span.
 fn resolve_overlaps(mut found: Vec<Finding>) -> Vec<Finding> {
-    if found.len() <= 1 {
+    const MAX: usize = 32;
+    let n = found.len();
+    if n <= 1 {
         return found;
     }
+    if n == 2 && found[0].start != found[1].start {
+        let (a, b) = (&found[0], &found[1]);
+        if !a.overlaps(b.start, b.end) {
+            if a.start > b.start {
+                found.swap(0, 1);
+            }
+            return found;
+        }
+        // Keep the first in the general order (priority, longer, earlier).
+        let rank = |f: &Finding| {
+            (
+                std::cmp::Reverse(f.kind.priority()),
+                std::cmp::Reverse(f.len()),
+                f.start,
+            )
+        };
+        if rank(b) < rank(a) {
+            found.swap(0, 1);
+        }
+        found.truncate(1);
+        return found;
+    }
+    if n > MAX
+        || found
+            .iter()
+            .any(|f| f.start > u32::MAX as usize || f.len() >= 1 << 20)
+    {
+        return resolve_overlaps_general(found);
+    }
+    // The order of the general version (priority, then length, then start,
+    // then the original order) as one integer per candidate: priority (4
+    // bits), inverted length (20), start (32), index (8).
+    let mut keys = [0u64; MAX];
+    for (i, (k, f)) in keys.iter_mut().zip(&found).enumerate() {
+        let inv_len = ((1 << 20) - 1 - f.len()) as u64;
+        *k = u64::from(15 - f.kind.priority()) << 60
+            | inv_len << 40
+            | (f.start as u64) << 8
+            | i as u64;
+    }
+    let keys = &mut keys[..n];
+    keys.sort_unstable();
+    // Greedy in that order; each kept one gets a key by start, then rank.
+    let mut spans = [(0usize, 0usize); MAX];
+    let mut order = [0u64; MAX];
+    let mut kept = 0;
+    for k in keys.iter() {
+        let i = (k & 0xFF) as usize;
+        let (s, e) = (found[i].start, found[i].end);
+        if !spans[..kept].iter().any(|&(ks, ke)| ks < e && s < ke) {
+            spans[kept] = (s, e);
+            order[kept] = (s as u64) << 16 | (kept as u64) << 8 | i as u64;
+            kept += 1;
+        }
+    }
+    let order = &mut order[..kept];
+    order.sort_unstable();
+    // Move the kept ones to the front in that order (in place: `at[i]` is
+    // where original candidate `i` is now, `who[j]` which one is at `j`).
+    let mut at: [u8; MAX] = std::array::from_fn(|i| i as u8);
+    let mut who = at;
+    for (j, o) in order.iter().enumerate() {
+        let i = (o & 0xFF) as usize;
+        let from = usize::from(at[i]);
+        if from != j {
+            found.swap(j, from);
+            let displaced = usize::from(who[j]);
+            at[displaced] = from as u8;
+            who[from] = displaced as u8;
+            at[i] = j as u8;
+            who[j] = i as u8;
+        }
+    }
+    found.truncate(kept);
+    found
+}
+
+/// [`resolve_overlaps`] for many candidates or huge spans.
+fn resolve_overlaps_general(mut found: Vec<Finding>) -> Vec<Finding> {
     found.sort_by(|a, b| {
         b.kind
             .priority()
@@ -1887,8 +2512,152 @@ mod tests {
     }
 
     #[test]
-    fn stoplist_is_sorted_for_binary_search() {
+    fn word_table_finds_every_word() {
+        for &(w, f) in WORD_LIST {
+            assert_eq!(table_flags(key(w)), f);
+        }
+        assert_eq!(table_flags(key(b"xyz")), 0);
+    }
+
+    #[test]
+    fn stoplist_is_sorted_and_hashed() {
         assert!(NOT_NAMES.windows(2).all(|w| w[0] < w[1]));
+        for w in NOT_NAMES {
+            assert!(is_not_name(w.as_bytes()), "{w}");
+        }
+        assert!(!is_not_name(b"Smith"));
+    }
+
+    #[test]
+    fn hospital_keyword_matches_the_regex() {
+        let hospital = Regex::new(HOSPITAL_KEYWORD).unwrap();
+        let words = [
+            "mrn",
+            "MRN",
+            "m.r.n",
+            "M.R.N.",
+            "m.r.n.x",
+            "hosp",
+            "hospital",
+            "Hosp.",
+            "hosp. no",
+            "hospital number",
+            "hospitalno",
+            "hosp num",
+            "hosp  id.",
+            "hosp ref",
+            "hospit no",
+            "hospitalid",
+            "unit no",
+            "unit  number.",
+            "unitno",
+            "unit x",
+            "case notes",
+            "casenote",
+            "case  notes  no.",
+            "case notesnumber",
+            "case note .",
+            "casenotes no",
+            "case x",
+            "pas no",
+            "pas id.",
+            "pas number",
+            "pasno",
+            "patient id",
+            "patient no.",
+            "patient number",
+            "patient  num",
+            "patientid",
+            "pt id",
+            "pt no.",
+            "pt number",
+            "ptid",
+            "crn",
+            "CRN.",
+            "crnx",
+            "local id",
+            "local patient id",
+            "local patient number",
+            "local identifier",
+            "local  patient  identifier",
+            "local patientid",
+            "local pt id",
+            "unit",
+            "hosp",
+            "case",
+            "pt",
+            "m",
+            "mr",
+            "",
+            "loc",
+            "hospital  ",
+            "Case Notes No.",
+        ];
+        for w in words {
+            for tail in ["", " ", ".", " 123", "x", ". A1", "\u{e9}"] {
+                let t = format!("{w}{tail}");
+                let want = hospital.find(&t).map(|m| m.end());
+                assert_eq!(hospital_keyword_at(t.as_bytes(), 0), want, "{t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn name_tails_match_the_regexes() {
+        let scanner = Scanner::new();
+        let parts = [
+            "J",
+            "J.",
+            "JS",
+            "J ",
+            "J. ",
+            "Smith",
+            "SMITH",
+            "O'Brien",
+            "McDonald",
+            "Macdonald",
+            "MacDonald",
+            "Mc",
+            "Mac",
+            "D'Arcy",
+            "Smith-Jones",
+            "SMITH-JONES",
+            "AB-C",
+            "X",
+            " ",
+            "  ",
+            "-",
+            ".",
+            "a",
+            "Ab",
+            "Zoe",
+            "Anne-",
+            "Mcx",
+            "O'",
+            "D'x",
+        ];
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    let t = format!("{a}{b}{c}");
+                    let want = scanner.titled_tail.find(&t).map(|m| m.end());
+                    let got = titled_tail_at(t.as_bytes(), 0).ok().flatten();
+                    assert_eq!(got, want, "titled {t:?}");
+                    let want = scanner.context_tail.find(&t).map(|m| m.end());
+                    let got = context_tail_at(t.as_bytes(), 0).ok().flatten();
+                    assert_eq!(got, want, "context {t:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nhs_chi_words_are_whole_words() {
+        assert_eq!(nhs_chi_words(b"NHS no"), (true, false));
+        assert_eq!(nhs_chi_words(b"x chi:"), (false, true));
+        assert_eq!(nhs_chi_words(b"nhs1 achi chip"), (false, false));
+        assert_eq!(nhs_chi_words(b"hs chi"), (false, true));
+        assert_eq!(nhs_chi_words(b"nh"), (false, false));
     }
 
     #[test]
