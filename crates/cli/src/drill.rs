@@ -24,7 +24,11 @@ struct Clock(Instant);
 
 impl Clock {
     fn say(&self, what: impl AsRef<str>) {
-        println!("+{:>8.3}s  {}", self.0.elapsed().as_secs_f64(), what.as_ref());
+        println!(
+            "+{:>8.3}s  {}",
+            self.0.elapsed().as_secs_f64(),
+            what.as_ref()
+        );
     }
 }
 
@@ -71,22 +75,48 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
     sitrep_server::set_policy(&data, &org, policy).map_err(|e| anyhow::anyhow!("{e}"))?;
     let users: Vec<String> = (0..staff).map(|i| format!("staff{i:04}")).collect();
     sitrep_server::directory::admin_update(&data, "role.set", |d| {
-        let role = |id: &str, team: &str, holders: Vec<String>, deputy: Option<&str>, declare: bool| Role {
-            id: id.into(),
-            name: id.replace('-', " "),
-            team: team.into(),
-            holders,
-            deputy: deputy.map(String::from),
-            can_declare: declare,
-            commander: declare || id == "site-manager",
-        };
+        let role =
+            |id: &str, team: &str, holders: Vec<String>, deputy: Option<&str>, declare: bool| {
+                Role {
+                    id: id.into(),
+                    name: id.replace('-', " "),
+                    team: team.into(),
+                    holders,
+                    deputy: deputy.map(String::from),
+                    can_declare: declare,
+                    commander: declare || id == "site-manager",
+                }
+            };
         d.roles = vec![
-            role("ed-consultant", "ed", vec!["coordinator".into()], Some("site-manager"), true),
-            role("site-manager", "management", vec!["manager".into()], Some("deputy-manager"), false),
-            role("deputy-manager", "management", vec!["deputy".into()], None, false),
+            role(
+                "ed-consultant",
+                "ed",
+                vec!["coordinator".into()],
+                Some("site-manager"),
+                true,
+            ),
+            role(
+                "site-manager",
+                "management",
+                vec!["manager".into()],
+                Some("deputy-manager"),
+                false,
+            ),
+            role(
+                "deputy-manager",
+                "management",
+                vec!["deputy".into()],
+                None,
+                false,
+            ),
         ];
         for (k, (rid, team)) in STAFF_ROLES.iter().enumerate() {
-            let holders = users.iter().skip(k).step_by(STAFF_ROLES.len()).cloned().collect();
+            let holders = users
+                .iter()
+                .skip(k)
+                .step_by(STAFF_ROLES.len())
+                .cloned()
+                .collect();
             d.roles.push(role(rid, team, holders, None, false));
         }
         d.callout_standby = vec!["site-manager".into(), "anaesthetist".into()];
@@ -120,8 +150,14 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
 
     let id = "MI-DRILL-01";
     let t = Instant::now();
-    let r = incident::raise(&mut coord, id, Level::Standby, None, "drill: possible major incident")
-        .await?;
+    let r = incident::raise(
+        &mut coord,
+        id,
+        Level::Standby,
+        None,
+        "drill: possible major incident",
+    )
+    .await?;
     clock.say(format!(
         "STANDBY raised by the ED consultant: {} on the standby call-out list added ({:.2} s)",
         r.called,
@@ -172,18 +208,19 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     ));
     let t = Instant::now();
-    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(people.iter_mut().enumerate())
-        .map(|(i, p)| async move {
-            let a = match i % 20 {
-                0..=11 => Availability::Now,
-                12..=16 => Availability::In(15 + (i as u32 % 4) * 15),
-                _ => Availability::Unavailable,
-            };
-            incident::callin_reply_synced(p, id, a, None).await
-        })
-        .buffer_unordered(PARALLEL)
-        .collect()
-        .await;
+    let results: Vec<anyhow::Result<()>> =
+        futures_util::stream::iter(people.iter_mut().enumerate())
+            .map(|(i, p)| async move {
+                let a = match i % 20 {
+                    0..=11 => Availability::Now,
+                    12..=16 => Availability::In(15 + (i as u32 % 4) * 15),
+                    _ => Availability::Unavailable,
+                };
+                incident::callin_reply_synced(p, id, a, None).await
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     clock.say(format!(
         "{staff} call-in replies sent ({:.1} s)",
@@ -219,7 +256,10 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
         Some(id.into()),
     )
     .await?;
-    clock.say(format!("URGENT alert {} to the site manager (ack within 30 s)", &alert[..8]));
+    clock.say(format!(
+        "URGENT alert {} to the site manager (ack within 30 s)",
+        &alert[..8]
+    ));
     let later = now_ms() + 31_000;
     let due = coord.client.escalations_due(later);
     for (conv, item) in &due {
@@ -251,8 +291,20 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
     ));
 
     let cmd = incident::command(id);
-    incident::decide(&mut coord, &cmd, DecisionKind::Decision, "Drill: cancel elective lists").await?;
-    incident::decide(&mut manager, &cmd, DecisionKind::Action, "Drill: open ward 7 as decant").await?;
+    incident::decide(
+        &mut coord,
+        &cmd,
+        DecisionKind::Decision,
+        "Drill: cancel elective lists",
+    )
+    .await?;
+    incident::decide(
+        &mut manager,
+        &cmd,
+        DecisionKind::Action,
+        "Drill: open ward 7 as decant",
+    )
+    .await?;
     let log = dir.join("decision-log.json");
     let n = incident::decisions_export(&mut coord, &cmd, &log).await?;
     let verified = sitrep_core::incident::verify_decision_log(&std::fs::read(&log)?)

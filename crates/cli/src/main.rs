@@ -740,12 +740,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SITREP_LOG")
-                .unwrap_or_else(|_| {
-                    // The server reports what it does; client commands stay quiet.
-                    let serve = matches!(cli.cmd, Cmd::Serve { .. });
-                    tracing_subscriber::EnvFilter::new(if serve { "info" } else { "warn" })
-                }),
+            tracing_subscriber::EnvFilter::try_from_env("SITREP_LOG").unwrap_or_else(|_| {
+                // The server reports what it does; client commands stay quiet.
+                let serve = matches!(cli.cmd, Cmd::Serve { .. });
+                tracing_subscriber::EnvFilter::new(if serve { "info" } else { "warn" })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
