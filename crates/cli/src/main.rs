@@ -987,33 +987,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Send {
             name,
             text,
-            decision: true,
+            decision,
+            action,
             ..
-        } => {
+        } if decision || action => {
+            use sitrep_wire::incident::DecisionKind;
+            let kind = if decision {
+                DecisionKind::Decision
+            } else {
+                DecisionKind::Action
+            };
             let mut p = open_profile(&cli.profile)?;
-            let id = sitrep_cli::incident::decide(
-                &mut p,
-                &name,
-                sitrep_wire::incident::DecisionKind::Decision,
-                &text,
-            )
-            .await?;
-            println!("{id}");
-        }
-        Cmd::Send {
-            name,
-            text,
-            action: true,
-            ..
-        } => {
-            let mut p = open_profile(&cli.profile)?;
-            let id = sitrep_cli::incident::decide(
-                &mut p,
-                &name,
-                sitrep_wire::incident::DecisionKind::Action,
-                &text,
-            )
-            .await?;
+            let id = sitrep_cli::incident::decide(&mut p, &name, kind, &text).await?;
             println!("{id}");
         }
         Cmd::Send {

@@ -211,35 +211,8 @@ fn records_contract_through_the_cli() {
 #[test]
 fn three_staff_chat_through_the_cli() {
     let data = TempDir::new("cli-data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
     let d = data.path().to_str().expect("path").to_string();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
-        .args([
-            "serve",
-            "--data",
-            &d,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("SITREP_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let url = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    assert!(up, "server did not start");
+    let (server, url) = serve(&d);
     let profiles = TempDir::new("cli-profiles");
     let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
     for u in ["alice", "bob", "carol"] {
@@ -354,8 +327,7 @@ fn three_staff_chat_through_the_cli() {
         .expect("run");
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passcode"));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 #[test]
