@@ -477,7 +477,14 @@ impl Client {
                 if methane.is_some() {
                     inc.methane = methane;
                 }
-                inc.timeline.push((level, at, e.sender.clone()));
+                // The same raise goes into the coordination group and the
+                // command channel; a member of both sees it once.
+                let repeat = inc.timeline.last().is_some_and(|(l, t, by)| {
+                    *l == level && *by == e.sender && t.abs_diff(at) < 10_000
+                });
+                if !repeat {
+                    inc.timeline.push((level, at, e.sender.clone()));
+                }
             }
             Structured::Callin(c) => {
                 let inc = self

@@ -89,7 +89,9 @@ impl Directory {
         }
         for r in &self.roles {
             if r.deputy.as_ref().is_some_and(|d| !ids.contains(d.as_str())) {
-                return Err(DirectoryError::Invalid("deputy names no role"));
+                return Err(DirectoryError::Invalid(
+                    "the deputy names a role that does not exist (add that role first)",
+                ));
             }
         }
         for c in self.callout_standby.iter().chain(&self.callout_declared) {
