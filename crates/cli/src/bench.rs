@@ -156,19 +156,7 @@ async fn conversation(
     let r = Remote::new(&server.url, Some(sender.token()));
     let (gid, req) = sender.create_conversation(name, "off")?;
     let _: serde_json::Value = r.post("/v1/groups", &req).await?;
-    let mut kps = Vec::new();
-    for chunk in users.chunks(1000) {
-        let claim: api::ClaimResponse = r
-            .post(
-                "/v1/keypackages/claim",
-                &api::ClaimRequest {
-                    user_ids: chunk.to_vec(),
-                    device_ids: Vec::new(),
-                },
-            )
-            .await?;
-        kps.extend(claim.key_packages);
-    }
+    let (kps, _) = crate::claim_key_packages(&r, users).await?;
     let prepared = sender.prepare_add(name, &kps)?;
     let _: api::CommitResponse = r
         .post(&format!("/v1/groups/{gid}/commit"), &prepared.request)

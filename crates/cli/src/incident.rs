@@ -9,7 +9,6 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use sitrep_core::Client;
-use sitrep_wire::api;
 use sitrep_wire::directory::Directory;
 use sitrep_wire::incident::{
     Ack, Alert, Availability, CallinReply, Casualty, DecisionKind, IncidentMsg, Level, Methane,
@@ -17,9 +16,6 @@ use sitrep_wire::incident::{
 };
 
 use crate::{Profile, commit_with_retry, flush_outbox, now_ms, sync};
-
-/// Users per KeyPackage claim request (the server's bound is 1,000).
-const CLAIM_CHUNK: usize = 500;
 
 /// Fetch and take up a newer organisation-signed directory.
 pub(crate) async fn refresh_directory(p: &mut Profile) -> anyhow::Result<()> {
@@ -80,22 +76,7 @@ pub async fn add_available(
         .filter(|u| !present.contains(u))
         .cloned()
         .collect();
-    let mut kps = Vec::new();
-    let mut missing = Vec::new();
-    for chunk in wanted.chunks(CLAIM_CHUNK) {
-        let claim: api::ClaimResponse = p
-            .remote()
-            .post(
-                "/v1/keypackages/claim",
-                &api::ClaimRequest {
-                    user_ids: chunk.to_vec(),
-                    device_ids: Vec::new(),
-                },
-            )
-            .await?;
-        kps.extend(claim.key_packages);
-        missing.extend(claim.missing);
-    }
+    let (kps, missing) = crate::claim_key_packages(&p.remote(), &wanted).await?;
     if !kps.is_empty() {
         commit_with_retry(p, |c| c.prepare_add(conv, &kps)).await?;
     }

@@ -637,22 +637,37 @@ pub async fn chat_create_with(
     Ok(())
 }
 
+/// Claim one KeyPackage for each device of `users`, in requests within the
+/// server's bound. Returns the KeyPackages and the users with no device.
+pub async fn claim_key_packages(
+    remote: &Remote,
+    users: &[String],
+) -> anyhow::Result<(Vec<api::ClaimedKeyPackage>, Vec<String>)> {
+    let mut kps = Vec::new();
+    let mut missing = Vec::new();
+    for chunk in users.chunks(500) {
+        let claim: api::ClaimResponse = remote
+            .post(
+                "/v1/keypackages/claim",
+                &api::ClaimRequest {
+                    user_ids: chunk.to_vec(),
+                    device_ids: Vec::new(),
+                },
+            )
+            .await?;
+        kps.extend(claim.key_packages);
+        missing.extend(claim.missing);
+    }
+    Ok((kps, missing))
+}
+
 /// Add users to a conversation.
 pub async fn chat_add(p: &mut Profile, name: &str, users: &[String]) -> anyhow::Result<()> {
-    let claim: api::ClaimResponse = p
-        .remote()
-        .post(
-            "/v1/keypackages/claim",
-            &api::ClaimRequest {
-                user_ids: users.to_vec(),
-                device_ids: Vec::new(),
-            },
-        )
-        .await?;
-    if !claim.missing.is_empty() {
-        bail!("no enrolled device for: {}", claim.missing.join(", "));
+    let (kps, missing) = claim_key_packages(&p.remote(), users).await?;
+    if !missing.is_empty() {
+        bail!("no enrolled device for: {}", missing.join(", "));
     }
-    commit_with_retry(p, |c| c.prepare_add(name, &claim.key_packages)).await?;
+    commit_with_retry(p, |c| c.prepare_add(name, &kps)).await?;
     Ok(())
 }
 

@@ -100,6 +100,8 @@ impl PendingEnrolment {
             state,
             groups: HashMap::new(),
             verified: RefCell::default(),
+            verified_policy: RefCell::default(),
+            verified_directory: RefCell::default(),
         })
     }
 }
@@ -184,6 +186,10 @@ pub struct Client {
     pub(crate) groups: HashMap<String, MlsGroup>,
     /// Credentials already verified, by leaf signature key: (credential bytes, result).
     verified: RefCell<VerifiedCache>,
+    /// The signed policy and directory, verified once per change rather than
+    /// on every read (every received message consults the policy).
+    pub(crate) verified_policy: RefCell<Option<OrgPolicy>>,
+    pub(crate) verified_directory: RefCell<Option<sitrep_wire::directory::Directory>>,
 }
 
 fn hex_id(bytes: &[u8]) -> String {
@@ -220,6 +226,8 @@ impl Client {
             state,
             groups: HashMap::new(),
             verified: RefCell::default(),
+            verified_policy: RefCell::default(),
+            verified_directory: RefCell::default(),
         })
     }
 
@@ -340,17 +348,23 @@ impl Client {
             )));
         }
         self.state.policy = Some(ByteBuf::from(signed.to_vec()));
+        self.verified_policy.replace(None);
         Ok(p)
     }
 
     /// The policy in force (the NHS-guidance defaults until the organisation
     /// sends one).
     pub fn policy(&self) -> OrgPolicy {
-        self.state
-            .policy
-            .as_ref()
-            .and_then(|b| SignedPolicy::verify(b, &self.state.device.org_public_key).ok())
-            .unwrap_or_default()
+        self.verified_policy
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                self.state
+                    .policy
+                    .as_ref()
+                    .and_then(|b| SignedPolicy::verify(b, &self.state.device.org_public_key).ok())
+                    .unwrap_or_default()
+            })
+            .clone()
     }
 
     /// Set up two-step verification: a fresh TOTP secret (RFC 6238: SHA-1,

@@ -185,16 +185,24 @@ impl Client {
             return Ok(self.directory());
         }
         self.state.directory = Some(serde_bytes::ByteBuf::from(signed.to_vec()));
+        self.verified_directory.replace(None);
         Ok(d)
     }
 
-    /// The directory in force (verified on every read; empty if none).
+    /// The directory in force (verified once after unlock or a change; empty if none).
     pub fn directory(&self) -> Directory {
-        self.state
-            .directory
-            .as_ref()
-            .and_then(|b| SignedDirectory::verify(b, &self.state.device.org_public_key).ok())
-            .unwrap_or_default()
+        self.verified_directory
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                self.state
+                    .directory
+                    .as_ref()
+                    .and_then(|b| {
+                        SignedDirectory::verify(b, &self.state.device.org_public_key).ok()
+                    })
+                    .unwrap_or_default()
+            })
+            .clone()
     }
 
     /// Incidents this device knows.
