@@ -39,6 +39,14 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 500)]
         burst: usize,
     },
+    /// (d) A DECLARED incident's call-in: `replies` members of staff, each a
+    /// real MLS member of the coordination group, reply; the coordinator's
+    /// device fetches, decrypts and tallies them all.
+    Tally {
+        /// Staff on the call-out list, all of whom reply.
+        #[arg(long, default_value_t = 1000)]
+        replies: usize,
+    },
     /// (c) MLS costs through the client core against bare openmls.
     Mls {
         /// Group sizes.
@@ -62,6 +70,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             messages,
             burst,
         } => bench_fanout(devices, messages, burst).await,
+        BenchCmd::Tally { replies } => bench_tally(replies).await,
         BenchCmd::Mls {
             members,
             iterations,
@@ -422,6 +431,150 @@ async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::
     );
     for t in tasks {
         t.abort();
+    }
+    Ok(())
+}
+
+async fn bench_tally(replies: usize) -> anyhow::Result<()> {
+    use sitrep_wire::incident::{
+        Availability, CallinReply, Casualties, Level, Methane, Structured,
+    };
+    let server = start_server(|c| {
+        c.enrol_per_sec = 1e6;
+    })
+    .await?;
+    let t_setup = Instant::now();
+    let users: Vec<String> = (0..replies).map(|i| format!("staff{i:05}")).collect();
+    crate::drill::set_up_directory(&server.dir, &users, "bench tally")?;
+    let mut coord = crate::drill::enrol(
+        &server.dir,
+        &server.url,
+        &server.dir,
+        "coordinator",
+        "Dr Coordinator",
+    )
+    .await?;
+    let cs = sitrep_core::INTEROP_CIPHERSUITE;
+    let staff: Vec<Client> = futures_util::stream::iter(users.iter())
+        .map(|u| device(&server, u, cs, 1))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let id = "MI-BENCH-01";
+    let methane = Methane {
+        major_incident: true,
+        exact_location: "Bench: Central Station concourse".into(),
+        incident_type: "Bench: structural collapse".into(),
+        hazards: "Bench: none".into(),
+        access: "Bench: east entrance".into(),
+        casualties: Casualties {
+            estimated: 60,
+            p1: 8,
+            p2: 15,
+            p3: 30,
+            dead: 2,
+        },
+        emergency_services: "Bench: fire, police, HART".into(),
+    };
+    let t = Instant::now();
+    let raised =
+        crate::incident::raise(&mut coord, id, Level::Declared, Some(methane), "bench").await?;
+    println!(
+        "(d) call-in tally: {} staff called; DECLARED with the coordination group in {:.1} s",
+        raised.called,
+        t.elapsed().as_secs_f64()
+    );
+    // Each member of staff: fetch the directory and the inbox (the Welcome
+    // and the DECLARED alert), join, reply, and drop its in-memory state.
+    let t = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    let url = server.url.clone();
+    let results: Vec<anyhow::Result<()>> =
+        futures_util::stream::iter(staff.into_iter().enumerate())
+            .map(|(i, mut c)| {
+                let (url, done) = (url.clone(), done.clone());
+                // A task each, so the joins use both cores.
+                let task = tokio::spawn(async move {
+                    let r = Remote::new(&url, Some(c.token()));
+                    let d: serde_json::Value = r.get("/v1/directory").await?;
+                    let b64 = d["directory"].as_str().context("no directory")?;
+                    c.apply_directory(&sitrep_wire::b64::decode(b64).context("base64")?)?;
+                    // Up to the DECLARED alert: the replies of those who were
+                    // quicker are not needed for this device's own reply.
+                    while c.incidents().next().is_none() {
+                        let page: api::InboxResponse = r
+                            .get(&format!("/v1/inbox?after={}&limit=2", c.last_seq()))
+                            .await?;
+                        for e in &page.entries {
+                            c.handle_entry(e.seq, e.kind, &e.payload, crate::now_ms());
+                        }
+                        if !page.more {
+                            break;
+                        }
+                    }
+                    let conv = crate::incident::incident_conversation(&c, id)?;
+                    let availability = match i % 20 {
+                        0..=11 => Availability::Now,
+                        12..=16 => Availability::In(15 + (i as u32 % 4) * 15),
+                        _ => Availability::Unavailable,
+                    };
+                    let role = c
+                        .directory()
+                        .roles_of(c.user_id())
+                        .next()
+                        .map_or_else(|| "staff".to_string(), |r| r.id.clone());
+                    let item = Structured::Callin(CallinReply {
+                        incident: id.to_string(),
+                        availability,
+                        role,
+                    });
+                    let out = c.send_structured(&conv, &item, crate::now_ms())?;
+                    let _: api::SendResponse = r
+                        .post(
+                            &format!("/v1/groups/{}/messages", out.group_hex),
+                            &out.request,
+                        )
+                        .await?;
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % 500 == 0 {
+                        eprintln!("    {n} replies sent ({:.0} s)", t.elapsed().as_secs_f64());
+                    }
+                    anyhow::Ok(())
+                });
+                async move { task.await? }
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    println!(
+        "    {replies} members joined and replied in {:.1} s (setup, not the measurement; total setup {:.1} s)",
+        t.elapsed().as_secs_f64(),
+        t_setup.elapsed().as_secs_f64()
+    );
+    // The measurement: the coordinator's device syncs (fetches, decrypts,
+    // applies and seals every reply) and counts.
+    if std::env::var_os("TMP_PAUSE").is_some() {
+        eprintln!("PAUSE");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    }
+    let t = Instant::now();
+    crate::sync(&mut coord).await?;
+    let synced = t.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let tally = coord.client.callin_tally(id)?;
+    let counted = t2.elapsed().as_secs_f64();
+    let total = t.elapsed().as_secs_f64();
+    println!(
+        "    coordinator: {} replies tallied, {} not replied, in {total:.2} s (sync {synced:.2} s, tally {:.1} ms)",
+        tally.replies,
+        tally.not_replied.len(),
+        counted * 1e3
+    );
+    if tally.replies as usize != replies {
+        bail!("tallied {} replies, expected {replies}", tally.replies);
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use sitrep_wire::incident::{
 
 use crate::{Profile, incident, now_ms, sync};
 
-const PASS: &str = "drill-passcode-0";
+pub(crate) const PASS: &str = "drill-passcode-0";
 /// Staff devices worked on at once.
 const PARALLEL: usize = 16;
 
@@ -67,66 +67,8 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
 
     // The trust's set-up: cheap local-store sealing for simulated devices,
     // the directory and call-out lists.
-    let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
-    let policy = sitrep_core::OrgPolicy {
-        argon2: (8 * 1024, 1, 1),
-        ..sitrep_core::OrgPolicy::default()
-    };
-    sitrep_server::set_policy(&data, &org, policy).map_err(|e| anyhow::anyhow!("{e}"))?;
     let users: Vec<String> = (0..staff).map(|i| format!("staff{i:04}")).collect();
-    sitrep_server::directory::admin_update(&data, "role.set", |d| {
-        let role =
-            |id: &str, team: &str, holders: Vec<String>, deputy: Option<&str>, declare: bool| {
-                Role {
-                    id: id.into(),
-                    name: id.replace('-', " "),
-                    team: team.into(),
-                    holders,
-                    deputy: deputy.map(String::from),
-                    can_declare: declare,
-                    commander: declare || id == "site-manager",
-                }
-            };
-        d.roles = vec![
-            role(
-                "ed-consultant",
-                "ed",
-                vec!["coordinator".into()],
-                Some("site-manager"),
-                true,
-            ),
-            role(
-                "site-manager",
-                "management",
-                vec!["manager".into()],
-                Some("deputy-manager"),
-                false,
-            ),
-            role(
-                "deputy-manager",
-                "management",
-                vec!["deputy".into()],
-                None,
-                false,
-            ),
-        ];
-        for (k, (rid, team)) in STAFF_ROLES.iter().enumerate() {
-            let holders = users
-                .iter()
-                .skip(k)
-                .step_by(STAFF_ROLES.len())
-                .cloned()
-                .collect();
-            d.roles.push(role(rid, team, holders, None, false));
-        }
-        d.callout_standby = vec!["site-manager".into(), "anaesthetist".into()];
-        d.callout_declared = std::iter::once("site-manager".to_string())
-            .chain(std::iter::once("deputy-manager".to_string()))
-            .chain(STAFF_ROLES.iter().map(|r| r.0.to_string()))
-            .collect();
-        Ok(format!("drill staff={staff}"))
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    set_up_directory(&data, &users, &format!("drill staff={staff}"))?;
 
     let t = Instant::now();
     let mut coord = enrol(&data, &url, &dir, "coordinator", "Dr Coordinator").await?;
@@ -321,6 +263,77 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The drill's trust: a policy with cheap local-store sealing (simulated
+/// devices), and a directory with an ED consultant (`coordinator`) who may
+/// declare, a site manager and deputy, and `users` spread over five staff
+/// roles, all on the DECLARED call-out list.
+pub(crate) fn set_up_directory(
+    data: &std::path::Path,
+    users: &[String],
+    why: &str,
+) -> anyhow::Result<()> {
+    let (org, _) = sitrep_server::org::Org::open_or_create(data, None)?;
+    let policy = sitrep_core::OrgPolicy {
+        argon2: (8 * 1024, 1, 1),
+        ..sitrep_core::OrgPolicy::default()
+    };
+    sitrep_server::set_policy(data, &org, policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    sitrep_server::directory::admin_update(data, "role.set", |d| {
+        let role =
+            |id: &str, team: &str, holders: Vec<String>, deputy: Option<&str>, declare: bool| {
+                Role {
+                    id: id.into(),
+                    name: id.replace('-', " "),
+                    team: team.into(),
+                    holders,
+                    deputy: deputy.map(String::from),
+                    can_declare: declare,
+                    commander: declare || id == "site-manager",
+                }
+            };
+        d.roles = vec![
+            role(
+                "ed-consultant",
+                "ed",
+                vec!["coordinator".into()],
+                Some("site-manager"),
+                true,
+            ),
+            role(
+                "site-manager",
+                "management",
+                vec!["manager".into()],
+                Some("deputy-manager"),
+                false,
+            ),
+            role(
+                "deputy-manager",
+                "management",
+                vec!["deputy".into()],
+                None,
+                false,
+            ),
+        ];
+        for (k, (rid, team)) in STAFF_ROLES.iter().enumerate() {
+            let holders = users
+                .iter()
+                .skip(k)
+                .step_by(STAFF_ROLES.len())
+                .cloned()
+                .collect();
+            d.roles.push(role(rid, team, holders, None, false));
+        }
+        d.callout_standby = vec!["site-manager".into(), "anaesthetist".into()];
+        d.callout_declared = std::iter::once("site-manager".to_string())
+            .chain(std::iter::once("deputy-manager".to_string()))
+            .chain(STAFF_ROLES.iter().map(|r| r.0.to_string()))
+            .collect();
+        Ok(why.to_string())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
     let mut b = [0u8; 6];
     getrandom_bytes(&mut b)?;
@@ -335,7 +348,7 @@ fn getrandom_bytes(b: &mut [u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn enrol(
+pub(crate) async fn enrol(
     data: &std::path::Path,
     url: &str,
     dir: &std::path::Path,

@@ -212,7 +212,7 @@ pub async fn callin_reply_synced(
     flush_outbox(p).await
 }
 
-fn incident_conversation(c: &Client, id: &str) -> anyhow::Result<String> {
+pub(crate) fn incident_conversation(c: &Client, id: &str) -> anyhow::Result<String> {
     let inc = c
         .incidents()
         .find(|i| i.id == id)

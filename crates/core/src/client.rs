@@ -100,6 +100,7 @@ impl PendingEnrolment {
             state,
             groups: HashMap::new(),
             verified: RefCell::default(),
+            org_key: std::cell::OnceCell::default(),
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
         })
@@ -186,6 +187,8 @@ pub struct Client {
     pub(crate) groups: HashMap<String, MlsGroup>,
     /// Credentials already verified, by leaf signature key: (credential bytes, result).
     verified: RefCell<VerifiedCache>,
+    /// The organisation's key, parsed once.
+    org_key: std::cell::OnceCell<Option<sitrep_wire::credential::VerifyingKey>>,
     /// The signed policy and directory, verified once per change rather than
     /// on every read (every received message consults the policy).
     pub(crate) verified_policy: RefCell<Option<OrgPolicy>>,
@@ -226,6 +229,7 @@ impl Client {
             state,
             groups: HashMap::new(),
             verified: RefCell::default(),
+            org_key: std::cell::OnceCell::default(),
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
         })
@@ -422,8 +426,17 @@ impl Client {
         }
         let sc = SignedCredential::decode(basic.identity())
             .map_err(|e| Error::Unverified(format!("a member's credential: {e}")))?;
+        let org_key = self
+            .org_key
+            .get_or_init(|| {
+                <[u8; 32]>::try_from(self.state.device.org_public_key.as_slice())
+                    .ok()
+                    .and_then(|k| sitrep_wire::credential::VerifyingKey::from_bytes(&k).ok())
+            })
+            .as_ref()
+            .ok_or_else(|| Error::Unverified("the organisation key is malformed".into()))?;
         let cred = sc
-            .verify(&self.state.device.org_public_key, signature_key)
+            .verify_with(org_key, signature_key)
             .map_err(|e| Error::Unverified(format!("a member's {e}")))?;
         if cred.org != self.state.device.org_name {
             return Err(Error::Unverified(

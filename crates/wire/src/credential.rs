@@ -6,7 +6,9 @@
 //! identity of their MLS `BasicCredential`, and every client checks every member
 //! against the organisation key and the leaf's own signature key.
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+/// An Ed25519 public key, parsed (the organisation key, a device key).
+pub use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
@@ -104,6 +106,16 @@ impl SignedCredential {
             .try_into()
             .map_err(|_| CredentialError::BadSignature)?;
         let key = VerifyingKey::from_bytes(&key).map_err(|_| CredentialError::BadSignature)?;
+        self.verify_with(&key, leaf_signature_key)
+    }
+
+    /// [`Self::verify`] with the organisation key already parsed (a joining
+    /// device checks thousands of credentials against the same key).
+    pub fn verify_with(
+        &self,
+        key: &VerifyingKey,
+        leaf_signature_key: &[u8],
+    ) -> Result<DeviceCredential, CredentialError> {
         let sig: [u8; 64] = self
             .signature
             .as_slice()
