@@ -443,6 +443,77 @@ pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     }
 }
 
+/// Tell the server this device has shown `names`' messages to its user: the
+/// "read" of delivery status. A conversation with nothing from the server
+/// yet is skipped.
+pub async fn mark_read(p: &Profile, names: &[String]) -> anyhow::Result<()> {
+    let remote = p.remote();
+    for name in names {
+        let conv = p.client.conversation(name)?;
+        let Some(seq) = conv.history.iter().map(|h| h.seq).max().filter(|s| *s > 0) else {
+            continue;
+        };
+        let _: serde_json::Value = remote
+            .post(
+                &format!("/v1/groups/{}/read", p.client.group_hex(name)?),
+                &api::ReadRequest { seq },
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// One member's view of one message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Seen {
+    /// User id.
+    pub user_id: String,
+    /// On at least one of the member's devices.
+    pub delivered: bool,
+    /// Earliest time (seconds) one of the member's devices showed it.
+    pub read_at: Option<u64>,
+}
+
+/// Per member of conversation `name` when message `id` was sent (its sender
+/// excepted): delivered, and read when. "Who has not seen it" is the members
+/// with no `read_at`.
+pub async fn message_status(p: &Profile, name: &str, id: &str) -> anyhow::Result<Vec<Seen>> {
+    let conv = p.client.conversation(name)?;
+    let entry = conv
+        .history
+        .iter()
+        .find(|h| h.id == id || (id.len() >= 8 && h.id.starts_with(id)))
+        .with_context(|| format!("no message {id} in {name}"))?;
+    if entry.seq == 0 {
+        bail!("message {id} has no place in the server's log yet (not sent, or a system line)");
+    }
+    let st: api::MessageStatus = p
+        .remote()
+        .get(&format!(
+            "/v1/groups/{}/status?seq={}",
+            p.client.group_hex(name)?,
+            entry.seq
+        ))
+        .await?;
+    let mut by_user: std::collections::BTreeMap<String, Seen> = Default::default();
+    for d in st.devices {
+        if d.user_id == entry.sender {
+            continue;
+        }
+        let s = by_user.entry(d.user_id.clone()).or_insert(Seen {
+            user_id: d.user_id,
+            delivered: false,
+            read_at: None,
+        });
+        s.delivered |= d.delivered;
+        s.read_at = match (s.read_at, d.read_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(by_user.into_values().collect())
+}
+
 /// What a wiped device says.
 pub const WIPED: &str =
     "this device was wiped by the organisation: its keys and history have been destroyed";
@@ -492,7 +563,7 @@ async fn flush_outbox(p: &mut Profile) -> anyhow::Result<()> {
             )
             .await;
         match r {
-            Ok(_) => p.client.sent(&out.request.client_id),
+            Ok(r) => p.client.sent_at_seq(&out.request.client_id, r.seq),
             Err(e)
                 if e.downcast_ref::<ServerError>()
                     .is_some_and(|s| (400..500).contains(&s.status) && s.status != 429) =>

@@ -86,6 +86,17 @@ enum Cmd {
     },
     /// Fetch and process everything pending.
     Sync,
+    /// Where a message has got to, per member: delivered, read (when), and
+    /// who has not seen it.
+    Seen {
+        /// Conversation name.
+        name: String,
+        /// Message id (or its first 8+ characters, as `history --json` shows).
+        id: String,
+        /// One JSON object per member.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a conversation's messages, one per line.
     History {
         /// Conversation name.
@@ -1051,9 +1062,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut p = open_profile(&cli.profile)?;
             let events = sitrep_cli::sync(&mut p).await?;
             print_events(&events);
+            let mut shown: Vec<String> = events
+                .iter()
+                .filter_map(|e| match e {
+                    sitrep_core::Event::Message { conversation, .. } => Some(conversation.clone()),
+                    _ => None,
+                })
+                .collect();
+            shown.sort();
+            shown.dedup();
+            sitrep_cli::mark_read(&p, &shown).await?;
+        }
+        Cmd::Seen { name, id, json } => {
+            let mut p = open_profile(&cli.profile)?;
+            sitrep_cli::sync(&mut p).await?;
+            let seen = sitrep_cli::message_status(&p, &name, &id).await?;
+            for s in &seen {
+                if json {
+                    println!("{}", serde_json::to_string(s)?);
+                } else {
+                    let what = match (s.read_at, s.delivered) {
+                        (Some(at), _) => format!("read {}", fmt_time(at * 1000)),
+                        (None, true) => "delivered, not read".into(),
+                        (None, false) => "not delivered".into(),
+                    };
+                    println!("{}\t{what}", s.user_id);
+                }
+            }
+            if !json {
+                let read = seen.iter().filter(|s| s.read_at.is_some()).count();
+                let delivered = seen.iter().filter(|s| s.delivered).count();
+                println!("read by {read} of {}, delivered to {delivered}", seen.len());
+                let not: Vec<&str> = seen
+                    .iter()
+                    .filter(|s| s.read_at.is_none())
+                    .map(|s| s.user_id.as_str())
+                    .collect();
+                if !not.is_empty() {
+                    println!("not seen by: {}", not.join(", "));
+                }
+            }
         }
         Cmd::History { name, json } => {
             let p = open_profile(&cli.profile)?;
+            // Shown now: tell the server, if it can be reached (the history
+            // itself is local and shown either way).
+            if let Err(e) = sitrep_cli::mark_read(&p, std::slice::from_ref(&name)).await {
+                tracing::debug!(error = %e, "read marker not sent");
+            }
             let conv = p.client.conversation(&name)?;
             for h in &conv.history {
                 if json {
@@ -1213,18 +1269,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .client
                         .alert_state(&id)
                         .context("no such alert on this device")?;
+                    // Delivery is the server's to know (device cursors);
+                    // read and acknowledged come end to end from the devices.
+                    let conv = p
+                        .client
+                        .conversations()
+                        .find(|c| sitrep_core::records::group_hex_of(c) == st.group)
+                        .map(|c| c.name.clone());
+                    let delivered: std::collections::BTreeSet<String> = match conv {
+                        Some(c) => sitrep_cli::message_status(&p, &c, &id)
+                            .await
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|s| s.delivered)
+                            .map(|s| s.user_id)
+                            .collect(),
+                        None => Default::default(),
+                    };
                     if json {
-                        println!("{}", serde_json::to_string(st)?);
+                        let mut v = serde_json::to_value(st)?;
+                        v["delivered_to"] = serde_json::to_value(&delivered)?;
+                        println!("{v}");
                     } else {
                         println!(
                             "{:?} to {:?}: {}",
                             st.alert.priority, st.alert.to, st.alert.text
                         );
                         for r in &st.recipients {
-                            let read = if st.read_by.contains(r) {
-                                "read"
-                            } else {
-                                "not read"
+                            let read = match (st.read_by.contains(r), delivered.contains(r)) {
+                                (true, _) => "delivered\tread",
+                                (false, true) => "delivered\tnot read",
+                                (false, false) => "not delivered\tnot read",
                             };
                             let acked = match &st.acked {
                                 Some((u, at)) if u == r => {

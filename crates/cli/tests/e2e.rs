@@ -799,3 +799,91 @@ async fn a_second_device_joins_all_the_users_conversations() {
     assert_eq!(bodies(&bob, "ward"), vec!["from the PC"]);
     server.stop().await;
 }
+
+/// Issue 5: per member, delivered and read, and who has not seen a message;
+/// only members may ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_and_read_status_per_member() {
+    let (server, mut d) = three_staff(INTEROP_CIPHERSUITE).await;
+    let (_dave_dir, dave) = device(&server.url, &server.invite("dave"), INTEROP_CIPHERSUITE).await;
+    let name = "ward-7";
+    sitrep_cli::chat_create(&mut d[0].1, name, &["bob".into(), "carol".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut d[1].1).await.expect("bob joins");
+    sitrep_cli::sync(&mut d[2].1).await.expect("carol joins");
+    let id = sitrep_cli::send(&mut d[0].1, name, "bed 4 free")
+        .await
+        .expect("send");
+    let status = |who: &str, s: &[sitrep_cli::Seen]| {
+        s.iter()
+            .find(|x| x.user_id == who)
+            .map(|x| (x.delivered, x.read_at.is_some()))
+    };
+
+    let s = sitrep_cli::message_status(&d[0].1, name, &id)
+        .await
+        .expect("status");
+    assert_eq!(s.len(), 2, "bob and carol, not the sender: {s:?}");
+    assert_eq!(status("bob", &s), Some((false, false)));
+    assert_eq!(status("carol", &s), Some((false, false)));
+
+    // Bob's device fetches it: delivered. Then shows it: read.
+    sitrep_cli::sync(&mut d[1].1).await.expect("bob syncs");
+    let s = sitrep_cli::message_status(&d[0].1, name, &id)
+        .await
+        .expect("status");
+    assert_eq!(status("bob", &s), Some((true, false)));
+    assert_eq!(status("carol", &s), Some((false, false)));
+    sitrep_cli::mark_read(&d[1].1, &[name.to_string()])
+        .await
+        .expect("read");
+    let s = sitrep_cli::message_status(&d[0].1, name, &id)
+        .await
+        .expect("status");
+    assert_eq!(status("bob", &s), Some((true, true)));
+    let not_seen: Vec<_> = s
+        .iter()
+        .filter(|x| x.read_at.is_none())
+        .map(|x| x.user_id.as_str())
+        .collect();
+    assert_eq!(not_seen, ["carol"]);
+
+    // A later message is not read by an earlier marker.
+    let id2 = sitrep_cli::send(&mut d[0].1, name, "bed 5 free")
+        .await
+        .expect("send");
+    sitrep_cli::sync(&mut d[1].1).await.expect("bob syncs");
+    let s = sitrep_cli::message_status(&d[0].1, name, &id2)
+        .await
+        .expect("status");
+    assert_eq!(status("bob", &s), Some((true, false)));
+
+    // Someone outside the conversation is refused.
+    let gid = d[0].1.client.group_hex(name).expect("gid");
+    let seq = d[0]
+        .1
+        .client
+        .conversation(name)
+        .expect("conv")
+        .history
+        .last()
+        .expect("entry")
+        .seq;
+    assert!(seq > 0);
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/groups/{gid}/status?seq={seq}", server.url))
+        .bearer_auth(dave.client.token())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 403);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/groups/{gid}/read", server.url))
+        .bearer_auth(dave.client.token())
+        .json(&api::ReadRequest { seq })
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 403);
+}

@@ -985,6 +985,7 @@ impl Client {
             body: summary.clone(),
             epoch: 0,
             transferred_at: None,
+            seq: 0,
         });
         vec![Event::Membership {
             conversation: conv.name.clone(),
@@ -1112,6 +1113,7 @@ impl Client {
             },
             epoch,
             transferred_at: None,
+            seq: 0,
         };
         let payload = ser_msg(&msg)?;
         self.state.outbox.push(Pending {
@@ -1143,13 +1145,19 @@ impl Client {
 
     /// The server durably stored this message: move it to history.
     pub fn sent(&mut self, client_id: &str) {
+        self.sent_at_seq(client_id, 0);
+    }
+
+    /// [`Self::sent`], with the place the server gave it in its log.
+    pub fn sent_at_seq(&mut self, client_id: &str, seq: u64) {
         if let Some(pos) = self
             .state
             .outbox
             .iter()
             .position(|p| p.client_id == client_id)
         {
-            let p = self.state.outbox.remove(pos);
+            let mut p = self.state.outbox.remove(pos);
+            p.entry.seq = seq;
             self.store_entry(&p.group_hex, p.entry);
         }
     }
@@ -1188,7 +1196,7 @@ impl Client {
             EntryKind::Welcome => self.handle_welcome(payload, now_ms),
             EntryKind::Revoked => self.handle_revoked(payload, now_ms),
             EntryKind::Commit | EntryKind::Application | EntryKind::Proposal => {
-                self.handle_group_message(payload, now_ms)
+                self.handle_group_message(seq, payload, now_ms)
             }
         };
         result.unwrap_or_else(|e| {
@@ -1280,7 +1288,12 @@ impl Client {
         Ok(vec![Event::Joined { conversation: name }])
     }
 
-    fn handle_group_message(&mut self, payload: &[u8], now_ms: u64) -> Result<Vec<Event>, Error> {
+    fn handle_group_message(
+        &mut self,
+        seq: u64,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<Event>, Error> {
         let msg = MlsMessageIn::tls_deserialize_exact(payload)
             .map_err(|_| Error::Protocol("malformed MLS message".into()))?;
         let proto = msg
@@ -1335,6 +1348,7 @@ impl Client {
                     },
                     epoch,
                     transferred_at: None,
+                    seq,
                 };
                 // Redelivery is already excluded by the inbox sequence number
                 // and by MLS itself (a generation key decrypts once).

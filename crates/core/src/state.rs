@@ -46,6 +46,14 @@ pub struct HistoryEntry {
     /// When it was transferred to the patient's health record (ms), if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transferred_at: Option<u64>,
+    /// Its place in the server's log (0: not known, a system line, or not
+    /// yet accepted); what delivery and read status are asked by.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A conversation this device is (or was) in.

@@ -109,6 +109,15 @@ CREATE TABLE IF NOT EXISTS audit (
     hash BLOB NOT NULL,
     signature BLOB NOT NULL
 );
+-- How far each device has read each group (the client reports it after it
+-- has shown the messages): metadata for "read by", see threat-model.md.
+CREATE TABLE IF NOT EXISTS read_markers (
+    group_id BLOB NOT NULL,
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (group_id, device_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -118,6 +127,19 @@ CREATE TABLE IF NOT EXISTS submissions (
     PRIMARY KEY (sender_device, client_id)
 );
 "#;
+
+/// One device's view of one message: see [`Db::message_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageStatusRow {
+    /// The device's user.
+    pub user_id: String,
+    /// The device.
+    pub device_id: String,
+    /// The device acknowledged a cursor at or past the message.
+    pub delivered: bool,
+    /// When the device reported having shown it (seconds), if it has.
+    pub read_at: Option<u64>,
+}
 
 /// An authenticated device.
 #[derive(Debug, Clone)]
@@ -186,6 +208,13 @@ pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
+    // Stores made before a submission remembered its sequence number.
+    let has_seq: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('submissions') WHERE name = 'seq'")?
+        .exists([])?;
+    if !has_seq {
+        conn.execute_batch("ALTER TABLE submissions ADD COLUMN seq INTEGER")?;
+    }
     Ok(conn)
 }
 
@@ -760,7 +789,7 @@ impl Db {
         payload: Vec<u8>,
         now: u64,
         publish: impl FnOnce(Vec<Delivery>),
-    ) -> Result<(u64, bool), ApiErr> {
+    ) -> Result<(u64, bool, u64), ApiErr> {
         let mut g = self.lock();
         let inner = &mut *g;
         let tx = inner
@@ -768,11 +797,19 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
         if let Some((n, _)) = Self::submitted(&tx, sender, client_id)? {
-            return Ok((n as u64, true));
+            let seq: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM submissions WHERE sender_device = ?1 AND client_id = ?2",
+                    params![sender, client_id],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            return Ok((n as u64, true, seq.unwrap_or(0) as u64));
         }
         let (epoch, members) = Self::group_for(&tx, group_id, sender)?;
         let n = members.len() - 1;
         let mut pushes = Vec::new();
+        let mut sent_seq = 0;
         if n > 0 {
             let seq = Self::append(
                 &mut inner.counters,
@@ -784,6 +821,7 @@ impl Db {
                 &payload,
                 now,
             )?;
+            sent_seq = seq;
             let payload: Arc<[u8]> = Arc::from(payload);
             pushes.push(Self::pushes(
                 &members,
@@ -794,13 +832,117 @@ impl Db {
             ));
         }
         tx.execute(
-            "INSERT INTO submissions (sender_device, client_id, created_at, recipients) VALUES (?1, ?2, ?3, ?4)",
-            params![sender, client_id, now as i64, n as i64],
+            "INSERT INTO submissions (sender_device, client_id, created_at, recipients, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![sender, client_id, now as i64, n as i64, sent_seq as i64],
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         publish(pushes);
-        Ok((n as u64, false))
+        Ok((n as u64, false, sent_seq))
+    }
+
+    /// The device has shown the group's messages up to `seq` to its user.
+    /// Markers only move forward, and not past the group's log.
+    pub fn mark_read(
+        &self,
+        device: &str,
+        group_id: &[u8],
+        seq: u64,
+        now: u64,
+    ) -> Result<u64, ApiErr> {
+        self.without_fsync(|tx| {
+            let member: bool = tx
+                .prepare_cached(
+                    "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+                )
+                .map_err(db_err)?
+                .exists(params![group_id, device])
+                .map_err(db_err)?;
+            if !member {
+                return Err(ApiErr::forbidden(
+                    "not_a_member",
+                    "this device is not in the group",
+                ));
+            }
+            let last: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE group_id = ?1",
+                    [group_id],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            let seq = seq.min(last as u64) as i64;
+            tx.execute(
+                "INSERT INTO read_markers (group_id, device_id, seq, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (group_id, device_id) DO UPDATE SET seq = excluded.seq, at = excluded.at
+                 WHERE excluded.seq > read_markers.seq",
+                params![group_id, device, seq, now as i64],
+            )
+            .map_err(db_err)?;
+            Ok(seq as u64)
+        })
+    }
+
+    /// Per device that was a member when message `seq` of the group was
+    /// sent (its sender excepted): whether the message reached the device
+    /// (its acknowledged cursor) and when the device reported it read. Only
+    /// a current member of the group may ask.
+    pub fn message_status(
+        &self,
+        asker: &str,
+        group_id: &[u8],
+        seq: u64,
+    ) -> Result<Vec<MessageStatusRow>, ApiErr> {
+        let g = self.lock();
+        let member: bool = g
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+            )
+            .map_err(db_err)?
+            .exists(params![group_id, asker])
+            .map_err(db_err)?;
+        if !member {
+            return Err(ApiErr::forbidden(
+                "not_a_member",
+                "this device is not in the group",
+            ));
+        }
+        let sender: String = g
+            .conn
+            .query_row(
+                "SELECT sender_device FROM messages WHERE seq = ?1 AND group_id = ?2",
+                params![seq as i64, group_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| ApiErr::not_found("unknown_message", "no such message in this group"))?;
+        let mut st = g
+            .conn
+            .prepare_cached(
+                "SELECT d.user_id, d.device_id, d.cursor >= ?2, r.at
+                   FROM memberships ms
+                   JOIN devices d ON d.device_id = ms.device_id
+                   LEFT JOIN read_markers r ON r.group_id = ms.group_id
+                        AND r.device_id = ms.device_id AND r.seq >= ?2
+                  WHERE ms.group_id = ?1 AND ms.from_seq < ?2
+                    AND (ms.to_seq IS NULL OR ms.to_seq >= ?2)
+                    AND ms.device_id != ?3
+                  ORDER BY d.user_id, d.device_id",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![group_id, seq as i64, sender], |r| {
+                Ok(MessageStatusRow {
+                    user_id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    delivered: r.get(2)?,
+                    read_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
     }
 
     /// The device leaves the group: its Remove proposal goes into the log for

@@ -43,6 +43,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/groups/{group}/commit", post(commit))
         .route("/v1/groups/{group}/messages", post(send))
         .route("/v1/groups/{group}/leave", post(leave))
+        .route("/v1/groups/{group}/read", post(mark_read))
+        .route("/v1/groups/{group}/status", get(message_status))
         .route("/v1/inbox", get(inbox))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{device}/wipe", post(wipe_device))
@@ -539,7 +541,7 @@ async fn send(
         return Err(ApiErr::too_large(st.config.max_message));
     }
     let st2 = st.clone();
-    let (recipients, duplicate) = blocking(move || {
+    let (recipients, duplicate, seq) = blocking(move || {
         st2.db.send(
             &dev.device_id,
             &gid,
@@ -553,6 +555,51 @@ async fn send(
     Ok(Json(api::SendResponse {
         recipients,
         duplicate,
+        seq,
+    }))
+}
+
+/// # POST /v1/groups/{group}/read
+/// The device has shown the group's messages up to `seq`.
+async fn mark_read(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<api::ReadRequest>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    let gid = group_id(&group)?;
+    let seq = blocking(move || st.db.mark_read(&dev.device_id, &gid, req.seq, now_secs())).await?;
+    Ok(Json(serde_json::json!({ "read": seq })))
+}
+
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    seq: u64,
+}
+
+/// # GET /v1/groups/{group}/status?seq=N
+/// Per device that was in the group when message N was sent: delivered, and
+/// read (when). Members of the group only.
+async fn message_status(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(group): Path<String>,
+    q: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<api::MessageStatus>, ApiErr> {
+    let Query(q) = q.map_err(|_| ApiErr::bad_request("bad_query", "seq is a number"))?;
+    let gid = group_id(&group)?;
+    let rows = blocking(move || st.db.message_status(&dev.device_id, &gid, q.seq)).await?;
+    Ok(Json(api::MessageStatus {
+        seq: q.seq,
+        devices: rows
+            .into_iter()
+            .map(|r| api::DeviceDelivery {
+                user_id: r.user_id,
+                device_id: r.device_id,
+                delivered: r.delivered,
+                read_at: r.read_at,
+            })
+            .collect(),
     }))
 }
 

@@ -185,6 +185,37 @@ pub struct CommitResponse {
     pub duplicate: bool,
 }
 
+/// `POST /v1/groups/{group}/read`: this device has shown the group's
+/// messages up to `seq` to its user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// The last sequence number shown.
+    pub seq: u64,
+}
+
+/// `GET /v1/groups/{group}/status?seq=N`: where one message has got to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageStatus {
+    /// The message.
+    pub seq: u64,
+    /// Every device that was a member when it was sent, its sender's excepted.
+    pub devices: Vec<DeviceDelivery>,
+}
+
+/// One device in a [`MessageStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceDelivery {
+    /// User id.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// The device has fetched and acknowledged the message.
+    pub delivered: bool,
+    /// When the device reported it shown (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<u64>,
+}
+
 /// `POST /v1/groups/{group}/messages`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendRequest {
@@ -213,6 +244,10 @@ pub struct SendResponse {
     pub recipients: u64,
     /// True when this client id had already been accepted (a retry).
     pub duplicate: bool,
+    /// The message's place in the server's log (0 when nobody else was in
+    /// the group, or from a server that did not say).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// One entry of a device's inbox.
