@@ -10,9 +10,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use sitrep_wire::directory::Role;
-use sitrep_wire::incident::{
-    Availability, Casualties, DecisionKind, Level, Methane, Priority, Structured,
-};
+use sitrep_wire::incident::{Availability, Casualties, DecisionKind, Level, Methane, Priority};
 
 use crate::{Profile, incident, now_ms, sync};
 
@@ -202,28 +200,25 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
         "URGENT alert {} to the site manager (ack within 30 s)",
         &alert[..8]
     ));
-    let later = now_ms() + 31_000;
-    let due = coord.client.escalations_due(later);
-    for (conv, item) in &due {
-        coord.client.send_structured(conv, item, later)?;
-        if let Structured::Alert(a) = item {
-            clock.say(format!(
-                "no acknowledgement after 30 s (drill clock advanced): escalated to {:?}",
-                a.to
-            ));
-        }
-    }
-    coord.save()?;
-    sync(&mut coord).await?;
+    // The coordinator's device plays no further part: the deputy's own
+    // device works out that the alert has escalated to it.
+    clock.say("waiting 30 s for the acknowledgement time to run out");
+    tokio::time::sleep(std::time::Duration::from_millis(30_500)).await;
     sync(&mut deputy).await?;
     let mine: Vec<String> = deputy
         .client
-        .alerts_for_me()
+        .alerts_for_me(now_ms())
         .into_iter()
         .map(|(id, _)| id.clone())
         .collect();
-    let esc = mine.last().context("the deputy received the escalation")?;
-    incident::ack(&mut deputy, esc).await?;
+    anyhow::ensure!(
+        mine.contains(&alert),
+        "the deputy's device did not escalate the alert to itself"
+    );
+    clock.say(
+        "no acknowledgement after 30 s: the deputy manager's own device has the alert (the coordinator's device not consulted)",
+    );
+    incident::ack(&mut deputy, &alert).await?;
     sync(&mut coord).await?;
     let st = coord.client.alert_state(&alert).context("alert state")?;
     clock.say(format!(

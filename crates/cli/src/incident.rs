@@ -34,13 +34,17 @@ pub(crate) async fn refresh_directory(p: &mut Profile) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// After a sync: send escalations that fell due and one aggregated read
-/// receipt per conversation.
+/// After a sync: record the escalations that fell due (worked out on this
+/// device; nothing is sent for them) and send one aggregated read receipt
+/// per conversation.
 pub(crate) async fn after_sync(p: &mut Profile) -> anyhow::Result<()> {
     let now = now_ms();
-    let mut items = p.client.escalations_due(now);
-    items.extend(p.client.pending_receipts());
+    let escalated = !p.client.escalations_due(now).is_empty();
+    let items = p.client.pending_receipts();
     if items.is_empty() {
+        if escalated {
+            p.save()?;
+        }
         return Ok(());
     }
     for (conv, item) in items {
@@ -255,22 +259,8 @@ pub async fn alert_send(
             let name = format!("alerts-{}", to.replace(':', "-"));
             let mut users = p.client.expand_target(&target);
             // Everyone the chain can reach must be able to read it.
-            let mut t = target.clone();
-            for _ in 0..4 {
-                let next = match &t {
-                    Target::User(u) => dir
-                        .roles_of(u)
-                        .find_map(|r| r.deputy.clone())
-                        .map(Target::Role),
-                    Target::Role(r) => dir.role(r).map(|r| match &r.deputy {
-                        Some(d) => Target::Role(d.clone()),
-                        None => Target::Team(r.team.clone()),
-                    }),
-                    Target::Team(_) => None,
-                };
-                let Some(n) = next else { break };
-                users.extend(p.client.expand_target(&n));
-                t = n;
+            for step in sitrep_core::incident::escalation_chain(&dir, &target) {
+                users.extend(p.client.expand_target(&step));
             }
             let me = p.client.user_id().to_string();
             users.retain(|u| *u != me);

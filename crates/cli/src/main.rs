@@ -1319,7 +1319,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 AlertCmd::Pending => {
                     sitrep_cli::sync(&mut p).await?;
-                    for (id, a) in p.client.alerts_for_me() {
+                    for (id, a) in p.client.alerts_for_me(now_ms()) {
                         let bt = if a.alert.breakthrough {
                             " [BREAK-THROUGH]"
                         } else {

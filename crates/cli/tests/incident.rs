@@ -137,7 +137,7 @@ async fn declare_call_in_alert_decide_and_stand_down() {
     .await
     .expect("alert");
     sitrep_cli::sync(&mut s[1].1).await.expect("sync");
-    assert_eq!(s[1].1.client.alerts_for_me().len(), 1);
+    assert_eq!(s[1].1.client.alerts_for_me(sitrep_cli::now_ms()).len(), 1);
     sitrep_cli::incident::ack(&mut s[1].1, &id)
         .await
         .expect("ack");
@@ -147,6 +147,13 @@ async fn declare_call_in_alert_decide_and_stand_down() {
     assert!(
         st.read_by.contains("bob"),
         "Bob's client sent a read receipt"
+    );
+    let seen = sitrep_cli::message_status(&s[2].1, "MI-1", &id)
+        .await
+        .expect("delivery status");
+    assert!(
+        seen.iter().any(|x| x.user_id == "bob" && x.delivered),
+        "the server reports the alert delivered to Bob: {seen:?}"
     );
     // Decisions, signed and chained, exported and verified.
     sitrep_cli::incident::decide(

@@ -57,8 +57,39 @@ pub struct AlertState {
     pub read_by: BTreeSet<String>,
     /// Who acknowledged it (or an escalation of it), and when.
     pub acked: Option<(String, u64)>,
-    /// Escalations sent: (step, ms, target).
+    /// Escalations that happened: (step, when it fell due in ms, target).
+    /// Every device derives them from the alert, the directory and its own
+    /// clock, so they happen with the sender's device off.
     pub escalations: Vec<(u8, u64, Target)>,
+}
+
+/// Where an unacknowledged alert to `to` goes next, step by step: a person's
+/// deputy role (or, without one, their team), a role's deputy role (or its
+/// team), and nothing past a team. At most four steps, no target twice.
+pub fn escalation_chain(dir: &Directory, to: &Target) -> Vec<Target> {
+    let mut out: Vec<Target> = Vec::new();
+    let mut t = to.clone();
+    for _ in 0..4 {
+        let next = match &t {
+            Target::User(u) => dir
+                .roles_of(u)
+                .find_map(|r| r.deputy.clone())
+                .map(Target::Role)
+                .or_else(|| dir.roles_of(u).next().map(|r| Target::Team(r.team.clone()))),
+            Target::Role(r) => dir.role(r).map(|r| match &r.deputy {
+                Some(d) => Target::Role(d.clone()),
+                None => Target::Team(r.team.clone()),
+            }),
+            Target::Team(_) => None,
+        };
+        let Some(n) = next else { break };
+        if n == *to || out.contains(&n) {
+            break;
+        }
+        out.push(n.clone());
+        t = n;
+    }
+    out
 }
 
 /// Per-role call-in tally.
@@ -217,12 +248,22 @@ impl Client {
 
     /// Alerts addressed to this user and not yet acknowledged, newest last;
     /// `breakthrough` ones must be surfaced even in do-not-disturb.
-    pub fn alerts_for_me(&self) -> Vec<(&String, &AlertState)> {
+    /// At `now_ms`: addressed to this user directly or by an escalation that
+    /// has fallen due (worked out here, whether or not the sender's device is
+    /// on).
+    pub fn alerts_for_me(&self, now_ms: u64) -> Vec<(&String, &AlertState)> {
         let me = self.user_id();
+        let dir = self.directory();
         self.state
             .alerts
             .iter()
-            .filter(|(_, a)| a.acked.is_none() && a.recipients.iter().any(|r| r == me))
+            .filter(|(_, a)| {
+                a.acked.is_none()
+                    && (a.recipients.iter().any(|r| r == me)
+                        || due_steps(&dir, a, now_ms)
+                            .iter()
+                            .any(|(_, _, t)| self.expand_target(t).iter().any(|u| u == me)))
+            })
             .collect()
     }
 
@@ -348,51 +389,22 @@ impl Client {
         Ok(t)
     }
 
-    /// Escalations now due for alerts this user sent: an alert not
-    /// acknowledged within its time goes to the next step of the chain
-    /// (person -> their role's deputy -> the team). Returns (conversation,
-    /// escalation alert) pairs to send; marks them as sent.
-    pub fn escalations_due(&mut self, now_ms: u64) -> Vec<(String, Structured)> {
-        let me = self.user_id().to_string();
+    /// Record the escalations that have fallen due by `now_ms`, on every
+    /// device, for every alert: step k of [`escalation_chain`] falls due
+    /// k x `ack_within_secs` after the alert unless it was acknowledged
+    /// before then. Nobody sends anything: each device works it out from the
+    /// alert, the directory and its clock, so an alert escalates with its
+    /// sender's device off. Returns the newly recorded (alert id, step,
+    /// target), for a notification.
+    pub fn escalations_due(&mut self, now_ms: u64) -> Vec<(String, u8, Target)> {
         let dir = self.directory();
         let mut out = Vec::new();
-        let ids: Vec<String> = self.state.alerts.keys().cloned().collect();
-        for id in ids {
-            let a = &self.state.alerts[&id];
-            if a.sender != me || a.acked.is_some() || a.alert.escalates.is_some() {
-                continue;
-            }
-            let step = a.escalations.len() as u8;
-            let last_at = a.escalations.last().map_or(a.sent_at, |e| e.1);
-            if now_ms < last_at + u64::from(a.alert.ack_within_secs) * 1000 {
-                continue;
-            }
-            let current = a.escalations.last().map_or(&a.alert.to, |e| &e.2);
-            let next = match current {
-                Target::User(u) => dir
-                    .roles_of(u)
-                    .find_map(|r| r.deputy.clone())
-                    .map(Target::Role)
-                    .or_else(|| dir.roles_of(u).next().map(|r| Target::Team(r.team.clone()))),
-                Target::Role(r) => dir.role(r).map(|r| match &r.deputy {
-                    Some(d) => Target::Role(d.clone()),
-                    None => Target::Team(r.team.clone()),
-                }),
-                Target::Team(_) => None,
-            };
-            let Some(next) = next else { continue };
-            let Some(conv) = self.state.conversations.get(&a.group) else {
-                continue;
-            };
-            let esc = Alert {
-                to: next.clone(),
-                escalates: Some((id.clone(), step + 1)),
-                text: format!("ESCALATED (no acknowledgement): {}", a.alert.text),
-                ..a.alert.clone()
-            };
-            out.push((conv.name.clone(), Structured::Alert(esc)));
-            if let Some(a) = self.state.alerts.get_mut(&id) {
-                a.escalations.push((step + 1, now_ms, next));
+        for (id, a) in self.state.alerts.iter_mut() {
+            for (step, due, target) in due_steps(&dir, a, now_ms) {
+                if !a.escalations.iter().any(|e| e.0 == step) {
+                    a.escalations.push((step, due, target.clone()));
+                    out.push((id.clone(), step, target));
+                }
             }
         }
         out
@@ -546,6 +558,9 @@ impl Client {
                         && a.acked.is_none()
                     {
                         a.acked = Some((e.sender.clone(), at));
+                        // Acknowledged before a step fell due (the ack was
+                        // still on its way): that step did not happen.
+                        a.escalations.retain(|x| x.1 <= at);
                     }
                 }
             }
@@ -633,4 +648,24 @@ pub fn summary(kind: &str, body: &str) -> String {
         ),
         _ => "(unreadable structured item)".into(),
     }
+}
+
+/// The steps of `a`'s chain that have fallen due by `now_ms`: (step, due ms,
+/// target). None for an explicit escalation message (older clients sent
+/// them) or once acknowledged before the step's time.
+fn due_steps(dir: &Directory, a: &AlertState, now_ms: u64) -> Vec<(u8, u64, Target)> {
+    if a.alert.escalates.is_some() {
+        return Vec::new();
+    }
+    let every = u64::from(a.alert.ack_within_secs) * 1000;
+    let mut out = Vec::new();
+    for (k, target) in escalation_chain(dir, &a.alert.to).into_iter().enumerate() {
+        let step = k as u8 + 1;
+        let due = a.sent_at + every * u64::from(step);
+        if due > now_ms || a.acked.as_ref().is_some_and(|(_, at)| *at < due) {
+            break;
+        }
+        out.push((step, due, target));
+    }
+    out
 }

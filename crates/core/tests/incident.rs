@@ -350,45 +350,68 @@ fn escalation_fires_on_time_along_the_chain_and_stops_on_acknowledgement() {
         breakthrough: false,
         escalates: None,
     });
-    let t0 = 10_000_000;
-    let id = post(&mut cs, &mut net, 2, &alert, t0); // Carol alerts Alice.
-    assert_eq!(cs[0].alerts_for_me().len(), 1, "Alice sees it");
-    assert!(cs[2].escalations_due(t0 + 59_999).is_empty(), "not yet");
-    let due = cs[2].escalations_due(t0 + 60_000);
-    assert_eq!(due.len(), 1);
-    let Structured::Alert(esc) = &due[0].1 else {
-        panic!("alert")
-    };
+    let dir = cs[0].directory();
     assert_eq!(
-        esc.to,
-        Target::Role("site-manager".into()),
-        "Alice's deputy role"
+        sitrep_core::incident::escalation_chain(&dir, &Target::User("alice".into())),
+        [
+            Target::Role("site-manager".into()),
+            Target::Team("management".into())
+        ],
+        "Alice's role's deputy, then that role's team"
+    );
+    let t0 = 10_000_000;
+    // Carol alerts Alice, and her device does nothing more: everything below
+    // happens on the recipients' own devices.
+    let id = post(&mut cs, &mut net, 2, &alert, t0);
+    assert_eq!(cs[0].alerts_for_me(t0).len(), 1, "Alice sees it");
+    assert!(
+        cs[1].alerts_for_me(t0 + 59_999).is_empty(),
+        "not Bob's yet at 59.999 s"
+    );
+    assert!(cs[1].escalations_due(t0 + 59_999).is_empty(), "not yet");
+    assert_eq!(
+        cs[1].alerts_for_me(t0 + 60_000).len(),
+        1,
+        "Bob (site manager, Alice's deputy role) has it at 60 s"
     );
     assert!(
-        cs[2].escalations_due(t0 + 60_001).is_empty(),
+        cs[3].alerts_for_me(t0 + 60_000).is_empty(),
+        "Dave is not on the chain"
+    );
+    let due = cs[1].escalations_due(t0 + 60_000);
+    assert_eq!(
+        due,
+        [(id.clone(), 1, Target::Role("site-manager".into()))],
+        "step 1 recorded once"
+    );
+    assert!(
+        cs[1].escalations_due(t0 + 60_001).is_empty(),
         "once per step"
     );
-    let esc_id = post(&mut cs, &mut net, 2, &due[0].1, t0 + 60_000);
-    assert_eq!(
-        cs[1].alerts_for_me().len(),
-        1,
-        "Bob (site manager) now has it"
-    );
     // Next step: the site manager's team, a minute later.
-    let due = cs[2].escalations_due(t0 + 120_000);
-    assert_eq!(due.len(), 1);
-    // Bob acknowledges the escalation: the chain stops for good.
+    assert_eq!(cs[1].escalations_due(t0 + 120_000).len(), 1);
+    // Bob acknowledges: the chain stops for good, on every device.
     post(
         &mut cs,
         &mut net,
         1,
-        &Structured::Ack(Ack { alert: esc_id }),
+        &Structured::Ack(Ack { alert: id.clone() }),
         t0 + 130_000,
     );
-    assert!(cs[2].escalations_due(t0 + 10_000_000).is_empty());
+    assert!(cs[1].alerts_for_me(t0 + 10_000_000).is_empty());
+    assert!(cs[0].alerts_for_me(t0 + 10_000_000).is_empty());
+    // Carol's device, back: the same two steps, worked out from the alert.
+    assert_eq!(cs[2].escalations_due(t0 + 10_000_000).len(), 2);
+    assert!(cs[2].escalations_due(t0 + 20_000_000).is_empty());
     let st = cs[2].alert_state(&id).expect("state");
     assert_eq!(st.acked.as_ref().map(|a| a.0.as_str()), Some("bob"));
-    assert_eq!(st.escalations.len(), 2);
+    assert_eq!(
+        st.escalations,
+        [
+            (1, t0 + 60_000, Target::Role("site-manager".into())),
+            (2, t0 + 120_000, Target::Team("management".into()))
+        ]
+    );
     // Read receipts: aggregated, one per conversation per sync.
     let r = cs[0].pending_receipts();
     assert_eq!(r.len(), 1);
@@ -406,15 +429,39 @@ fn escalation_fires_on_time_along_the_chain_and_stops_on_acknowledgement() {
     );
     assert!(cs[0].pending_receipts().is_empty(), "nothing new");
     // An alert acknowledged in time never escalates.
-    let id2 = post(&mut cs, &mut net, 2, &alert, t0 + 200_000);
+    let t1 = t0 + 200_000;
+    let id2 = post(&mut cs, &mut net, 2, &alert, t1);
     post(
         &mut cs,
         &mut net,
         0,
-        &Structured::Ack(Ack { alert: id2 }),
-        t0 + 210_000,
+        &Structured::Ack(Ack { alert: id2.clone() }),
+        t1 + 10_000,
     );
-    assert!(cs[2].escalations_due(t0 + 1_000_000).is_empty());
+    assert!(cs[1].alerts_for_me(t1 + 1_000_000).is_empty());
+    assert!(cs[1].escalations_due(t1 + 1_000_000).is_empty());
+    // An acknowledgement made in time but delivered after Bob's device had
+    // escalated: the escalation is taken back.
+    let t2 = t0 + 2_000_000;
+    let id3 = post(&mut cs, &mut net, 2, &alert, t2);
+    assert_eq!(cs[1].escalations_due(t2 + 61_000).len(), 1);
+    assert_eq!(cs[1].alerts_for_me(t2 + 61_000).len(), 1);
+    post(
+        &mut cs,
+        &mut net,
+        0,
+        &Structured::Ack(Ack { alert: id3.clone() }),
+        t2 + 59_000,
+    );
+    assert!(cs[1].alerts_for_me(t2 + 61_000).is_empty());
+    assert!(
+        cs[1]
+            .alert_state(&id3)
+            .expect("state")
+            .escalations
+            .is_empty(),
+        "acknowledged at 59 s: no escalation happened"
+    );
 }
 
 #[test]

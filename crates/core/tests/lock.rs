@@ -152,6 +152,7 @@ fn notifications_carry_no_content_unless_policy_and_user_allow_it() {
         body: "Mr Smith in bay 3, NHS 943 476 5919".into(),
         epoch: 1,
         transferred_at: None,
+        seq: 0,
     };
     let events = vec![
         Event::Message {
