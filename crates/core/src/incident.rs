@@ -125,20 +125,100 @@ pub struct DecisionLog {
     pub org_public_key: String,
     /// Fingerprint.
     pub org_fingerprint: String,
-    /// Entries in log order.
+    /// Entries in log order: every entry after those it follows, entries
+    /// logged at the same time ordered by time, then hash.
     pub entries: Vec<SignedDecision>,
     /// Hex hash of the last entry.
     pub head: String,
+    /// (v2) Hex hashes of every entry nothing follows yet, in log order: more
+    /// than one while the log has concurrent branches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<String>,
     /// ms since the Unix epoch.
     pub exported_at: u64,
     /// Exporting device's credential (base64).
     pub exported_by: String,
-    /// Exporter's signature over `sitrep-decision-log-v1 || head || be64(count)`.
+    /// Exporter's signature over `sitrep-decision-log-v2 || heads joined by
+    /// "," || be64(count)` (v1: `sitrep-decision-log-v1 || head || be64(count)`).
     pub signature: String,
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const LOG_LABEL: &[u8] = b"sitrep-decision-log-v1";
+const LOG_LABEL_V2: &[u8] = b"sitrep-decision-log-v2";
+
+/// What an entry follows: its `prev` and its `also`.
+fn parents(d: &SignedDecision) -> impl Iterator<Item = &String> {
+    std::iter::once(&d.entry.prev).chain(d.entry.also.iter())
+}
+
+/// The log in its one order: each entry after every entry it follows;
+/// among entries free to go next, the earliest (author's clock), then the
+/// lowest hash. Every device holding the same entries gets the same order.
+/// Fails on an entry following one not in the log, or a repeated entry.
+pub fn log_order(entries: &[SignedDecision]) -> Result<Vec<SignedDecision>, String> {
+    let hashes: Vec<String> = entries.iter().map(decision_hash).collect();
+    let index: BTreeMap<&str, usize> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.as_str(), i))
+        .collect();
+    if index.len() != entries.len() {
+        return Err("an entry appears twice".into());
+    }
+    let mut waiting = vec![0usize; entries.len()];
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); entries.len()];
+    for (i, d) in entries.iter().enumerate() {
+        for p in parents(d) {
+            if p == GENESIS {
+                continue;
+            }
+            let &j = index.get(p.as_str()).ok_or_else(|| {
+                format!(
+                    "entry {}: follows an entry that is not in the log (removed?)",
+                    &hashes[i][..12]
+                )
+            })?;
+            waiting[i] += 1;
+            children[j].push(i);
+        }
+    }
+    let mut ready: BTreeSet<(u64, &str, usize)> = (0..entries.len())
+        .filter(|&i| waiting[i] == 0)
+        .map(|i| (entries[i].entry.at, hashes[i].as_str(), i))
+        .collect();
+    let mut out = Vec::with_capacity(entries.len());
+    while let Some(first) = ready.pop_first() {
+        let i = first.2;
+        out.push(entries[i].clone());
+        for &c in &children[i] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.insert((entries[c].entry.at, hashes[c].as_str(), c));
+            }
+        }
+    }
+    if out.len() != entries.len() {
+        return Err("the entries follow each other in a cycle".into());
+    }
+    Ok(out)
+}
+
+/// Hashes of the entries nothing follows yet, in log order.
+fn log_heads(ordered: &[SignedDecision]) -> Vec<String> {
+    let followed: BTreeSet<&String> = ordered.iter().flat_map(parents).collect();
+    ordered
+        .iter()
+        .map(decision_hash)
+        .filter(|h| !followed.contains(h))
+        .collect()
+}
+
+fn heads_message(heads: &[String], count: usize) -> Vec<u8> {
+    let mut msg = heads.join(",").into_bytes();
+    msg.extend_from_slice(&(count as u64).to_be_bytes());
+    msg
+}
 
 /// Hash of a signed entry (what the next entry's `prev` names).
 pub fn decision_hash(d: &SignedDecision) -> String {
@@ -170,25 +250,50 @@ pub fn verify_decision_log(json: &[u8]) -> Result<usize, String> {
     if sitrep_wire::credential::fingerprint(&org) != log.org_fingerprint {
         return Err("organisation key does not match its fingerprint".into());
     }
-    let mut prev = GENESIS.to_string();
     for (i, d) in log.entries.iter().enumerate() {
         verify_decision(d, &org).map_err(|e| format!("entry {}: {e} (changed?)", i + 1))?;
-        if d.entry.prev != prev {
-            return Err(format!(
-                "entry {}: does not follow the entry before it (removed or reordered)",
-                i + 1
-            ));
-        }
-        prev = decision_hash(d);
-    }
-    if prev != log.head {
-        return Err("the log's head does not match its last entry (truncated?)".into());
     }
     let cred = sitrep_wire::b64::decode(&log.exported_by).ok_or("bad exporter credential")?;
     let sig = sitrep_wire::b64::decode(&log.signature).ok_or("bad signature")?;
-    let mut msg = log.head.as_bytes().to_vec();
-    msg.extend_from_slice(&(log.entries.len() as u64).to_be_bytes());
-    sitrep_wire::credential::verify_detached(&org, &cred, LOG_LABEL, &msg, &sig)
+    let (label, msg) = match log.format.as_str() {
+        "sitrep-decision-log-v1" => {
+            // A single chain.
+            let mut prev = GENESIS.to_string();
+            for (i, d) in log.entries.iter().enumerate() {
+                if d.entry.prev != prev || !d.entry.also.is_empty() {
+                    return Err(format!(
+                        "entry {}: does not follow the entry before it (removed or reordered)",
+                        i + 1
+                    ));
+                }
+                prev = decision_hash(d);
+            }
+            if prev != log.head {
+                return Err("the log's head does not match its last entry (truncated?)".into());
+            }
+            let mut msg = log.head.as_bytes().to_vec();
+            msg.extend_from_slice(&(log.entries.len() as u64).to_be_bytes());
+            (LOG_LABEL, msg)
+        }
+        "sitrep-decision-log-v2" => {
+            let ordered = log_order(&log.entries)?;
+            if let Some(i) = ordered.iter().zip(&log.entries).position(|(a, b)| a != b) {
+                return Err(format!(
+                    "entry {}: out of order (reordered, or an entry before it removed)",
+                    i + 1
+                ));
+            }
+            if log_heads(&ordered) != log.heads {
+                return Err(
+                    "the log's heads do not match its entries (an entry removed, or truncated?)"
+                        .into(),
+                );
+            }
+            (LOG_LABEL_V2, heads_message(&log.heads, log.entries.len()))
+        }
+        other => return Err(format!("unknown decision log format {other:?}")),
+    };
+    sitrep_wire::credential::verify_detached(&org, &cred, label, &msg, &sig)
         .map_err(|e| format!("exporter signature: {e}"))?;
     Ok(log.entries.len())
 }
@@ -302,14 +407,23 @@ impl Client {
         now_ms: u64,
     ) -> Result<Structured, Error> {
         let conv = self.conversation(name)?;
-        let prev = conv
+        // Follow every head this device knows: the newest as `prev`, any
+        // others (entries logged at the same time elsewhere) in `also`.
+        let followed: BTreeSet<&String> = conv.decisions.iter().flat_map(parents).collect();
+        let mut heads: Vec<(u64, String)> = conv
             .decisions
-            .last()
-            .map_or_else(|| GENESIS.to_string(), decision_hash);
+            .iter()
+            .map(|d| (d.entry.at, decision_hash(d)))
+            .filter(|(_, h)| !followed.contains(h))
+            .collect();
+        heads.sort();
+        let mut heads: Vec<String> = heads.into_iter().map(|(_, h)| h).collect();
+        let prev = heads.pop().unwrap_or_else(|| GENESIS.to_string());
         let entry = DecisionEntry {
             kind,
             text: text.to_string(),
             prev,
+            also: heads,
             at: now_ms,
             author: self.user_id().to_string(),
             device: self.device_id().to_string(),
@@ -326,20 +440,18 @@ impl Client {
     /// Export a conversation's decision log, signed over its head.
     pub fn export_decisions(&self, name: &str, now_ms: u64) -> Result<DecisionLog, Error> {
         let conv = self.conversation(name)?;
-        let head = conv
-            .decisions
-            .last()
-            .map_or_else(|| GENESIS.to_string(), decision_hash);
-        let mut msg = head.as_bytes().to_vec();
-        msg.extend_from_slice(&(conv.decisions.len() as u64).to_be_bytes());
-        let sig = self.sign_detached(LOG_LABEL, &msg)?;
+        let entries = log_order(&conv.decisions).map_err(Error::Invalid)?;
+        let heads = log_heads(&entries);
+        let head = heads.last().cloned().unwrap_or_else(|| GENESIS.to_string());
+        let sig = self.sign_detached(LOG_LABEL_V2, &heads_message(&heads, entries.len()))?;
         Ok(DecisionLog {
-            format: "sitrep-decision-log-v1".into(),
+            format: "sitrep-decision-log-v2".into(),
             conversation: conv.name.clone(),
             org_public_key: sitrep_wire::b64::encode(self.org_public_key()),
             org_fingerprint: sitrep_wire::credential::fingerprint(self.org_public_key()),
-            entries: conv.decisions.clone(),
+            entries,
             head,
+            heads,
             exported_at: now_ms,
             exported_by: sitrep_wire::b64::encode(self.credential()),
             signature: sitrep_wire::b64::encode(&sig),

@@ -502,6 +502,111 @@ fn decision_log_verifies_and_detects_edits_removals_and_reordering() {
     assert!(verify_decision_log(&serde_json::to_vec(&truncated).expect("j")).is_err());
 }
 
+/// Two commanders log at the same instant, each before seeing the other's
+/// entry: the log forks, the next entry joins it, every device exports the
+/// same log, and removing either branch is detected.
+#[test]
+fn concurrent_decisions_fork_and_rejoin_and_every_device_agrees() {
+    let (mut cs, mut net) = staff(&[]);
+    let first = cs[0]
+        .decision("major-incident", DecisionKind::Decision, "Declare", 1_000)
+        .expect("sign");
+    post(&mut cs, &mut net, 0, &first, 1_000);
+    // Alice and Bob sign before either has the other's entry.
+    let a = cs[0]
+        .decision(
+            "major-incident",
+            DecisionKind::Decision,
+            "Open theatre 3",
+            2_000,
+        )
+        .expect("sign");
+    let b = cs[1]
+        .decision("major-incident", DecisionKind::Action, "Call in ICU", 2_000)
+        .expect("sign");
+    // Delivered in opposite orders to Carol and Dave.
+    let out_a = cs[0]
+        .send_structured("major-incident", &a, 2_000)
+        .expect("a");
+    let out_b = cs[1]
+        .send_structured("major-incident", &b, 2_000)
+        .expect("b");
+    cs[0].sent(&out_a.request.client_id);
+    cs[1].sent(&out_b.request.client_id);
+    let (ab, cd) = cs.split_at_mut(2);
+    let (alice, bob) = ab.split_at_mut(1);
+    let (carol, dave) = cd.split_at_mut(1);
+    net.deliver(
+        &mut [&mut bob[0], &mut carol[0]],
+        EntryKind::Application,
+        &out_a.request.payload,
+        2_000,
+    );
+    net.deliver(
+        &mut [&mut alice[0], &mut carol[0], &mut dave[0]],
+        EntryKind::Application,
+        &out_b.request.payload,
+        2_000,
+    );
+    net.deliver(
+        &mut [&mut dave[0]],
+        EntryKind::Application,
+        &out_a.request.payload,
+        2_000,
+    );
+    let fork_c = cs[2].export_decisions("major-incident", 3_000).expect("c");
+    let fork_d = cs[3].export_decisions("major-incident", 3_000).expect("d");
+    assert_eq!(fork_c.heads.len(), 2, "forked: two heads");
+    assert_eq!(fork_c.entries, fork_d.entries, "one order on every device");
+    assert_eq!(fork_c.heads, fork_d.heads);
+    assert_eq!(
+        verify_decision_log(&serde_json::to_vec(&fork_c).expect("j")),
+        Ok(3)
+    );
+    // Carol's next entry follows both branches: one head again.
+    let join = cs[2]
+        .decision(
+            "major-incident",
+            DecisionKind::Decision,
+            "Stand down",
+            4_000,
+        )
+        .expect("sign");
+    let Structured::Decision(j) = &join else {
+        panic!("decision")
+    };
+    assert_eq!(j.entry.also.len(), 1, "joins the other branch");
+    post(&mut cs, &mut net, 2, &join, 4_000);
+    let log = cs[3].export_decisions("major-incident", 5_000).expect("d");
+    assert_eq!(log.heads.len(), 1);
+    assert_eq!(
+        log.entries,
+        cs[0]
+            .export_decisions("major-incident", 5_000)
+            .expect("a")
+            .entries
+    );
+    let json = serde_json::to_vec(&log).expect("json");
+    assert_eq!(verify_decision_log(&json), Ok(4));
+    // Either branch removed, or the two swapped: detected.
+    for i in [1, 2] {
+        let mut removed = log.clone();
+        removed.entries.remove(i);
+        assert!(
+            verify_decision_log(&serde_json::to_vec(&removed).expect("j")).is_err(),
+            "entry {i} removed"
+        );
+    }
+    let mut swapped = log.clone();
+    swapped.entries.swap(1, 2);
+    assert!(verify_decision_log(&serde_json::to_vec(&swapped).expect("j")).is_err());
+    // Removing a head and claiming the rest is the whole log: the heads the
+    // exporter signed no longer match.
+    let mut cut = fork_c.clone();
+    cut.entries.pop();
+    assert!(verify_decision_log(&serde_json::to_vec(&cut).expect("j")).is_err());
+}
+
 #[test]
 fn casualty_board_keeps_the_latest_entry_per_mi_number() {
     let (mut cs, mut net) = staff(&[]);

@@ -214,6 +214,10 @@ pub struct DecisionEntry {
     pub text: String,
     /// Hex SHA-256 of the entry before in this conversation's log (64 zeros for the first).
     pub prev: String,
+    /// When the log had forked (two people logged at once), the other heads
+    /// the author's device knew: this entry joins the branches again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     /// ms since the Unix epoch, author's clock.
     pub at: u64,
     /// Author's user id.
