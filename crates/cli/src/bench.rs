@@ -47,6 +47,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         replies: usize,
     },
+    /// (e) "Who has not seen it": delivery and read status of one message
+    /// in a group of `members` devices, half of which have read it.
+    Status {
+        /// Devices in the group (sender included).
+        #[arg(long, default_value_t = 5000)]
+        members: usize,
+        /// Status queries timed.
+        #[arg(long, default_value_t = 50)]
+        queries: usize,
+    },
     /// (c) MLS costs through the client core against bare openmls.
     Mls {
         /// Group sizes.
@@ -71,6 +81,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             burst,
         } => bench_fanout(devices, messages, burst).await,
         BenchCmd::Tally { replies } => bench_tally(replies).await,
+        BenchCmd::Status { members, queries } => bench_status(members, queries).await,
         BenchCmd::Mls {
             members,
             iterations,
@@ -432,6 +443,86 @@ async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::
     for t in tasks {
         t.abort();
     }
+    Ok(())
+}
+
+async fn bench_status(members: usize, queries: usize) -> anyhow::Result<()> {
+    if members < 2 {
+        bail!("need at least two devices");
+    }
+    let server = start_server(|c| {
+        c.enrol_per_sec = 1e6;
+    })
+    .await?;
+    let cs = sitrep_core::INTEROP_CIPHERSUITE;
+    let t_setup = Instant::now();
+    let mut sender = device(&server, "sender", cs, 1).await?;
+    let users: Vec<String> = (1..members).map(|i| format!("staff{i:05}")).collect();
+    let others: Vec<Client> = futures_util::stream::iter(users.iter())
+        .map(|u| device(&server, u, cs, 1))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let gid = conversation(&server, &mut sender, "status", &users).await?;
+    let r = Remote::new(&server.url, Some(sender.token()));
+    let out = sender.encrypt_text("status", "who has not seen this?", 0)?;
+    let sent: api::SendResponse = r
+        .post(&format!("/v1/groups/{gid}/messages"), &out.request)
+        .await?;
+    // Half the devices fetch it (a cursor past it), and half of those show it.
+    let half = others.len() / 2;
+    futures_util::stream::iter(others.iter().take(half).enumerate())
+        .map(|(i, c)| {
+            let r = Remote::new(&server.url, Some(c.token()));
+            let gid = gid.clone();
+            async move {
+                let _: serde_json::Value = r
+                    .post("/v1/inbox/ack", &api::AckRequest { up_to: sent.seq })
+                    .await?;
+                if i % 2 == 0 {
+                    let _: serde_json::Value = r
+                        .post(
+                            &format!("/v1/groups/{gid}/read"),
+                            &api::ReadRequest { seq: sent.seq },
+                        )
+                        .await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    println!(
+        "(e) status of one message in a group of {members} devices (setup {:.1} s)",
+        t_setup.elapsed().as_secs_f64()
+    );
+    let mut ms = Vec::new();
+    let mut last = None;
+    for _ in 0..queries {
+        let t = Instant::now();
+        let st: api::MessageStatus = r
+            .get(&format!("/v1/groups/{gid}/status?seq={}", sent.seq))
+            .await?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        last = Some(st);
+    }
+    let st = last.context("no query")?;
+    let delivered = st.devices.iter().filter(|d| d.delivered).count();
+    let read = st.devices.iter().filter(|d| d.read_at.is_some()).count();
+    println!(
+        "    {} devices listed: {delivered} delivered, {read} read, {} not seen",
+        st.devices.len(),
+        st.devices.len() - read
+    );
+    if st.devices.len() != members - 1 || delivered != half || read != half.div_ceil(2) {
+        bail!("status does not match what the devices did");
+    }
+    summary("    status query (HTTP, JSON)", ms);
     Ok(())
 }
 
