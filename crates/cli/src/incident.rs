@@ -40,7 +40,7 @@ pub(crate) async fn refresh_directory(p: &mut Profile) -> anyhow::Result<()> {
 pub(crate) async fn after_sync(p: &mut Profile) -> anyhow::Result<()> {
     let now = now_ms();
     let escalated = !p.client.escalations_due(now).is_empty();
-    let items = p.client.pending_receipts();
+    let items = p.client.pending_receipts(now);
     if items.is_empty() {
         if escalated {
             p.save()?;

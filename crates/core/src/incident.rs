@@ -372,6 +372,28 @@ impl Client {
             .collect()
     }
 
+    /// Ids of the alerts addressed to this user at `now_ms` (directly or by
+    /// an escalation that fell due), acknowledged or not.
+    fn alerts_for_me_or_acked(&self, now_ms: u64) -> Vec<String> {
+        let me = self.user_id();
+        let dir = self.directory();
+        self.state
+            .alerts
+            .iter()
+            .filter(|(_, a)| {
+                let reach = AlertState {
+                    acked: None,
+                    ..(*a).clone()
+                };
+                a.recipients.iter().any(|r| r == me)
+                    || due_steps(&dir, &reach, now_ms)
+                        .iter()
+                        .any(|(_, _, t)| self.expand_target(t).iter().any(|u| u == me))
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Who an alert target means now.
     pub fn expand_target(&self, t: &Target) -> Vec<String> {
         let d = self.directory();
@@ -522,10 +544,15 @@ impl Client {
         out
     }
 
-    /// One aggregated receipt per conversation for alerts and incident
-    /// messages read since the last one (other messages need none).
-    pub fn pending_receipts(&mut self) -> Vec<(String, Structured)> {
+    /// One aggregated receipt per conversation for the alerts addressed to
+    /// this user (directly or by an escalation due at `now_ms`) read since
+    /// the last one. Nobody else sends one, and no other message needs one:
+    /// in a 5,000-member coordination group a receipt from every member for
+    /// every message would be 25 million deliveries. Everyone else's "seen"
+    /// is the server's read marker (`sitrep seen`).
+    pub fn pending_receipts(&mut self, now_ms: u64) -> Vec<(String, Structured)> {
         let me = self.user_id().to_string();
+        let mine: BTreeSet<String> = self.alerts_for_me_or_acked(now_ms).into_iter().collect();
         let mut out = Vec::new();
         for conv in self.state.conversations.values_mut() {
             if !conv.active {
@@ -535,7 +562,7 @@ impl Client {
                 .history
                 .iter()
                 .skip(conv.receipts_through)
-                .filter(|e| e.sender != me && matches!(e.kind.as_str(), "alert" | "incident"))
+                .filter(|e| e.sender != me && e.kind == "alert" && mine.contains(&e.id))
                 .map(|e| e.id.clone())
                 .take(1000)
                 .collect();

@@ -413,7 +413,7 @@ fn escalation_fires_on_time_along_the_chain_and_stops_on_acknowledgement() {
         ]
     );
     // Read receipts: aggregated, one per conversation per sync.
-    let r = cs[0].pending_receipts();
+    let r = cs[0].pending_receipts(t0 + 140_000);
     assert_eq!(r.len(), 1);
     let Structured::Receipt(rec) = &r[0].1 else {
         panic!("receipt")
@@ -427,7 +427,14 @@ fn escalation_fires_on_time_along_the_chain_and_stops_on_acknowledgement() {
             .read_by
             .contains("alice")
     );
-    assert!(cs[0].pending_receipts().is_empty(), "nothing new");
+    assert!(
+        cs[0].pending_receipts(t0 + 140_000).is_empty(),
+        "nothing new"
+    );
+    assert!(
+        cs[3].pending_receipts(t0 + 140_000).is_empty(),
+        "Dave read it too, but it was never his: no receipt"
+    );
     // An alert acknowledged in time never escalates.
     let t1 = t0 + 200_000;
     let id2 = post(&mut cs, &mut net, 2, &alert, t1);
