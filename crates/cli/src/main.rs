@@ -1295,7 +1295,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             "{:?} to {:?}: {}",
                             st.alert.priority, st.alert.to, st.alert.text
                         );
-                        for r in &st.recipients {
+                        // The recipients, then whoever each escalation step reached.
+                        let mut rows: Vec<(String, String)> = st
+                            .recipients
+                            .iter()
+                            .map(|r| (r.clone(), "recipient".to_string()))
+                            .collect();
+                        for (step, at, to) in &st.escalations {
+                            for u in p.client.expand_target(to) {
+                                if !rows.iter().any(|(r, _)| *r == u) {
+                                    rows.push((
+                                        u,
+                                        format!("escalated (step {step}) {}", fmt_time(*at)),
+                                    ));
+                                }
+                            }
+                        }
+                        for (r, how) in &rows {
                             let read = match (st.read_by.contains(r), delivered.contains(r)) {
                                 (true, _) => "delivered\tread",
                                 (false, true) => "delivered\tnot read",
@@ -1307,7 +1323,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 }
                                 _ => "not acknowledged".into(),
                             };
-                            println!("{r}\t{read}\t{acked}");
+                            println!("{r}\t{how}\t{read}\t{acked}");
                         }
                         if let Some((u, at)) = &st.acked {
                             println!("acknowledged by {u} at {}", fmt_time(*at));
