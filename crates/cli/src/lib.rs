@@ -450,6 +450,9 @@ pub async fn mark_read(p: &Profile, names: &[String]) -> anyhow::Result<()> {
     let remote = p.remote();
     for name in names {
         let conv = p.client.conversation(name)?;
+        if !conv.active {
+            continue;
+        }
         let Some(seq) = conv.history.iter().map(|h| h.seq).max().filter(|s| *s > 0) else {
             continue;
         };

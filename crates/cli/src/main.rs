@@ -1071,7 +1071,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             shown.sort();
             shown.dedup();
-            sitrep_cli::mark_read(&p, &shown).await?;
+            // Everything is fetched and kept; a marker not sent now goes
+            // with the next one.
+            if let Err(e) = sitrep_cli::mark_read(&p, &shown).await {
+                tracing::warn!(error = %e, "read marker not sent");
+            }
         }
         Cmd::Seen { name, id, json } => {
             let mut p = open_profile(&cli.profile)?;
