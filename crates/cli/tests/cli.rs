@@ -305,6 +305,20 @@ fn three_staff_chat_through_the_cli() {
         texts,
         ["Resus 2 ready", "NHS 943 476 5919 to CT", "On my way"]
     );
+    // Who has seen a message: Bob's `sync` showed it, Carol has not synced.
+    let id2 = ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "resus",
+        "Bay 3 needs O-neg",
+    ]);
+    ok(&["--profile", &prof("bob"), "sync"]);
+    let seen = ok(&["--profile", &prof("alice"), "seen", "resus", id2.trim()]);
+    assert!(seen.contains("bob\tread "), "{seen}");
+    assert!(seen.contains("carol\tnot delivered"), "{seen}");
+    assert!(seen.contains("read by 1 of 2"), "{seen}");
+    assert!(seen.contains("not seen by: carol"), "{seen}");
     let info = ok(&["--profile", &prof("carol"), "chat", "info", "resus"]);
     assert_eq!(
         info.lines().filter(|l| l.starts_with("member:")).count(),
