@@ -647,10 +647,6 @@ async fn bench_tally(replies: usize) -> anyhow::Result<()> {
     );
     // The measurement: the coordinator's device syncs (fetches, decrypts,
     // applies and seals every reply) and counts.
-    if std::env::var_os("TMP_PAUSE").is_some() {
-        eprintln!("PAUSE");
-        tokio::time::sleep(Duration::from_secs(8)).await;
-    }
     let t = Instant::now();
     crate::sync(&mut coord).await?;
     let synced = t.elapsed().as_secs_f64();

@@ -61,6 +61,9 @@ pub struct AlertState {
     /// Every device derives them from the alert, the directory and its own
     /// clock, so they happen with the sender's device off.
     pub escalations: Vec<(u8, u64, Target)>,
+    /// This device has sent its read receipt for it.
+    #[serde(default)]
+    pub receipted: bool,
 }
 
 /// Where an unacknowledged alert to `to` goes next, step by step: a person's
@@ -372,21 +375,17 @@ impl Client {
             .collect()
     }
 
-    /// Ids of the alerts addressed to this user at `now_ms` (directly or by
-    /// an escalation that fell due), acknowledged or not.
-    fn alerts_for_me_or_acked(&self, now_ms: u64) -> Vec<String> {
+    /// Ids of the alerts addressed to this user at `now_ms`: directly, or by
+    /// an escalation step that fell due before anyone acknowledged.
+    fn alerts_reaching_me(&self, now_ms: u64) -> Vec<String> {
         let me = self.user_id();
         let dir = self.directory();
         self.state
             .alerts
             .iter()
             .filter(|(_, a)| {
-                let reach = AlertState {
-                    acked: None,
-                    ..(*a).clone()
-                };
                 a.recipients.iter().any(|r| r == me)
-                    || due_steps(&dir, &reach, now_ms)
+                    || due_steps(&dir, a, now_ms)
                         .iter()
                         .any(|(_, _, t)| self.expand_target(t).iter().any(|u| u == me))
             })
@@ -545,36 +544,39 @@ impl Client {
     }
 
     /// One aggregated receipt per conversation for the alerts addressed to
-    /// this user (directly or by an escalation due at `now_ms`) read since
-    /// the last one. Nobody else sends one, and no other message needs one:
-    /// in a 5,000-member coordination group a receipt from every member for
-    /// every message would be 25 million deliveries. Everyone else's "seen"
-    /// is the server's read marker (`sitrep seen`).
+    /// this user (directly, or by an escalation step that fell due by
+    /// `now_ms` before anyone acknowledged) that it has not yet receipted.
+    /// Nobody else sends one, and no other message needs one: in a
+    /// 5,000-member coordination group a receipt from every member for every
+    /// message would be 25 million deliveries. Everyone else's "seen" is the
+    /// server's read marker (`sitrep seen`).
     pub fn pending_receipts(&mut self, now_ms: u64) -> Vec<(String, Structured)> {
         let me = self.user_id().to_string();
-        let mine: BTreeSet<String> = self.alerts_for_me_or_acked(now_ms).into_iter().collect();
-        let mut out = Vec::new();
-        for conv in self.state.conversations.values_mut() {
+        let mine = self.alerts_reaching_me(now_ms);
+        let mut by_conv: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for id in mine {
+            let Some(a) = self.state.alerts.get_mut(&id) else {
+                continue;
+            };
+            if a.receipted || a.sender == me {
+                continue;
+            }
+            let Some(conv) = self.state.conversations.get(&a.group) else {
+                continue;
+            };
             if !conv.active {
                 continue;
             }
-            let unread: Vec<String> = conv
-                .history
-                .iter()
-                .skip(conv.receipts_through)
-                .filter(|e| e.sender != me && e.kind == "alert" && mine.contains(&e.id))
-                .map(|e| e.id.clone())
-                .take(1000)
-                .collect();
-            conv.receipts_through = conv.history.len();
-            if !unread.is_empty() {
-                out.push((
-                    conv.name.clone(),
-                    Structured::Receipt(Receipt { read: unread }),
-                ));
+            a.receipted = true;
+            let ids = by_conv.entry(conv.name.clone()).or_default();
+            if ids.len() < 1000 {
+                ids.push(id);
             }
         }
-        out
+        by_conv
+            .into_iter()
+            .map(|(conv, read)| (conv, Structured::Receipt(Receipt { read })))
+            .collect()
     }
 
     /// Whether `user` may post `item` in the conversation `hex`.
@@ -682,6 +684,7 @@ impl Client {
                         read_by: BTreeSet::new(),
                         acked: None,
                         escalations: Vec::new(),
+                        receipted: false,
                     },
                 );
             }
@@ -696,6 +699,9 @@ impl Client {
                     if let Some(a) = self.state.alerts.get_mut(&id)
                         && a.acked.is_none()
                     {
+                        // Not before the alert itself: a backdated
+                        // acknowledgement cannot undo steps further back.
+                        let at = at.max(a.sent_at);
                         a.acked = Some((e.sender.clone(), at));
                         // Acknowledged before a step fell due (the ack was
                         // still on its way): that step did not happen.

@@ -378,6 +378,12 @@ fn escalation_fires_on_time_along_the_chain_and_stops_on_acknowledgement() {
         cs[3].alerts_for_me(t0 + 60_000).is_empty(),
         "Dave is not on the chain"
     );
+    // Bob's device synced when the alert came: no receipt then; one once
+    // the escalation reaches him.
+    assert!(cs[1].pending_receipts(t0).is_empty(), "not Bob's yet");
+    let r = cs[1].pending_receipts(t0 + 60_000);
+    assert_eq!(r.len(), 1, "Bob's receipt once it is his");
+    assert!(cs[1].pending_receipts(t0 + 60_001).is_empty(), "only once");
     let due = cs[1].escalations_due(t0 + 60_000);
     assert_eq!(
         due,

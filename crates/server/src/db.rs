@@ -109,14 +109,24 @@ CREATE TABLE IF NOT EXISTS audit (
     hash BLOB NOT NULL,
     signature BLOB NOT NULL
 );
--- How far each device has read each group (the client reports it after it
--- has shown the messages): metadata for "read by", see threat-model.md.
-CREATE TABLE IF NOT EXISTS read_markers (
+-- Each accepted application message, kept after the message itself is
+-- collected: delivery and read status are asked by its seq.
+CREATE TABLE IF NOT EXISTS sent_log (
+    seq INTEGER PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    sender_device TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_log_client ON sent_log(sender_device, client_id);
+-- Each advance of a device's read marker in a group: it has shown the
+-- group's messages up to seq (at that time). See threat-model.md.
+CREATE TABLE IF NOT EXISTS read_log (
     group_id BLOB NOT NULL,
     device_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     at INTEGER NOT NULL,
-    PRIMARY KEY (group_id, device_id)
+    PRIMARY KEY (group_id, device_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
@@ -137,7 +147,7 @@ pub struct MessageStatusRow {
     pub device_id: String,
     /// The device acknowledged a cursor at or past the message.
     pub delivered: bool,
-    /// When the device reported having shown it (seconds), if it has.
+    /// When the device first reported having shown it (seconds), if it has.
     pub read_at: Option<u64>,
 }
 
@@ -208,13 +218,6 @@ pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
-    // Stores made before a submission remembered its sequence number.
-    let has_seq: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('submissions') WHERE name = 'seq'")?
-        .exists([])?;
-    if !has_seq {
-        conn.execute_batch("ALTER TABLE submissions ADD COLUMN seq INTEGER")?;
-    }
     Ok(conn)
 }
 
@@ -799,10 +802,11 @@ impl Db {
         if let Some((n, _)) = Self::submitted(&tx, sender, client_id)? {
             let seq: Option<i64> = tx
                 .query_row(
-                    "SELECT seq FROM submissions WHERE sender_device = ?1 AND client_id = ?2",
+                    "SELECT seq FROM sent_log WHERE sender_device = ?1 AND client_id = ?2",
                     params![sender, client_id],
                     |r| r.get(0),
                 )
+                .optional()
                 .map_err(db_err)?;
             return Ok((n as u64, true, seq.unwrap_or(0) as u64));
         }
@@ -822,6 +826,12 @@ impl Db {
                 now,
             )?;
             sent_seq = seq;
+            tx.prepare_cached(
+                "INSERT INTO sent_log (seq, group_id, sender_device, client_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(db_err)?
+            .execute(params![seq as i64, group_id, sender, client_id, now as i64])
+            .map_err(db_err)?;
             let payload: Arc<[u8]> = Arc::from(payload);
             pushes.push(Self::pushes(
                 &members,
@@ -832,8 +842,8 @@ impl Db {
             ));
         }
         tx.execute(
-            "INSERT INTO submissions (sender_device, client_id, created_at, recipients, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![sender, client_id, now as i64, n as i64, sent_seq as i64],
+            "INSERT INTO submissions (sender_device, client_id, created_at, recipients) VALUES (?1, ?2, ?3, ?4)",
+            params![sender, client_id, now as i64, n as i64],
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
@@ -842,7 +852,8 @@ impl Db {
     }
 
     /// The device has shown the group's messages up to `seq` to its user.
-    /// Markers only move forward, and not past the group's log.
+    /// Markers only move forward, and never past what the device has
+    /// fetched (its acknowledged cursor). Returns the marker as stored.
     pub fn mark_read(
         &self,
         device: &str,
@@ -864,18 +875,26 @@ impl Db {
                     "this device is not in the group",
                 ));
             }
-            let last: i64 = tx
+            let cursor: i64 = tx
                 .query_row(
-                    "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE group_id = ?1",
-                    [group_id],
+                    "SELECT cursor FROM devices WHERE device_id = ?1",
+                    [device],
                     |r| r.get(0),
                 )
                 .map_err(db_err)?;
-            let seq = seq.min(last as u64) as i64;
+            let seq = (seq as i64).min(cursor);
+            let marker: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM read_log WHERE group_id = ?1 AND device_id = ?2",
+                    params![group_id, device],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if seq <= marker {
+                return Ok(marker as u64);
+            }
             tx.execute(
-                "INSERT INTO read_markers (group_id, device_id, seq, at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (group_id, device_id) DO UPDATE SET seq = excluded.seq, at = excluded.at
-                 WHERE excluded.seq > read_markers.seq",
+                "INSERT INTO read_log (group_id, device_id, seq, at) VALUES (?1, ?2, ?3, ?4)",
                 params![group_id, device, seq, now as i64],
             )
             .map_err(db_err)?;
@@ -894,24 +913,26 @@ impl Db {
         seq: u64,
     ) -> Result<Vec<MessageStatusRow>, ApiErr> {
         let g = self.lock();
+        // A current member who was in the group when the message was sent.
         let member: bool = g
             .conn
             .prepare_cached(
-                "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
+                "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2
+                    AND to_seq IS NULL AND from_seq < ?3",
             )
             .map_err(db_err)?
-            .exists(params![group_id, asker])
+            .exists(params![group_id, asker, seq as i64])
             .map_err(db_err)?;
         if !member {
             return Err(ApiErr::forbidden(
                 "not_a_member",
-                "this device is not in the group",
+                "this device is not in the group, or was not when that message was sent",
             ));
         }
         let sender: String = g
             .conn
             .query_row(
-                "SELECT sender_device FROM messages WHERE seq = ?1 AND group_id = ?2",
+                "SELECT sender_device FROM sent_log WHERE seq = ?1 AND group_id = ?2",
                 params![seq as i64, group_id],
                 |r| r.get(0),
             )
@@ -921,11 +942,11 @@ impl Db {
         let mut st = g
             .conn
             .prepare_cached(
-                "SELECT d.user_id, d.device_id, d.cursor >= ?2, r.at
+                "SELECT d.user_id, d.device_id, d.cursor >= ?2,
+                        (SELECT MIN(r.at) FROM read_log r WHERE r.group_id = ms.group_id
+                            AND r.device_id = ms.device_id AND r.seq >= ?2)
                    FROM memberships ms
                    JOIN devices d ON d.device_id = ms.device_id
-                   LEFT JOIN read_markers r ON r.group_id = ms.group_id
-                        AND r.device_id = ms.device_id AND r.seq >= ?2
                   WHERE ms.group_id = ?1 AND ms.from_seq < ?2
                     AND (ms.to_seq IS NULL OR ms.to_seq >= ?2)
                     AND ms.device_id != ?3
@@ -1312,12 +1333,21 @@ impl Db {
                     [],
                 )
                 .map_err(db_err)?;
+            let cutoff = now.saturating_sub(max_age_secs) as i64;
             deleted += tx
-                .execute(
-                    "DELETE FROM messages WHERE created_at < ?1",
-                    [now.saturating_sub(max_age_secs) as i64],
-                )
+                .execute("DELETE FROM messages WHERE created_at < ?1", [cutoff])
                 .map_err(db_err)?;
+            // Status metadata lives as long as undelivered ciphertext may; a
+            // device's newest read marker stays.
+            tx.execute("DELETE FROM sent_log WHERE created_at < ?1", [cutoff])
+                .map_err(db_err)?;
+            tx.execute(
+                "DELETE FROM read_log WHERE at < ?1 AND EXISTS (SELECT 1 FROM read_log n
+                   WHERE n.group_id = read_log.group_id AND n.device_id = read_log.device_id
+                     AND n.seq > read_log.seq)",
+                [cutoff],
+            )
+            .map_err(db_err)?;
             Ok(deleted as u64)
         })
     }
@@ -1571,6 +1601,21 @@ mod tests {
             db.fetch("b", 0, 100).expect("fetch").0.is_empty(),
             "acknowledged entries do not come back"
         );
+        // Delivery and read status outlive the collected messages.
+        let st = db.message_status("a", &gid, last).expect("status after gc");
+        assert_eq!(st.len(), 2);
+        assert!(st.iter().all(|r| r.delivered && r.read_at.is_none()));
+        assert_eq!(db.mark_read("b", &gid, last, 7).expect("read"), last);
+        assert_eq!(
+            db.mark_read("b", &gid, last + 50, 8).expect("read"),
+            last,
+            "never past what the device fetched"
+        );
+        let st = db.message_status("c", &gid, last).expect("status");
+        let b = st.iter().find(|r| r.device_id == "b").expect("b");
+        assert_eq!(b.read_at, Some(7), "the first time it was read");
+        let devices: Vec<&str> = st.iter().map(|r| r.device_id.as_str()).collect();
+        assert_eq!(devices, ["b", "c"], "everyone but the sender");
         let _ = std::fs::remove_dir_all(&d);
     }
 
