@@ -633,6 +633,7 @@ impl Client {
                 keys_deleted_through: 0,
                 posters: posters.to_vec(),
                 decisions: Vec::new(),
+                decision_seqs: BTreeMap::new(),
                 casualties: BTreeMap::new(),
                 receipts_through: 0,
             },
@@ -1275,6 +1276,7 @@ impl Client {
                 keys_deleted_through: 0,
                 posters: Vec::new(),
                 decisions: Vec::new(),
+                decision_seqs: BTreeMap::new(),
                 casualties: BTreeMap::new(),
                 receipts_through: 0,
             });

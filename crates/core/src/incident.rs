@@ -137,12 +137,22 @@ pub struct DecisionLog {
     /// than one while the log has concurrent branches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heads: Vec<String>,
+    /// (v2) Each entry's place in the server's log, as the exporting device
+    /// received it: what orders entries made at the same time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seqs: Vec<u64>,
+    /// (v2) Entries followed but not held by the exporting device (it joined
+    /// after them): the export starts after them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     /// ms since the Unix epoch.
     pub exported_at: u64,
     /// Exporting device's credential (base64).
     pub exported_by: String,
     /// Exporter's signature over `sitrep-decision-log-v2 || heads joined by
-    /// "," || be64(count)` (v1: `sitrep-decision-log-v1 || head || be64(count)`).
+    /// "," || be64(count) || (hex hash || be64(seq)) for each entry in order ||
+    /// missing joined by ","` (v1:
+    /// `sitrep-decision-log-v1 || head || be64(count)`).
     pub signature: String,
 }
 
@@ -155,11 +165,28 @@ fn parents(d: &SignedDecision) -> impl Iterator<Item = &String> {
     std::iter::once(&d.entry.prev).chain(d.entry.also.iter())
 }
 
-/// The log in its one order: each entry after every entry it follows;
-/// among entries free to go next, the earliest (author's clock), then the
-/// lowest hash. Every device holding the same entries gets the same order.
-/// Fails on an entry following one not in the log, or a repeated entry.
-pub fn log_order(entries: &[SignedDecision]) -> Result<Vec<SignedDecision>, String> {
+/// A decision log in its one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ordered {
+    /// Entries: each after every entry it follows; among entries free to go
+    /// next, the lowest server sequence number, then the lowest hash.
+    pub entries: Vec<SignedDecision>,
+    /// Their server sequence numbers.
+    pub seqs: Vec<u64>,
+    /// Hashes of the entries nothing follows, in that order.
+    pub heads: Vec<String>,
+    /// Followed but not in the log, sorted.
+    pub missing: Vec<String>,
+}
+
+/// Put `entries` (with their server sequence numbers) in the log's one
+/// order. The server's sequence is the same on every device, and an entry
+/// someone dated in the past still goes where it arrived. Fails on a
+/// repeated entry.
+pub fn log_order(entries: &[SignedDecision], seqs: &[u64]) -> Result<Ordered, String> {
+    if entries.len() != seqs.len() {
+        return Err("one sequence number per entry".into());
+    }
     let hashes: Vec<String> = entries.iter().map(decision_hash).collect();
     let index: BTreeMap<&str, usize> = hashes
         .iter()
@@ -171,55 +198,60 @@ pub fn log_order(entries: &[SignedDecision]) -> Result<Vec<SignedDecision>, Stri
     }
     let mut waiting = vec![0usize; entries.len()];
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); entries.len()];
+    let mut missing = BTreeSet::new();
     for (i, d) in entries.iter().enumerate() {
         for p in parents(d) {
             if p == GENESIS {
                 continue;
             }
-            let &j = index.get(p.as_str()).ok_or_else(|| {
-                format!(
-                    "entry {}: follows an entry that is not in the log (removed?)",
-                    &hashes[i][..12]
-                )
-            })?;
-            waiting[i] += 1;
-            children[j].push(i);
+            match index.get(p.as_str()) {
+                Some(&j) => {
+                    waiting[i] += 1;
+                    children[j].push(i);
+                }
+                None => {
+                    missing.insert(p.clone());
+                }
+            }
         }
     }
     let mut ready: BTreeSet<(u64, &str, usize)> = (0..entries.len())
         .filter(|&i| waiting[i] == 0)
-        .map(|i| (entries[i].entry.at, hashes[i].as_str(), i))
+        .map(|i| (seqs[i], hashes[i].as_str(), i))
         .collect();
-    let mut out = Vec::with_capacity(entries.len());
-    while let Some(first) = ready.pop_first() {
-        let i = first.2;
-        out.push(entries[i].clone());
+    let mut order = Vec::with_capacity(entries.len());
+    while let Some((_, _, i)) = ready.pop_first() {
+        order.push(i);
         for &c in &children[i] {
             waiting[c] -= 1;
             if waiting[c] == 0 {
-                ready.insert((entries[c].entry.at, hashes[c].as_str(), c));
+                ready.insert((seqs[c], hashes[c].as_str(), c));
             }
         }
     }
-    if out.len() != entries.len() {
-        return Err("the entries follow each other in a cycle".into());
+    let followed: BTreeSet<&String> = entries.iter().flat_map(parents).collect();
+    Ok(Ordered {
+        heads: order
+            .iter()
+            .map(|&i| hashes[i].clone())
+            .filter(|h| !followed.contains(h))
+            .collect(),
+        entries: order.iter().map(|&i| entries[i].clone()).collect(),
+        seqs: order.iter().map(|&i| seqs[i]).collect(),
+        missing: missing.into_iter().collect(),
+    })
+}
+
+/// What the exporter signs: the heads, the count, each entry's hash with
+/// its sequence number in order, and what is missing.
+fn export_message(o: &Ordered) -> Vec<u8> {
+    let mut msg = o.heads.join(",").into_bytes();
+    msg.extend_from_slice(&(o.entries.len() as u64).to_be_bytes());
+    for (d, s) in o.entries.iter().zip(&o.seqs) {
+        msg.extend_from_slice(decision_hash(d).as_bytes());
+        msg.extend_from_slice(&s.to_be_bytes());
     }
-    Ok(out)
-}
-
-/// Hashes of the entries nothing follows yet, in log order.
-fn log_heads(ordered: &[SignedDecision]) -> Vec<String> {
-    let followed: BTreeSet<&String> = ordered.iter().flat_map(parents).collect();
-    ordered
-        .iter()
-        .map(decision_hash)
-        .filter(|h| !followed.contains(h))
-        .collect()
-}
-
-fn heads_message(heads: &[String], count: usize) -> Vec<u8> {
-    let mut msg = heads.join(",").into_bytes();
-    msg.extend_from_slice(&(count as u64).to_be_bytes());
+    msg.extend_from_slice(o.missing.join(",").as_bytes());
     msg
 }
 
@@ -279,20 +311,26 @@ pub fn verify_decision_log(json: &[u8]) -> Result<usize, String> {
             (LOG_LABEL, msg)
         }
         "sitrep-decision-log-v2" => {
-            let ordered = log_order(&log.entries)?;
-            if let Some(i) = ordered.iter().zip(&log.entries).position(|(a, b)| a != b) {
+            let o = log_order(&log.entries, &log.seqs)?;
+            if let Some(i) = o.entries.iter().zip(&log.entries).position(|(a, b)| a != b) {
                 return Err(format!(
                     "entry {}: out of order (reordered, or an entry before it removed)",
                     i + 1
                 ));
             }
-            if log_heads(&ordered) != log.heads {
+            if o.seqs != log.seqs {
+                return Err("sequence numbers out of order".into());
+            }
+            if o.missing != log.missing {
+                return Err("an entry follows one that is not in the log (removed?)".into());
+            }
+            if o.heads != log.heads || log.head != *o.heads.last().map_or(GENESIS, String::as_str) {
                 return Err(
                     "the log's heads do not match its entries (an entry removed, or truncated?)"
                         .into(),
                 );
             }
-            (LOG_LABEL_V2, heads_message(&log.heads, log.entries.len()))
+            (LOG_LABEL_V2, export_message(&o))
         }
         other => return Err(format!("unknown decision log format {other:?}")),
     };
@@ -461,18 +499,33 @@ impl Client {
     /// Export a conversation's decision log, signed over its head.
     pub fn export_decisions(&self, name: &str, now_ms: u64) -> Result<DecisionLog, Error> {
         let conv = self.conversation(name)?;
-        let entries = log_order(&conv.decisions).map_err(Error::Invalid)?;
-        let heads = log_heads(&entries);
-        let head = heads.last().cloned().unwrap_or_else(|| GENESIS.to_string());
-        let sig = self.sign_detached(LOG_LABEL_V2, &heads_message(&heads, entries.len()))?;
+        let seqs: Vec<u64> = conv
+            .decisions
+            .iter()
+            .map(|d| {
+                conv.decision_seqs
+                    .get(&decision_hash(d))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let o = log_order(&conv.decisions, &seqs).map_err(Error::Invalid)?;
+        let head = o
+            .heads
+            .last()
+            .cloned()
+            .unwrap_or_else(|| GENESIS.to_string());
+        let sig = self.sign_detached(LOG_LABEL_V2, &export_message(&o))?;
         Ok(DecisionLog {
             format: "sitrep-decision-log-v2".into(),
             conversation: conv.name.clone(),
             org_public_key: sitrep_wire::b64::encode(self.org_public_key()),
             org_fingerprint: sitrep_wire::credential::fingerprint(self.org_public_key()),
-            entries,
             head,
-            heads,
+            heads: o.heads,
+            seqs: o.seqs,
+            missing: o.missing,
+            entries: o.entries,
             exported_at: now_ms,
             exported_by: sitrep_wire::b64::encode(self.credential()),
             signature: sitrep_wire::b64::encode(&sig),
@@ -726,6 +779,14 @@ impl Client {
                     .conversations
                     .get_mut(hex)
                     .ok_or("no conversation")?;
+                // The same signed entry again (re-posted) changes nothing.
+                let hash = decision_hash(&d);
+                if conv.decision_seqs.contains_key(&hash)
+                    || conv.decisions.iter().any(|x| decision_hash(x) == hash)
+                {
+                    return Ok(());
+                }
+                conv.decision_seqs.insert(hash, e.seq);
                 conv.decisions.push(d);
             }
             Structured::Casualty(c) => {

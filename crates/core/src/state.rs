@@ -92,6 +92,10 @@ pub struct Conversation {
     /// The conversation's decision log, in delivery order.
     #[serde(default)]
     pub decisions: Vec<sitrep_wire::incident::SignedDecision>,
+    /// Each decision's place in the server's log (by entry hash): what
+    /// orders entries made at the same time, the same on every device.
+    #[serde(default)]
+    pub decision_seqs: BTreeMap<String, u64>,
     /// Casualty board: MI number to (latest entry, ms, by whom).
     #[serde(default)]
     pub casualties: BTreeMap<String, (sitrep_wire::incident::Casualty, u64, String)>,

@@ -109,7 +109,8 @@ fn post(cs: &mut [Client], net: &mut Net, from: usize, item: &Structured, now: u
     let out = cs[from]
         .send_structured("major-incident", item, now)
         .expect("send");
-    cs[from].sent(&out.request.client_id);
+    // The server's answer: the seq the others receive it at.
+    cs[from].sent_at_seq(&out.request.client_id, net.seq + 1);
     let mut others: Vec<&mut Client> = cs
         .iter_mut()
         .enumerate()
@@ -521,11 +522,15 @@ fn decision_log_verifies_and_detects_edits_removals_and_reordering() {
 #[test]
 fn concurrent_decisions_fork_and_rejoin_and_every_device_agrees() {
     let (mut cs, mut net) = staff(&[]);
+    let early = cs[3]
+        .decision("major-incident", DecisionKind::Decision, "Backdated", 1)
+        .expect("sign");
     let first = cs[0]
         .decision("major-incident", DecisionKind::Decision, "Declare", 1_000)
         .expect("sign");
     post(&mut cs, &mut net, 0, &first, 1_000);
-    // Alice and Bob sign before either has the other's entry.
+    // Alice and Bob sign before either has the other's entry; the server
+    // takes Bob's first, and every device gets them in that order.
     let a = cs[0]
         .decision(
             "major-incident",
@@ -537,24 +542,17 @@ fn concurrent_decisions_fork_and_rejoin_and_every_device_agrees() {
     let b = cs[1]
         .decision("major-incident", DecisionKind::Action, "Call in ICU", 2_000)
         .expect("sign");
-    // Delivered in opposite orders to Carol and Dave.
     let out_a = cs[0]
         .send_structured("major-incident", &a, 2_000)
         .expect("a");
     let out_b = cs[1]
         .send_structured("major-incident", &b, 2_000)
         .expect("b");
-    cs[0].sent(&out_a.request.client_id);
-    cs[1].sent(&out_b.request.client_id);
+    cs[1].sent_at_seq(&out_b.request.client_id, net.seq + 1);
+    cs[0].sent_at_seq(&out_a.request.client_id, net.seq + 2);
     let (ab, cd) = cs.split_at_mut(2);
     let (alice, bob) = ab.split_at_mut(1);
     let (carol, dave) = cd.split_at_mut(1);
-    net.deliver(
-        &mut [&mut bob[0], &mut carol[0]],
-        EntryKind::Application,
-        &out_a.request.payload,
-        2_000,
-    );
     net.deliver(
         &mut [&mut alice[0], &mut carol[0], &mut dave[0]],
         EntryKind::Application,
@@ -562,7 +560,7 @@ fn concurrent_decisions_fork_and_rejoin_and_every_device_agrees() {
         2_000,
     );
     net.deliver(
-        &mut [&mut dave[0]],
+        &mut [&mut bob[0], &mut carol[0], &mut dave[0]],
         EntryKind::Application,
         &out_a.request.payload,
         2_000,
@@ -572,6 +570,14 @@ fn concurrent_decisions_fork_and_rejoin_and_every_device_agrees() {
     assert_eq!(fork_c.heads.len(), 2, "forked: two heads");
     assert_eq!(fork_c.entries, fork_d.entries, "one order on every device");
     assert_eq!(fork_c.heads, fork_d.heads);
+    for c in [0, 1] {
+        let other = cs[c].export_decisions("major-incident", 3_000).expect("x");
+        assert_eq!(other.entries, fork_c.entries, "the authors agree too");
+    }
+    assert_eq!(
+        fork_c.entries[1].entry.text, "Call in ICU",
+        "ordered as the server took them"
+    );
     assert_eq!(
         verify_decision_log(&serde_json::to_vec(&fork_c).expect("j")),
         Ok(3)
@@ -617,7 +623,24 @@ fn concurrent_decisions_fork_and_rejoin_and_every_device_agrees() {
     // exporter signed no longer match.
     let mut cut = fork_c.clone();
     cut.entries.pop();
+    cut.seqs.pop();
     assert!(verify_decision_log(&serde_json::to_vec(&cut).expect("j")).is_err());
+    // Dave's entry, signed before he held any and dated before everything,
+    // follows nothing: it still goes where the server took it, last.
+    // Re-posting it changes nothing.
+    post(&mut cs, &mut net, 3, &early, 6_000);
+    post(&mut cs, &mut net, 3, &early, 6_001);
+    let log = cs[0].export_decisions("major-incident", 7_000).expect("a");
+    assert_eq!(log.entries.len(), 5, "the re-post is not a second entry");
+    assert_eq!(
+        log.entries.last().map(|d| d.entry.text.as_str()),
+        Some("Backdated"),
+        "dated at 1 ms, placed where it arrived"
+    );
+    assert_eq!(
+        verify_decision_log(&serde_json::to_vec(&log).expect("j")),
+        Ok(5)
+    );
 }
 
 #[test]
