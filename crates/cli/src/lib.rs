@@ -265,16 +265,21 @@ async fn pull(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     loop {
         let page: api::InboxResponse = remote
             .get(&format!(
-                "/v1/inbox?after={}&limit=500",
+                "/v1/inbox?after={}&limit=1000",
                 p.client.last_seq()
             ))
             .await?;
         let Some(last) = page.entries.last().map(|e| e.seq) else {
             break;
         };
-        for e in &page.entries {
-            events.extend(p.client.handle_entry(e.seq, e.kind, &e.payload, now_ms()));
-        }
+        events.extend(
+            p.client.handle_entries(
+                page.entries
+                    .iter()
+                    .map(|e| (e.seq, e.kind, e.payload.as_slice())),
+                now_ms(),
+            ),
+        );
         p.save()?;
         let _: serde_json::Value = remote
             .post("/v1/inbox/ack", &api::AckRequest { up_to: last })

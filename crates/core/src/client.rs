@@ -100,6 +100,7 @@ impl PendingEnrolment {
             state,
             groups: HashMap::new(),
             verified: RefCell::default(),
+            deferred: Vec::new(),
             org_key: std::cell::OnceCell::default(),
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
@@ -187,6 +188,8 @@ pub struct Client {
     pub(crate) groups: HashMap<String, MlsGroup>,
     /// Credentials already verified, by leaf signature key: (credential bytes, result).
     verified: RefCell<VerifiedCache>,
+    /// Groups whose message secrets wait to be written (see `handle_entries`).
+    deferred: Vec<String>,
     /// The organisation's key, parsed once.
     org_key: std::cell::OnceCell<Option<sitrep_wire::credential::VerifyingKey>>,
     /// The signed policy and directory, verified once per change rather than
@@ -229,6 +232,7 @@ impl Client {
             state,
             groups: HashMap::new(),
             verified: RefCell::default(),
+            deferred: Vec::new(),
             org_key: std::cell::OnceCell::default(),
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
@@ -1182,6 +1186,54 @@ impl Client {
     /// Process one inbox entry. Entries at or below [`Client::last_seq`] were
     /// processed before and are skipped, so redelivery after a crash is harmless.
     /// Bad entries never fail the sync: they come back as [`Event::Refused`].
+    /// [`Self::handle_entry`] for a page of entries, in order. Application
+    /// messages' key-schedule state is written to the store once for the
+    /// page instead of once per message (in a 5,000-member group that write
+    /// was most of a message's cost).
+    pub fn handle_entries<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, EntryKind, &'a [u8])>,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (seq, kind, payload) in entries {
+            self.provider
+                .storage_ref()
+                .set_defer(kind == EntryKind::Application);
+            events.extend(self.handle_entry(seq, kind, payload, now_ms));
+        }
+        self.provider.storage_ref().set_defer(false);
+        let mut touched = std::mem::take(&mut self.deferred);
+        touched.sort();
+        touched.dedup();
+        for hex in touched {
+            if let Some(mut g) = self.groups.remove(&hex) {
+                if let Err(e) = self.flush_secrets(&mut g) {
+                    events.push(Event::Refused {
+                        reason: e.to_string(),
+                    });
+                }
+                self.groups.insert(hex, g);
+            }
+        }
+        events
+    }
+
+    /// Write a group's message secrets to the store now (they were deferred).
+    fn flush_secrets(&self, group: &mut MlsGroup) -> Result<(), Error> {
+        let storage = self.provider.storage_ref();
+        let was = storage.deferring();
+        storage.set_defer(false);
+        // Setting the policy it already has rewrites the join config and the
+        // message secrets and changes nothing else.
+        let policy = group.past_epoch_deletion_policy().clone();
+        let r = group
+            .set_past_epoch_deletion_policy(&self.provider, policy)
+            .map_err(Error::mls);
+        storage.set_defer(was);
+        r
+    }
+
     pub fn handle_entry(
         &mut self,
         seq: u64,
@@ -1309,11 +1361,28 @@ impl Client {
         };
         let conv_name = conv.name.clone();
         let mut group = self.take_group(&group_hex)?;
-        let processed = group.process_message(&self.provider, proto).map_err(|e| {
-            Error::Undecryptable(format!(
-                "a message in {conv_name:?} could not be decrypted: {e:?}"
-            ))
-        })?;
+        let processed = match group.process_message(&self.provider, proto) {
+            Ok(p) => p,
+            Err(e) => {
+                self.flush_secrets(&mut group)?;
+                self.put_group(&group_hex, group);
+                return Err(Error::Undecryptable(format!(
+                    "a message in {conv_name:?} could not be decrypted: {e:?}"
+                )));
+            }
+        };
+        if self.provider.storage_ref().deferring() {
+            if matches!(
+                processed.content(),
+                ProcessedMessageContent::ApplicationMessage(_)
+            ) {
+                self.deferred.push(group_hex.clone());
+            } else {
+                // Commits and proposals change more than the secrets: write
+                // them now, before anything else touches the group.
+                self.flush_secrets(&mut group)?;
+            }
+        }
         let sender_leaf = match processed.sender() {
             Sender::Member(idx) => Some(idx),
             _ => None,

@@ -28,6 +28,28 @@ pub(crate) struct Provider {
 #[derive(Default)]
 pub(crate) struct Storage {
     inner: MemoryStorage,
+    /// While set, writes of message secrets are noted, not made: a batch of
+    /// application messages rewrites them once per message, and only the
+    /// last matters. The client writes them (`Client::flush_secrets`)
+    /// before the batch ends, before anything else touches the group, and
+    /// before the store is read out.
+    defer: std::sync::atomic::AtomicBool,
+    /// Message-secrets keys written while deferring and not yet written.
+    dirty: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
+}
+
+impl Storage {
+    pub(crate) fn set_defer(&self, on: bool) {
+        self.defer.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn deferring(&self) -> bool {
+        self.defer.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn dirty(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<Vec<u8>>> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Our label for the binary-encoded message secrets (openmls's JSON ones
@@ -54,11 +76,31 @@ impl Provider {
         *inner.values.write().expect("fresh lock is not poisoned") = values;
         Self {
             crypto: RustCrypto::default(),
-            storage: Storage { inner },
+            storage: Storage {
+                inner,
+                ..Storage::default()
+            },
         }
     }
 
+    pub(crate) fn storage_ref(&self) -> &Storage {
+        &self.storage
+    }
+
     pub(crate) fn values(&self) -> HashMap<Vec<u8>, Vec<u8>> {
+        // A deferred write never flushed would leave stale secrets (older
+        // keys, a ratchet behind) in what is sealed: drop them instead, so
+        // the group fails closed rather than keeping old keys. The client
+        // always flushes first; this is the backstop.
+        let dirty = std::mem::take(&mut *self.storage.dirty());
+        debug_assert!(dirty.is_empty(), "message secrets not flushed");
+        if !dirty.is_empty()
+            && let Ok(mut v) = self.storage.inner.values.write()
+        {
+            for k in dirty {
+                v.remove(&k);
+            }
+        }
         self.storage
             .inner
             .values
@@ -96,6 +138,11 @@ impl StorageProvider<CURRENT_VERSION> for Storage {
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
         let key = Self::secrets_key(group_id)?;
+        if self.deferring() {
+            self.dirty().insert(key);
+            return Ok(());
+        }
+        self.dirty().remove(&key);
         let value = postcard::to_allocvec(message_secrets)
             .map_err(|_| MemoryStorageError::SerializationError)?;
         self.inner
@@ -136,6 +183,7 @@ impl StorageProvider<CURRENT_VERSION> for Storage {
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         let key = Self::secrets_key(group_id)?;
+        self.dirty().remove(&key);
         self.inner
             .values
             .write()

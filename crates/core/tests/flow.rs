@@ -122,3 +122,56 @@ fn member_not_vouched_for_by_the_organisation_is_refused() {
     let err = r.prepare_add("trap", &[kp_b]).expect_err("must refuse");
     assert!(matches!(err, sitrep_core::Error::Unverified(_)), "{err}");
 }
+
+/// A page of messages handled as a batch writes the key schedule once, at the
+/// end: what is sealed afterwards is current. A reloaded device decrypts the
+/// next message, refuses a replay of one it already read (its key is gone),
+/// and a commit in the middle of a page is applied in order.
+#[test]
+fn a_batch_of_messages_leaves_current_secrets_in_the_sealed_state() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let cs = INTEROP_CIPHERSUITE;
+    let (mut a, _) = enrol(&org, cs, "alice");
+    let (mut b, kp_b) = enrol(&org, cs, "bob");
+    let (_, kp_c) = enrol(&org, cs, "carol");
+    a.create_conversation("resus", "warn").expect("create");
+    let add = a.prepare_add("resus", &[kp_b]).expect("add");
+    a.commit_accepted(&add.group_hex, 1).expect("merge");
+    let welcome = add.request.welcome.expect("welcome");
+    b.handle_entry(1, EntryKind::Welcome, &welcome, 2);
+    let mut page: Vec<(u64, EntryKind, Vec<u8>)> = Vec::new();
+    for i in 0..5 {
+        let out = a
+            .encrypt_text("resus", &format!("m{i}"), 3)
+            .expect("encrypt");
+        a.sent(&out.request.client_id);
+        page.push((2 + i, EntryKind::Application, out.request.payload));
+    }
+    // A commit (carol joins), then two more messages in the new epoch.
+    let add_c = a.prepare_add("resus", &[kp_c]).expect("add carol");
+    a.commit_accepted(&add_c.group_hex, 4).expect("merge");
+    page.push((7, EntryKind::Commit, add_c.request.commit.clone()));
+    for i in 5..7 {
+        let out = a
+            .encrypt_text("resus", &format!("m{i}"), 5)
+            .expect("encrypt");
+        a.sent(&out.request.client_id);
+        page.push((3 + i as u64, EntryKind::Application, out.request.payload));
+    }
+    let replay = page.last().expect("page").2.clone();
+    let events = b.handle_entries(page.iter().map(|(s, k, p)| (*s, *k, p.as_slice())), 6);
+    assert_eq!(bodies(&events), ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]);
+    // Seal, reload.
+    let sealed = b.to_bytes();
+    let mut b2 = Client::from_bytes(&sealed).expect("reload");
+    let next = a.encrypt_text("resus", "after reload", 7).expect("encrypt");
+    assert_eq!(
+        bodies(&b2.handle_entry(20, EntryKind::Application, &next.request.payload, 8)),
+        ["after reload"]
+    );
+    let again = b2.handle_entry(21, EntryKind::Application, &replay, 9);
+    assert!(
+        bodies(&again).is_empty(),
+        "a message read in the batch cannot be read again after reload: {again:?}"
+    );
+}
