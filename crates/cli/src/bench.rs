@@ -527,9 +527,7 @@ async fn bench_status(members: usize, queries: usize) -> anyhow::Result<()> {
 }
 
 async fn bench_tally(replies: usize) -> anyhow::Result<()> {
-    use sitrep_wire::incident::{
-        Availability, CallinReply, Casualties, Level, Methane, Structured,
-    };
+    use sitrep_wire::incident::{Availability, CallinReply, Level, Structured};
     let server = start_server(|c| {
         c.enrol_per_sec = 1e6;
     })
@@ -554,21 +552,7 @@ async fn bench_tally(replies: usize) -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let id = "MI-BENCH-01";
-    let methane = Methane {
-        major_incident: true,
-        exact_location: "Bench: Central Station concourse".into(),
-        incident_type: "Bench: structural collapse".into(),
-        hazards: "Bench: none".into(),
-        access: "Bench: east entrance".into(),
-        casualties: Casualties {
-            estimated: 60,
-            p1: 8,
-            p2: 15,
-            p3: 30,
-            dead: 2,
-        },
-        emergency_services: "Bench: fire, police, HART".into(),
-    };
+    let methane = crate::drill::exercise_methane("Bench");
     let t = Instant::now();
     let raised =
         crate::incident::raise(&mut coord, id, Level::Declared, Some(methane), "bench").await?;

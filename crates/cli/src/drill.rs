@@ -103,21 +103,7 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
         r.called,
         t.elapsed().as_secs_f64()
     ));
-    let methane = Methane {
-        major_incident: true,
-        exact_location: "Drill: Central Station concourse".into(),
-        incident_type: "Drill: structural collapse".into(),
-        hazards: "Drill: unstable roof".into(),
-        access: "Drill: east entrance".into(),
-        casualties: Casualties {
-            estimated: 60,
-            p1: 8,
-            p2: 15,
-            p3: 30,
-            dead: 2,
-        },
-        emergency_services: "Drill: fire, police, HART".into(),
-    };
+    let methane = exercise_methane("Drill");
     let t = Instant::now();
     let r = incident::raise(&mut coord, id, Level::Declared, Some(methane), "drill").await?;
     clock.say(format!(
@@ -327,6 +313,25 @@ pub(crate) fn set_up_directory(
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// The exercise's METHANE report, every line marked with `label`.
+pub(crate) fn exercise_methane(label: &str) -> Methane {
+    Methane {
+        major_incident: true,
+        exact_location: format!("{label}: Central Station concourse"),
+        incident_type: format!("{label}: structural collapse"),
+        hazards: format!("{label}: unstable roof"),
+        access: format!("{label}: east entrance"),
+        casualties: Casualties {
+            estimated: 60,
+            p1: 8,
+            p2: 15,
+            p3: 30,
+            dead: 2,
+        },
+        emergency_services: format!("{label}: fire, police, HART"),
+    }
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {

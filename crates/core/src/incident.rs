@@ -392,43 +392,27 @@ impl Client {
         self.state.alerts.get(id)
     }
 
-    /// Alerts addressed to this user and not yet acknowledged, newest last;
-    /// `breakthrough` ones must be surfaced even in do-not-disturb.
-    /// At `now_ms`: addressed to this user directly or by an escalation that
-    /// has fallen due (worked out here, whether or not the sender's device is
-    /// on).
+    /// Alerts addressed to this user and not yet acknowledged;
+    /// `breakthrough` ones must be surfaced even in do-not-disturb. At
+    /// `now_ms`: addressed directly or by an escalation that has fallen due
+    /// (worked out here, whether or not the sender's device is on).
     pub fn alerts_for_me(&self, now_ms: u64) -> Vec<(&String, &AlertState)> {
-        let me = self.user_id();
-        let dir = self.directory();
-        self.state
-            .alerts
-            .iter()
-            .filter(|(_, a)| {
-                a.acked.is_none()
-                    && (a.recipients.iter().any(|r| r == me)
-                        || due_steps(&dir, a, now_ms)
-                            .iter()
-                            .any(|(_, _, t)| self.expand_target(t).iter().any(|u| u == me)))
-            })
+        self.alerts_reaching_me(now_ms)
+            .filter(|(_, a)| a.acked.is_none())
             .collect()
     }
 
-    /// Ids of the alerts addressed to this user at `now_ms`: directly, or by
-    /// an escalation step that fell due before anyone acknowledged.
-    fn alerts_reaching_me(&self, now_ms: u64) -> Vec<String> {
-        let me = self.user_id();
+    /// The alerts addressed to this user at `now_ms`: directly, or by an
+    /// escalation step that fell due before anyone acknowledged.
+    fn alerts_reaching_me(&self, now_ms: u64) -> impl Iterator<Item = (&String, &AlertState)> {
+        let me = self.user_id().to_string();
         let dir = self.directory();
-        self.state
-            .alerts
-            .iter()
-            .filter(|(_, a)| {
-                a.recipients.iter().any(|r| r == me)
-                    || due_steps(&dir, a, now_ms)
-                        .iter()
-                        .any(|(_, _, t)| self.expand_target(t).iter().any(|u| u == me))
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.state.alerts.iter().filter(move |(_, a)| {
+            a.recipients.contains(&me)
+                || due_steps(&dir, a, now_ms)
+                    .iter()
+                    .any(|(_, _, t)| self.expand_target(t).contains(&me))
+        })
     }
 
     /// Who an alert target means now.
@@ -605,7 +589,10 @@ impl Client {
     /// server's read marker (`sitrep seen`).
     pub fn pending_receipts(&mut self, now_ms: u64) -> Vec<(String, Structured)> {
         let me = self.user_id().to_string();
-        let mine = self.alerts_reaching_me(now_ms);
+        let mine: Vec<String> = self
+            .alerts_reaching_me(now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut by_conv: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for id in mine {
             let Some(a) = self.state.alerts.get_mut(&id) else {
