@@ -862,19 +862,7 @@ impl Db {
         now: u64,
     ) -> Result<u64, ApiErr> {
         self.without_fsync(|tx| {
-            let member: bool = tx
-                .prepare_cached(
-                    "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
-                )
-                .map_err(db_err)?
-                .exists(params![group_id, device])
-                .map_err(db_err)?;
-            if !member {
-                return Err(ApiErr::forbidden(
-                    "not_a_member",
-                    "this device is not in the group",
-                ));
-            }
+            require_member(tx, group_id, device, 0)?;
             let cursor: i64 = tx
                 .query_row(
                     "SELECT cursor FROM devices WHERE device_id = ?1",
@@ -914,21 +902,7 @@ impl Db {
     ) -> Result<Vec<MessageStatusRow>, ApiErr> {
         let g = self.lock();
         // A current member who was in the group when the message was sent.
-        let member: bool = g
-            .conn
-            .prepare_cached(
-                "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2
-                    AND to_seq IS NULL AND from_seq < ?3",
-            )
-            .map_err(db_err)?
-            .exists(params![group_id, asker, seq as i64])
-            .map_err(db_err)?;
-        if !member {
-            return Err(ApiErr::forbidden(
-                "not_a_member",
-                "this device is not in the group, or was not when that message was sent",
-            ));
-        }
+        require_member(&g.conn, group_id, asker, seq)?;
         let sender: String = g
             .conn
             .query_row(
@@ -1350,6 +1324,32 @@ impl Db {
             .map_err(db_err)?;
             Ok(deleted as u64)
         })
+    }
+}
+
+/// Refuse a device that is not a current member of the group, or that
+/// joined at or after `since` (0: any current member).
+fn require_member(
+    conn: &Connection,
+    group_id: &[u8],
+    device: &str,
+    since: u64,
+) -> Result<(), ApiErr> {
+    let member = conn
+        .prepare_cached(
+            "SELECT 1 FROM memberships WHERE group_id = ?1 AND device_id = ?2
+                AND to_seq IS NULL AND (?3 = 0 OR from_seq < ?3)",
+        )
+        .map_err(db_err)?
+        .exists(params![group_id, device, since as i64])
+        .map_err(db_err)?;
+    if member {
+        Ok(())
+    } else {
+        Err(ApiErr::forbidden(
+            "not_a_member",
+            "this device is not in the group, or was not when that message was sent",
+        ))
     }
 }
 
