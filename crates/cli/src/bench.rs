@@ -57,6 +57,22 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 50)]
         queries: usize,
     },
+    /// (f) What the delivery service's commit validation costs: one device
+    /// commits to a group of `members` (both suites); the server validates
+    /// each commit against its public view of the group, stores and fans it
+    /// out. An application message of the same size through the unvalidated
+    /// path is the reference.
+    Commit {
+        /// Group sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        members: Vec<usize>,
+        /// Commits timed per size and suite.
+        #[arg(long, default_value_t = 10)]
+        commits: usize,
+        /// `classic` (0x0001), `pq` (0x004E) or `both`.
+        #[arg(long, default_value = "both")]
+        suite: String,
+    },
     /// (c) MLS costs through the client core against bare openmls.
     Mls {
         /// Group sizes.
@@ -82,6 +98,27 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         } => bench_fanout(devices, messages, burst).await,
         BenchCmd::Tally { replies } => bench_tally(replies).await,
         BenchCmd::Status { members, queries } => bench_status(members, queries).await,
+        BenchCmd::Commit {
+            members,
+            commits,
+            suite,
+        } => {
+            let suites: Vec<Ciphersuite> = match suite.as_str() {
+                "classic" => vec![sitrep_core::INTEROP_CIPHERSUITE],
+                "pq" => vec![sitrep_core::DEFAULT_CIPHERSUITE],
+                "both" => vec![
+                    sitrep_core::INTEROP_CIPHERSUITE,
+                    sitrep_core::DEFAULT_CIPHERSUITE,
+                ],
+                other => bail!("unknown suite {other:?}: classic, pq or both"),
+            };
+            for cs in suites {
+                for &n in &members {
+                    bench_commit(n, commits, cs).await?;
+                }
+            }
+            Ok(())
+        }
         BenchCmd::Mls {
             members,
             iterations,
@@ -149,13 +186,7 @@ async fn device(
     let code = sitrep_server::create_invite(&server.dir, user, user, "bench", 3600)?;
     let pending = PendingEnrolment::new(cs)?;
     let resp: api::EnrolResponse = Remote::new(&server.url, None)
-        .post(
-            "/v1/enrol",
-            &api::EnrolRequest {
-                code,
-                signature_key: pending.signature_key(),
-            },
-        )
+        .post("/v1/enrol", &pending.enrol_request(&code)?)
         .await?;
     let mut c = pending.finish(&server.url, resp)?;
     let up = c.key_packages(kps)?;
@@ -443,6 +474,111 @@ async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::
     for t in tasks {
         t.abort();
     }
+    Ok(())
+}
+
+/// An MLS application message of `len` bytes for group `group_id` whose
+/// ciphertext is random filler: the framing the server checks (RFC 9420
+/// §6: version, wire format, group id, epoch, content type), content nobody
+/// can read. For load where members need not decrypt.
+pub fn opaque_application(group_id: &[u8], epoch: u64, len: usize) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, n: usize) {
+        match n {
+            0..64 => out.push(n as u8),
+            64..16384 => out.extend_from_slice(&(0x4000 | n as u16).to_be_bytes()),
+            _ => out.extend_from_slice(&(0x8000_0000 | n as u32).to_be_bytes()),
+        }
+    }
+    let mut m = vec![0, 1, 0, 2]; // mls10, private_message
+    varint(&mut m, group_id.len());
+    m.extend_from_slice(group_id);
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.push(1); // application
+    varint(&mut m, 0); // authenticated data
+    varint(&mut m, 16);
+    m.extend_from_slice(&[0x5a; 16]); // encrypted sender data
+    let body = len.saturating_sub(m.len() + 4).max(1);
+    varint(&mut m, body);
+    m.extend((0..body).map(|i| (i % 251) as u8));
+    m
+}
+
+async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow::Result<()> {
+    if members < 2 {
+        bail!("need at least two members");
+    }
+    let server = start_server(|c| {
+        c.enrol_per_sec = 1e6;
+    })
+    .await?;
+    let t_setup = Instant::now();
+    let mut sender = device(&server, "sender", cs, 1).await?;
+    let mut users = Vec::new();
+    for i in 1..members {
+        let u = format!("staff{i:05}");
+        device(&server, &u, cs, 1).await?;
+        users.push(u);
+    }
+    let r = Remote::new(&server.url, Some(sender.token()));
+    let (gid, req) = sender.create_conversation("commits", "off")?;
+    let _: serde_json::Value = r.post("/v1/groups", &req).await?;
+    // Added in batches, as incidents do: every add is itself validated.
+    let mut add_ms = Vec::new();
+    for chunk in users.chunks(500) {
+        let (kps, _) = crate::claim_key_packages(&r, chunk).await?;
+        let prepared = sender.prepare_add("commits", &kps)?;
+        let t = Instant::now();
+        let _: api::CommitResponse = r
+            .post(&format!("/v1/groups/{gid}/commit"), &prepared.request)
+            .await?;
+        add_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        sender.commit_accepted(&gid, crate::now_ms())?;
+    }
+    println!(
+        "(f) {:?}, {members} members (setup {:.1} s)",
+        cs,
+        t_setup.elapsed().as_secs_f64()
+    );
+    summary("  add of up to 500, POST to validated answer", add_ms);
+    let mut ms = Vec::new();
+    let mut reference = Vec::new();
+    let mut bytes = 0;
+    for i in 0..commits {
+        let prepared = sender.prepare_update("commits")?;
+        bytes = prepared.request.commit.len();
+        let t = Instant::now();
+        let _: api::CommitResponse = r
+            .post(&format!("/v1/groups/{gid}/commit"), &prepared.request)
+            .await?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        sender.commit_accepted(&gid, crate::now_ms())?;
+        // The same bytes as an application message: stored and fanned out,
+        // only its framing checked.
+        let gid_bytes = hex::decode(&gid)?;
+        let payload = opaque_application(&gid_bytes, i as u64, bytes.min(255 * 1024));
+        let t = Instant::now();
+        let _: api::SendResponse = r
+            .post(
+                &format!("/v1/groups/{gid}/messages"),
+                &api::SendRequest {
+                    client_id: sender.new_client_id(),
+                    payload,
+                },
+            )
+            .await?;
+        reference.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    summary(
+        &format!("  self-update commit ({bytes} bytes), POST to validated answer"),
+        ms,
+    );
+    summary(
+        &format!(
+            "  reference: application message of {} bytes (unvalidated)",
+            bytes.min(256 * 1024)
+        ),
+        reference,
+    );
     Ok(())
 }
 

@@ -266,10 +266,12 @@ pub(crate) fn set_up_directory(
                     id: id.into(),
                     name: id.replace('-', " "),
                     team: team.into(),
+                    eligible: holders.clone(),
                     holders,
                     deputy: deputy.map(String::from),
                     can_declare: declare,
                     commander: declare || id == "site-manager",
+                    ..Role::default()
                 }
             };
         d.roles = vec![

@@ -63,12 +63,14 @@ pub async fn post(p: &mut Profile, conv: &str, item: &Structured) -> anyhow::Res
     Ok(out.request.client_id)
 }
 
-/// Add whichever of `users` have an enrolled device; returns those without one.
+/// Add whichever of `users` have an enrolled device with a usable
+/// KeyPackage; returns those without a device, and the devices left out with
+/// why (one broken KeyPackage never blocks the others).
 pub async fn add_available(
     p: &mut Profile,
     conv: &str,
     users: &[String],
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let present: Vec<String> = p
         .client
         .members(conv)?
@@ -81,10 +83,26 @@ pub async fn add_available(
         .cloned()
         .collect();
     let (kps, missing) = crate::claim_key_packages(&p.remote(), &wanted).await?;
+    let mut skipped = Vec::new();
     if !kps.is_empty() {
-        commit_with_retry(p, |c| c.prepare_add(conv, &kps)).await?;
+        match commit_with_retry(p, |c| c.prepare_add(conv, &kps)).await {
+            Ok(events) => skipped.extend(events.into_iter().filter_map(|e| match e {
+                sitrep_core::Event::Refused { reason } => Some(reason),
+                _ => None,
+            })),
+            // Every claimed KeyPackage was unusable: report, do not block.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<sitrep_core::Error>(),
+                    Some(sitrep_core::Error::Unverified(_))
+                ) =>
+            {
+                skipped.push(e.to_string())
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(missing)
+    Ok((missing, skipped))
 }
 
 fn has_conversation(c: &Client, name: &str) -> bool {
@@ -108,6 +126,8 @@ pub struct Raised {
     pub called: usize,
     /// On the call-out list but with no enrolled device.
     pub unreachable: Vec<String>,
+    /// Devices left out because their KeyPackage was unusable, with why.
+    pub skipped: Vec<String>,
 }
 
 /// Raise STANDBY, DECLARED, CANCELLED or STAND DOWN. STANDBY and DECLARED
@@ -146,7 +166,7 @@ pub async fn raise(
         users.sort();
         users.dedup();
         raised.called = users.len();
-        raised.unreachable = add_available(p, &coord, &users).await?;
+        (raised.unreachable, raised.skipped) = add_available(p, &coord, &users).await?;
     }
     if level == Level::Declared && !has_conversation(&p.client, &command(id)) {
         let mut posters: Vec<String> = dir.commanders().into_iter().collect();
@@ -164,7 +184,8 @@ pub async fn raise(
         p.save()?;
         let _: serde_json::Value = p.remote().post("/v1/groups", &req).await?;
         let others: Vec<String> = posters.iter().filter(|u| **u != me).cloned().collect();
-        add_available(p, &command(id), &others).await?;
+        let (_, skipped) = add_available(p, &command(id), &others).await?;
+        raised.skipped.extend(skipped);
     }
     if has_conversation(&p.client, &coord) {
         p.client.send_structured(&coord, &item, now_ms())?;

@@ -164,13 +164,24 @@ impl Remote {
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<R> {
+        self.call_with(method, path, |req| match body {
+            Some(b) => req.json(b),
+            None => req,
+        })
+        .await
+    }
+
+    async fn call_with<R: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<R> {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
+        let req = body(req);
         let resp = req
             .send()
             .await
@@ -198,6 +209,19 @@ impl Remote {
         body: &B,
     ) -> anyhow::Result<R> {
         self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// POST a JSON body already encoded (a sealed pending change, re-sent as is).
+    pub async fn post_raw<R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<R> {
+        self.call_with(reqwest::Method::POST, path, |r| {
+            r.header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+        })
+        .await
     }
 
     /// GET JSON.
@@ -240,13 +264,7 @@ pub async fn enrol(
     }
     let pending = PendingEnrolment::new(cs)?;
     let resp: api::EnrolResponse = remote
-        .post(
-            "/v1/enrol",
-            &api::EnrolRequest {
-                code: code.trim().to_string(),
-                signature_key: pending.signature_key(),
-            },
-        )
+        .post("/v1/enrol", &pending.enrol_request(code.trim())?)
         .await?;
     let mut client = pending.finish(server, resp)?;
     if let Some(sp) = signed_policy {
@@ -301,27 +319,12 @@ async fn commit_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
             let Some(prepared) = p.client.prepare_commit_pending(&name)? else {
                 break;
             };
-            p.save()?;
-            let r: anyhow::Result<api::CommitResponse> = remote
-                .post(
-                    &format!("/v1/groups/{}/commit", prepared.group_hex),
-                    &prepared.request,
-                )
-                .await;
-            match r {
-                Ok(_) => {
-                    events.extend(p.client.commit_accepted(&prepared.group_hex, now_ms())?);
-                    p.save()?;
+            match post_commit(p, &remote, &prepared).await? {
+                Fate::Accepted(ev) => {
+                    events.extend(ev);
                     break;
                 }
-                Err(e) => {
-                    p.client.commit_rejected(&prepared.group_hex)?;
-                    p.save()?;
-                    if !is_conflict(&e) {
-                        return Err(e);
-                    }
-                    events.extend(pull(p).await?);
-                }
+                Fate::Conflict(_) => events.extend(pull(p).await?),
             }
         }
     }
@@ -551,8 +554,10 @@ pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
 async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     refresh_policy(p).await?;
     incident::refresh_directory(p).await?;
-    let mut events = pull(p).await?;
+    let mut events = resolve_pending(p).await?;
+    events.extend(pull(p).await?);
     p.purge()?;
+    events.extend(rejoin_and_readd(p).await?);
     events.extend(commit_pending(p).await?);
     events.extend(join_own_devices(p).await?);
     flush_outbox(p).await?;
@@ -587,6 +592,147 @@ async fn flush_outbox(p: &mut Profile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What became of a commit the server answered.
+enum Fate {
+    /// Accepted (now or on an earlier post with the same client id): merged.
+    Accepted(Vec<Event>),
+    /// Another commit won the epoch: cleared; sync and rebuild.
+    Conflict(anyhow::Error),
+}
+
+/// Whether an error leaves a post's fate unknown: no answer, a gateway or
+/// server error, or "slow down". Then the post may have been applied, so it
+/// must be asked again with the same client id, never given up.
+fn fate_unknown(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ServerError>() {
+        None => true,
+        Some(s) => s.status >= 500 || s.status == 429,
+    }
+}
+
+/// Post a commit, sealed first as the group's pending change. A lost answer
+/// is asked again (same client id: the server answers with the first
+/// outcome); if it stays unknown the change is kept, sealed, and its fate is
+/// settled by the next sync before anything else (`resolve_pending`), so the
+/// device never drops a commit the server may have taken and never ends up on
+/// an old epoch. A refusal clears it.
+async fn post_commit(
+    p: &mut Profile,
+    remote: &Remote,
+    prepared: &sitrep_core::PreparedCommit,
+) -> anyhow::Result<Fate> {
+    p.client.record_commit(prepared)?;
+    p.save()?;
+    let path = format!("/v1/groups/{}/commit", prepared.group_hex);
+    let mut r: anyhow::Result<api::CommitResponse> = remote.post(&path, &prepared.request).await;
+    for _ in 0..3 {
+        match &r {
+            Err(e) if fate_unknown(e) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                r = remote.post(&path, &prepared.request).await;
+            }
+            _ => break,
+        }
+    }
+    match r {
+        Ok(_) => {
+            let ev = p.client.commit_accepted(&prepared.group_hex, now_ms())?;
+            p.save()?;
+            Ok(Fate::Accepted(ev))
+        }
+        Err(e) if fate_unknown(&e) => Err(e.context(
+            "the server did not confirm the change; it is kept and will be confirmed at the next sync",
+        )),
+        Err(e) => {
+            p.client.commit_rejected(&prepared.group_hex)?;
+            p.save()?;
+            if is_conflict(&e) {
+                Ok(Fate::Conflict(e))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Settle every change whose answer was never seen (a lost answer, a crash
+/// between sealing and the answer): post it again, unchanged. Until it is
+/// settled its group's log cannot be processed, so an unknown fate stops the
+/// sync with an error (nothing is acknowledged meanwhile).
+async fn resolve_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    let remote = p.remote();
+    let mut events = Vec::new();
+    for op in p.client.pending_ops() {
+        let r = remote
+            .post_raw::<serde_json::Value>(&op.path(), op.body.to_vec())
+            .await;
+        match (op.kind, r) {
+            (_, Err(e)) if fate_unknown(&e) => {
+                return Err(e.context("a change sent earlier is still unconfirmed"));
+            }
+            (sitrep_core::OpKind::Commit, Ok(_)) => {
+                events.extend(p.client.commit_accepted(&op.group_hex, now_ms())?);
+            }
+            (sitrep_core::OpKind::Commit, Err(e)) => {
+                p.client.commit_rejected(&op.group_hex)?;
+                events.push(Event::Refused {
+                    reason: format!("a change sent earlier was not accepted: {e}"),
+                });
+            }
+            (_, Ok(_)) => events.extend(p.client.left(&op.group_hex, now_ms())),
+            (_, Err(e)) => {
+                p.client.leave_rejected(&op.group_hex)?;
+                events.push(Event::Refused {
+                    reason: format!("leaving was not accepted: {e}"),
+                });
+            }
+        }
+        p.save()?;
+    }
+    Ok(events)
+}
+
+/// Ask to be re-added to every conversation this device fell out of step
+/// with, then re-add the members who asked the same of us.
+async fn rejoin_and_readd(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    let remote = p.remote();
+    for hex in p.client.rejoins_to_request() {
+        let req = api::RejoinRequest {
+            client_id: p.client.new_client_id(),
+        };
+        let _: serde_json::Value = remote
+            .post(&format!("/v1/groups/{hex}/rejoin"), &req)
+            .await?;
+        p.client.rejoin_requested(&hex);
+        p.save()?;
+    }
+    let mut events = Vec::new();
+    for (name, devices) in p.client.pending_readds() {
+        let mut users: Vec<String> = devices.iter().map(|(u, _)| u.clone()).collect();
+        users.dedup();
+        let claim: api::ClaimResponse = remote
+            .post(
+                "/v1/keypackages/claim",
+                &api::ClaimRequest {
+                    user_ids: users,
+                    device_ids: devices.iter().map(|(_, d)| d.clone()).collect(),
+                },
+            )
+            .await?;
+        match commit_with_retry(p, |c| c.prepare_readd(&name, &claim.key_packages)).await {
+            Ok(ev) => events.extend(ev),
+            // Another member re-added them first.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<sitrep_core::Error>(),
+                    Some(sitrep_core::Error::Invalid(_))
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(events)
+}
+
 /// Run a commit-building step until the server accepts it, rebuilding after
 /// another member's commit wins the epoch.
 async fn commit_with_retry(
@@ -594,6 +740,8 @@ async fn commit_with_retry(
     mut build: impl FnMut(&mut Client) -> Result<sitrep_core::PreparedCommit, sitrep_core::Error>,
 ) -> anyhow::Result<Vec<Event>> {
     let remote = p.remote();
+    // A change whose answer was lost holds the group: settle it first.
+    let mut events = resolve_pending(p).await?;
     let mut last_err = None;
     for attempt in 0..COMMIT_ATTEMPTS {
         if attempt > 0 {
@@ -601,35 +749,12 @@ async fn commit_with_retry(
             Box::pin(sync(p)).await?;
         }
         let prepared = build(&mut p.client)?;
-        p.save()?;
-        let path = format!("/v1/groups/{}/commit", prepared.group_hex);
-        let mut r: anyhow::Result<api::CommitResponse> =
-            remote.post(&path, &prepared.request).await;
-        // A lost answer is not a refusal: the same client id makes the retry
-        // idempotent, so ask again before giving the commit up.
-        for _ in 0..3 {
-            match &r {
-                Err(e) if e.downcast_ref::<ServerError>().is_none() => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    r = remote.post(&path, &prepared.request).await;
-                }
-                _ => break,
+        match post_commit(p, &remote, &prepared).await? {
+            Fate::Accepted(ev) => {
+                events.extend(ev);
+                return Ok(events);
             }
-        }
-        match r {
-            Ok(_) => {
-                let ev = p.client.commit_accepted(&prepared.group_hex, now_ms())?;
-                p.save()?;
-                return Ok(ev);
-            }
-            Err(e) => {
-                p.client.commit_rejected(&prepared.group_hex)?;
-                p.save()?;
-                if !is_conflict(&e) {
-                    return Err(e);
-                }
-                last_err = Some(e);
-            }
+            Fate::Conflict(e) => last_err = Some(e),
         }
     }
     Err(last_err
@@ -643,7 +768,7 @@ pub async fn chat_create(
     name: &str,
     members: &[String],
     pid_policy: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Event>> {
     chat_create_with(
         p,
         name,
@@ -683,7 +808,7 @@ pub async fn chat_create_with(
     name: &str,
     members: &[String],
     opts: &ChatOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Event>> {
     sync(p).await?;
     let (hex, req) = p.client.create_conversation_with(
         name,
@@ -710,10 +835,10 @@ pub async fn chat_create_with(
     {
         others.push(r);
     }
-    if !others.is_empty() {
-        chat_add(p, name, &others).await?;
+    if others.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    chat_add(p, name, &others).await
 }
 
 /// Claim one KeyPackage for each device of `users`, in requests within the
@@ -740,14 +865,14 @@ pub async fn claim_key_packages(
     Ok((kps, missing))
 }
 
-/// Add users to a conversation.
-pub async fn chat_add(p: &mut Profile, name: &str, users: &[String]) -> anyhow::Result<()> {
+/// Add users to a conversation. A device whose KeyPackage is unusable is
+/// left out and reported (an `Event::Refused` naming it), the others are added.
+pub async fn chat_add(p: &mut Profile, name: &str, users: &[String]) -> anyhow::Result<Vec<Event>> {
     let (kps, missing) = claim_key_packages(&p.remote(), users).await?;
     if !missing.is_empty() {
         bail!("no enrolled device for: {}", missing.join(", "));
     }
-    commit_with_retry(p, |c| c.prepare_add(name, &kps)).await?;
-    Ok(())
+    commit_with_retry(p, |c| c.prepare_add(name, &kps)).await
 }
 
 /// Remove a user (all their devices) from a conversation.
@@ -761,11 +886,23 @@ pub async fn chat_remove(p: &mut Profile, name: &str, user: &str) -> anyhow::Res
 pub async fn chat_leave(p: &mut Profile, name: &str) -> anyhow::Result<Vec<Event>> {
     sync(p).await?;
     let (group_hex, req) = p.client.prepare_leave(name)?;
+    p.client.record_leave(&group_hex, &req)?;
     p.save()?;
-    let _: serde_json::Value = p
+    let r: anyhow::Result<serde_json::Value> = p
         .remote()
         .post(&format!("/v1/groups/{group_hex}/leave"), &req)
-        .await?;
+        .await;
+    match r {
+        Ok(_) => {}
+        Err(e) if fate_unknown(&e) => {
+            return Err(e.context("leaving is not confirmed yet; the next sync confirms it"));
+        }
+        Err(e) => {
+            p.client.leave_rejected(&group_hex)?;
+            p.save()?;
+            return Err(e);
+        }
+    }
     let ev = p.client.left(&group_hex, now_ms());
     p.save()?;
     Ok(ev)

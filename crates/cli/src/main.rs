@@ -539,9 +539,15 @@ enum AdminRoleCmd {
         /// Team id.
         #[arg(long)]
         team: String,
-        /// Users holding it.
+        /// Users holding it (they are made eligible too).
         #[arg(long, value_delimiter = ',')]
         holders: Vec<String>,
+        /// Users who may take it themselves (`sitrep role take`).
+        #[arg(long, value_delimiter = ',')]
+        eligible: Vec<String>,
+        /// Teams (`sitrep admin team`) whose members may take it.
+        #[arg(long, value_delimiter = ',')]
+        eligible_teams: Vec<String>,
         /// Role an unacknowledged alert escalates to.
         #[arg(long)]
         deputy: Option<String>,
@@ -575,6 +581,18 @@ enum AdminCmd {
     Role {
         #[command(subcommand)]
         cmd: AdminRoleCmd,
+    },
+    /// Set a team's members (for who may take which role).
+    Team {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// Team id.
+        #[arg(long)]
+        id: String,
+        /// Its members' user ids (empty removes the team).
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
     },
     /// Set the call-out list for a level.
     Callout {
@@ -937,14 +955,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         retention_secs,
                         recorded,
                     };
-                    sitrep_cli::chat_create_with(&mut p, &name, &members, &opts).await?;
+                    let events =
+                        sitrep_cli::chat_create_with(&mut p, &name, &members, &opts).await?;
+                    print_events(&events);
                     println!("created {name}");
                     if let Some(r) = p.client.recorded_by(&name)? {
                         println!("recorded by {r}");
                     }
                 }
                 ChatCmd::Add { name, users } => {
-                    sitrep_cli::chat_add(&mut p, &name, &users).await?;
+                    let events = sitrep_cli::chat_add(&mut p, &name, &users).await?;
+                    print_events(&events);
                     println!("added {} to {name}", users.join(", "));
                 }
                 ChatCmd::Remove { name, user } => {
@@ -1143,8 +1164,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 RoleCmd::List => {
                     sitrep_cli::sync(&mut p).await?;
-                    for r in p.client.directory().roles {
-                        println!("{}\t{}\t{}\t{}", r.id, r.name, r.team, r.holders.join(","));
+                    let d = p.client.directory();
+                    for r in &d.roles {
+                        let holders: Vec<&str> = d.holders(r).map(String::as_str).collect();
+                        println!("{}\t{}\t{}\t{}", r.id, r.name, r.team, holders.join(","));
                     }
                 }
             }
@@ -1191,6 +1214,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 r.called,
                 r.unreachable.len()
             );
+            for s in &r.skipped {
+                eprintln!("refused: {s}");
+            }
         }
         Cmd::Callin { cmd } => {
             let mut p = open_profile(&cli.profile)?;
@@ -1442,12 +1468,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 team,
                 holders,
+                eligible,
+                eligible_teams,
                 deputy,
                 can_declare,
                 commander,
             } => {
                 let d = sitrep_server::directory::admin_update(&data, "role.set", |d| {
                     d.roles.retain(|r| r.id != id);
+                    let mut eligible = eligible;
+                    for h in &holders {
+                        if !eligible.contains(h) {
+                            eligible.push(h.clone());
+                        }
+                    }
                     d.roles.push(sitrep_wire::directory::Role {
                         id: id.clone(),
                         name,
@@ -1456,6 +1490,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         deputy,
                         can_declare,
                         commander,
+                        eligible,
+                        eligible_teams,
                     });
                     Ok(format!("role={id}"))
                 })
@@ -1478,6 +1514,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             }
         },
+        Cmd::Admin {
+            cmd: AdminCmd::Team { data, id, members },
+        } => {
+            let d = sitrep_server::directory::admin_update(&data, "team.set", |d| {
+                d.teams.retain(|t| t.id != id);
+                if !members.is_empty() {
+                    d.teams.push(sitrep_wire::directory::Team {
+                        id: id.clone(),
+                        members,
+                    });
+                }
+                Ok(format!("team={id}"))
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("team {id} set (directory serial {})", d.serial);
+        }
         Cmd::Admin {
             cmd: AdminCmd::Callout { data, level, roles },
         } => {

@@ -17,17 +17,19 @@ use sitrep_wire::api;
 use crate::{Profile, now_ms, sync};
 
 /// Write an audit entry; the caller goes ahead only if this succeeded.
-async fn audit(p: &Profile, action: &str, detail: String) -> anyhow::Result<api::AuditResponse> {
+async fn audit(p: &Profile, req: api::AuditRequest) -> anyhow::Result<api::AuditResponse> {
     p.remote()
-        .post(
-            "/v1/audit",
-            &api::AuditRequest {
-                action: action.into(),
-                detail,
-            },
-        )
+        .post("/v1/audit", &req)
         .await
         .context("the organisation's audit log did not record this action, so it was not done")
+}
+
+fn query_audit(action: &str, hmac: &str) -> api::AuditRequest {
+    api::AuditRequest {
+        action: action.into(),
+        query_hmac: Some(hmac.to_string()),
+        ..Default::default()
+    }
 }
 
 fn describe(q: &RecordsQuery) -> String {
@@ -56,7 +58,7 @@ pub async fn records_search(p: &mut Profile, q: &RecordsQuery) -> anyhow::Result
     records_first(p).await?;
     let query = describe(q);
     let hash = p.client.audit_hash(&query);
-    let entry = audit(p, "records.search", format!("query_hmac={hash}")).await?;
+    let entry = audit(p, query_audit("records.search", &hash)).await?;
     let found = p.client.records_search(q)?;
     p.client.journal(JournalEntry {
         at: now_ms(),
@@ -81,7 +83,7 @@ pub async fn records_export(
         ..RecordsQuery::default()
     });
     let hash = p.client.audit_hash(&query);
-    let entry = audit(p, "records.export", format!("query_hmac={hash}")).await?;
+    let entry = audit(p, query_audit("records.export", &hash)).await?;
     let files = p.client.records_export(identifier, entry.seq, now_ms())?;
     write_bundle(out, &files)?;
     p.client.journal(JournalEntry {
@@ -98,7 +100,14 @@ pub async fn records_export(
 /// Write a person's own conversations into `out` (audited).
 pub async fn personal_export(p: &mut Profile, out: &Path) -> anyhow::Result<Vec<ExportFile>> {
     sync(p).await?;
-    let entry = audit(p, "export.personal", String::new()).await?;
+    let entry = audit(
+        p,
+        api::AuditRequest {
+            action: "export.personal".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
     let files = p.client.personal_export(entry.seq, now_ms())?;
     write_bundle(out, &files)?;
     Ok(files)
@@ -223,11 +232,17 @@ pub async fn record_transfer(
         now_ms: now_ms(),
     })?;
     write_durably(out, json.as_bytes())?;
-    let ids: Vec<&str> = message_ids.iter().map(|i| &i[..8.min(i.len())]).collect();
+    let ids: Vec<String> = message_ids
+        .iter()
+        .map(|i| i.chars().take(8).collect())
+        .collect();
     audit(
         p,
-        "record.transfer",
-        format!("messages={} count={}", ids.join(","), ids.len()),
+        api::AuditRequest {
+            action: "record.transfer".into(),
+            messages: ids,
+            ..Default::default()
+        },
     )
     .await?;
     for id in message_ids {

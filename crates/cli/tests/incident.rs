@@ -23,9 +23,11 @@ fn role(
         name: id.into(),
         team: team.into(),
         holders: holders.iter().map(|h| h.to_string()).collect(),
+        eligible: holders.iter().map(|h| h.to_string()).collect(),
         deputy: deputy.map(String::from),
         can_declare: declare,
         commander: cmd,
+        ..Role::default()
     }
 }
 
@@ -53,6 +55,8 @@ async fn declare_call_in_alert_decide_and_stand_down() {
                 false,
             ),
         ];
+        // Dave may take the site-manager role too.
+        d.roles[1].eligible.push("dave".into());
         d.callout_standby = vec!["site-manager".into()];
         d.callout_declared = vec!["site-manager".into(), "anaesthetist".into()];
         Ok("setup".into())

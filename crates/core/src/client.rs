@@ -18,7 +18,7 @@ use sitrep_wire::policy::{OrgPolicy, SignedPolicy};
 
 use crate::Error;
 use crate::provider::Provider;
-use crate::state::{Conversation, Device, HistoryEntry, Pending, State};
+use crate::state::{Conversation, Device, HistoryEntry, OpKind, Pending, PendingOp, State};
 
 /// How many past epochs keep their secrets, so an application message sent just
 /// before a commit still decrypts after it.
@@ -49,6 +49,20 @@ impl PendingEnrolment {
     /// The public key to send to the authentication service.
     pub fn signature_key(&self) -> Vec<u8> {
         self.signer.public().to_vec()
+    }
+
+    /// The enrolment request for `code`, signed with the new key to prove
+    /// the device holds it.
+    pub fn enrol_request(&self, code: &str) -> Result<sitrep_wire::api::EnrolRequest, Error> {
+        use openmls_traits::signatures::Signer as _;
+        let key = self.signature_key();
+        let msg = sitrep_wire::api::EnrolRequest::proof_message(code, &key);
+        let proof = self.signer.sign(&msg).map_err(Error::mls)?;
+        Ok(sitrep_wire::api::EnrolRequest {
+            code: code.to_string(),
+            signature_key: key,
+            proof,
+        })
     }
 
     /// Check the server's answer (the credential must be signed by the returned
@@ -93,6 +107,7 @@ impl PendingEnrolment {
             directory: None,
             incidents: BTreeMap::new(),
             alerts: BTreeMap::new(),
+            pending_ops: Vec::new(),
         };
         Ok(Client {
             provider: self.provider,
@@ -104,6 +119,7 @@ impl PendingEnrolment {
             org_key: std::cell::OnceCell::default(),
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
+            skipped: HashMap::new(),
         })
     }
 }
@@ -116,6 +132,29 @@ pub struct PreparedCommit {
     pub group_hex: String,
     /// The request body.
     pub request: CommitRequest,
+    /// Devices an add left out, and why (their KeyPackage was unusable).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A device an add could not include.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Its user.
+    pub user_id: String,
+    /// The device.
+    pub device_id: String,
+    /// Why its KeyPackage was refused.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "device {} of {} was not added: {}",
+            self.device_id, self.user_id, self.reason
+        )
+    }
 }
 
 /// An application message ready for the server.
@@ -196,6 +235,8 @@ pub struct Client {
     /// on every read (every received message consults the policy).
     pub(crate) verified_policy: RefCell<Option<OrgPolicy>>,
     pub(crate) verified_directory: RefCell<Option<sitrep_wire::directory::Directory>>,
+    /// Devices the pending add of each group left out (shown once it is accepted).
+    pub(crate) skipped: HashMap<String, Vec<Skipped>>,
 }
 
 fn hex_id(bytes: &[u8]) -> String {
@@ -236,6 +277,7 @@ impl Client {
             org_key: std::cell::OnceCell::default(),
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
+            skipped: HashMap::new(),
         })
     }
 
@@ -313,7 +355,12 @@ impl Client {
         Capabilities::new(
             None,
             Some(&[self.ciphersuite()]),
-            Some(&[ExtensionType::Unknown(meta::EXTENSION_TYPE)]),
+            // LastResort: without it in the leaf's capabilities, every adder
+            // refuses the last-resort KeyPackage (UnsupportedExtension).
+            Some(&[
+                ExtensionType::Unknown(meta::EXTENSION_TYPE),
+                ExtensionType::LastResort,
+            ]),
             None,
             None,
         )
@@ -464,10 +511,15 @@ impl Client {
                 MAX_FORWARD_DISTANCE,
             ))
             .with_capabilities(self.capabilities())
+            // Handshakes in clear framing, for the delivery service to
+            // validate (RFC 9750 §5); application messages are always
+            // PrivateMessages. Encrypted handshakes are refused.
+            .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
     }
 
     fn join_config() -> MlsGroupJoinConfig {
         MlsGroupJoinConfig::builder()
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .max_past_epochs(MAX_PAST_EPOCHS)
             .sender_ratchet_configuration(SenderRatchetConfiguration::new(
@@ -609,18 +661,25 @@ impl Client {
             recorded,
             posters: posters.to_vec(),
         };
+        let gid = self.random::<16>();
+        let meta_key = self.random::<32>();
+        let sealed = crate::sealed_meta::seal(&meta, &meta_key, &gid, self.random::<12>());
         let ext = Extensions::single(Extension::Unknown(
             meta::EXTENSION_TYPE,
-            UnknownExtension(meta.encode()),
+            UnknownExtension(sealed),
         ))
         .map_err(Error::mls)?;
-        let gid = self.random::<16>();
         let group = self
             .group_config_builder()
             .with_group_id(GroupId::from_slice(&gid))
             .with_group_context_extensions(ext)
             .build(&self.provider, &self.signer, self.credential_with_key())
             .map_err(Error::mls)?;
+        // Where the delivery service's view of the group starts.
+        let group_info = group
+            .export_group_info(self.provider.crypto(), &self.signer, true)
+            .map_err(Error::mls)
+            .and_then(|m| ser_msg(&m))?;
         let group_hex = hex_id(group.group_id().as_slice());
         self.state.conversations.insert(
             group_hex.clone(),
@@ -640,12 +699,18 @@ impl Client {
                 decision_seqs: BTreeMap::new(),
                 casualties: BTreeMap::new(),
                 receipts_through: 0,
+                out_of_step: false,
+                rejoin_requested: false,
+                unreadable: 0,
+                pending_readds: Vec::new(),
+                meta_key: Some(ByteBuf::from(meta_key.to_vec())),
             },
         );
         Ok((
             group_hex,
             CreateGroup {
                 group_id: gid.to_vec(),
+                group_info,
             },
         ))
     }
@@ -657,7 +722,10 @@ impl Client {
 
     /// Build a commit adding the devices whose KeyPackages were claimed. Every
     /// KeyPackage is validated and its credential checked against the
-    /// organisation key first; one bad KeyPackage refuses the whole add.
+    /// organisation key first. A device whose KeyPackage fails is skipped and
+    /// named in [`PreparedCommit::skipped`], so one colleague's broken (or
+    /// maliciously replaced) KeyPackage cannot block an add of everyone else;
+    /// when nobody is left the add is refused with every reason.
     pub fn prepare_add(
         &mut self,
         name: &str,
@@ -671,59 +739,117 @@ impl Client {
             .map(|m| m.device_id)
             .collect();
         let mut kps = Vec::new();
-        let mut devices = Vec::new();
+        let mut devices: Vec<String> = Vec::new();
+        let mut skipped = Vec::new();
         for c in claimed {
-            if present.contains(&c.device_id) {
+            if present.contains(&c.device_id) || devices.contains(&c.device_id) {
                 continue;
             }
-            let kp_in = match MlsMessageIn::tls_deserialize_exact(c.key_package.as_slice())
-                .map(MlsMessageIn::extract)
-            {
-                Ok(MlsMessageBodyIn::KeyPackage(kp)) => kp,
-                _ => return Err(Error::Protocol("malformed KeyPackage".into())),
-            };
-            let kp = kp_in
-                .validate(self.provider.crypto(), ProtocolVersion::Mls10)
-                .map_err(|e| {
-                    Error::Unverified(format!("KeyPackage of device {}: {e:?}", c.device_id))
-                })?;
-            if kp.ciphersuite() != self.ciphersuite() {
-                return Err(Error::Unverified(format!(
-                    "device {} uses another ciphersuite",
-                    c.device_id
-                )));
+            match self.check_claimed(c) {
+                Ok(kp) => {
+                    devices.push(c.device_id.clone());
+                    kps.push(kp);
+                }
+                Err(e) => skipped.push(Skipped {
+                    user_id: c.user_id.clone(),
+                    device_id: c.device_id.clone(),
+                    reason: e.to_string(),
+                }),
             }
-            let leaf = kp.leaf_node();
-            let cred = self
-                .verify_leaf(leaf.credential(), leaf.signature_key().as_slice())
-                .map_err(|e| {
-                    Error::Unverified(format!("device {} of {}: {e}", c.device_id, c.user_id))
-                })?;
-            if cred.user_id != c.user_id || cred.device_id != c.device_id {
-                return Err(Error::Unverified(format!(
-                    "KeyPackage for {} carries another device's credential",
-                    c.device_id
-                )));
-            }
-            devices.push(c.device_id.clone());
-            kps.push(kp);
         }
         if kps.is_empty() {
-            return Err(Error::Invalid("nobody new to add".into()));
+            self.put_group(&group_hex, group);
+            if skipped.is_empty() {
+                return Err(Error::Invalid("nobody new to add".into()));
+            }
+            let all: Vec<String> = skipped.iter().map(Skipped::to_string).collect();
+            return Err(Error::Unverified(all.join("; ")));
         }
         let epoch = group.epoch().as_u64();
-        let (commit, welcome, _) = group
-            .add_members(&self.provider, &self.signer, &kps)
-            .map_err(Error::mls)?;
+        let (commit, welcome) = self.add_commit(&group_hex, &mut group, Vec::new(), kps)?;
         self.put_group(&group_hex, group);
-        Ok(self.prepared(
+        let mut prepared = self.prepared(
             group_hex,
             epoch,
             ser_msg(&commit)?,
             Some(ser_msg(&welcome)?),
             devices,
             Vec::new(),
-        ))
+        );
+        prepared.skipped = skipped.clone();
+        self.skipped.insert(prepared.group_hex.clone(), skipped);
+        Ok(prepared)
+    }
+
+    /// A commit adding `kps` (after removing `removals`, for a re-add) whose
+    /// Welcome carries the conversation's metadata key to the joiners.
+    fn add_commit(
+        &self,
+        group_hex: &str,
+        group: &mut MlsGroup,
+        removals: Vec<LeafNodeIndex>,
+        kps: Vec<KeyPackage>,
+    ) -> Result<(MlsMessageOut, MlsMessageOut), Error> {
+        let key = self.state.conversations[group_hex]
+            .meta_key
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("this conversation has no metadata key".into()))?
+            .to_vec();
+        let ext = Extension::Unknown(
+            crate::sealed_meta::KEY_EXTENSION_TYPE,
+            UnknownExtension(key),
+        );
+        let bundle = group
+            .commit_builder()
+            .propose_removals(removals)
+            .propose_adds(kps)
+            .force_self_update(true)
+            .load_psks(self.provider.storage())
+            .map_err(Error::mls)?
+            .create_group_info_with_extensions([ext])
+            .map_err(Error::mls)?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(Error::mls)?
+            .stage_commit(&self.provider)
+            .map_err(Error::mls)?;
+        let welcome = bundle
+            .to_welcome_msg()
+            .ok_or_else(|| Error::Invalid("an add without a Welcome".into()))?;
+        let (commit, _, _) = bundle.into_contents();
+        Ok((commit, welcome))
+    }
+
+    /// Validate one claimed KeyPackage: well-formed, signed, our ciphersuite,
+    /// and carrying the organisation's credential for exactly the claimed
+    /// user and device.
+    fn check_claimed(&self, c: &ClaimedKeyPackage) -> Result<KeyPackage, Error> {
+        let kp_in = match MlsMessageIn::tls_deserialize_exact(c.key_package.as_slice())
+            .map(MlsMessageIn::extract)
+        {
+            Ok(MlsMessageBodyIn::KeyPackage(kp)) => kp,
+            _ => return Err(Error::Protocol("malformed KeyPackage".into())),
+        };
+        let kp = kp_in
+            .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+            .map_err(|e| Error::Unverified(format!("invalid KeyPackage: {e:?}")))?;
+        if kp.ciphersuite() != self.ciphersuite() {
+            return Err(Error::Unverified(
+                "the device uses another ciphersuite".into(),
+            ));
+        }
+        let leaf = kp.leaf_node();
+        let cred = self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice())?;
+        if cred.user_id != c.user_id || cred.device_id != c.device_id {
+            return Err(Error::Unverified(
+                "the KeyPackage carries another device's credential".into(),
+            ));
+        }
+        Ok(kp)
     }
 
     /// Build a commit removing every device of `user_id`.
@@ -802,6 +928,7 @@ impl Client {
     /// The server accepted our leaving: the conversation stays readable here,
     /// but nothing more arrives or can be sent.
     pub fn left(&mut self, group_hex: &str, now_ms: u64) -> Vec<Event> {
+        self.state.pending_ops.retain(|o| o.group_hex != group_hex);
         let mut events = self.system_line(group_hex, u64::MAX, "you left".into(), now_ms);
         if let Some(c) = self.state.conversations.get_mut(group_hex) {
             c.active = false;
@@ -895,6 +1022,7 @@ impl Client {
     ) -> PreparedCommit {
         PreparedCommit {
             group_hex,
+            skipped: Vec::new(),
             request: CommitRequest {
                 client_id: self.new_client_id(),
                 epoch,
@@ -906,8 +1034,73 @@ impl Client {
         }
     }
 
+    /// Seal-before-send: remember `prepared` as this group's pending change,
+    /// so that its fate is asked again (same client id) after a lost answer
+    /// or a crash. Save the state before posting it.
+    pub fn record_commit(&mut self, prepared: &PreparedCommit) -> Result<(), Error> {
+        let body = serde_json::to_vec(&prepared.request)
+            .map_err(|e| Error::Invalid(format!("commit request: {e}")))?;
+        self.record_op(PendingOp {
+            group_hex: prepared.group_hex.clone(),
+            kind: OpKind::Commit,
+            client_id: prepared.request.client_id.clone(),
+            body: ByteBuf::from(body),
+        });
+        Ok(())
+    }
+
+    /// [`Client::record_commit`] for a leave.
+    pub fn record_leave(
+        &mut self,
+        group_hex: &str,
+        req: &sitrep_wire::api::LeaveRequest,
+    ) -> Result<(), Error> {
+        let body =
+            serde_json::to_vec(req).map_err(|e| Error::Invalid(format!("leave request: {e}")))?;
+        self.record_op(PendingOp {
+            group_hex: group_hex.to_string(),
+            kind: OpKind::Leave,
+            client_id: req.client_id.clone(),
+            body: ByteBuf::from(body),
+        });
+        Ok(())
+    }
+
+    fn record_op(&mut self, op: PendingOp) {
+        self.state
+            .pending_ops
+            .retain(|o| o.group_hex != op.group_hex);
+        self.state.pending_ops.push(op);
+    }
+
+    /// Changes sent whose answer has not been seen: post each again, as is,
+    /// before anything else touches its group.
+    pub fn pending_ops(&self) -> Vec<PendingOp> {
+        self.state.pending_ops.clone()
+    }
+
+    /// Whether a change to this group awaits its answer.
+    pub fn has_pending_op(&self, group_hex: &str) -> bool {
+        self.state
+            .pending_ops
+            .iter()
+            .any(|o| o.group_hex == group_hex)
+    }
+
+    /// The server refused our leaving (the device stays in the group).
+    pub fn leave_rejected(&mut self, group_hex: &str) -> Result<(), Error> {
+        self.state.pending_ops.retain(|o| o.group_hex != group_hex);
+        let mut group = self.take_group(group_hex)?;
+        group
+            .clear_pending_proposals(self.provider.storage())
+            .map_err(Error::mls)?;
+        self.put_group(group_hex, group);
+        Ok(())
+    }
+
     /// The server accepted our commit: merge it.
     pub fn commit_accepted(&mut self, group_hex: &str, now_ms: u64) -> Result<Vec<Event>, Error> {
+        self.state.pending_ops.retain(|o| o.group_hex != group_hex);
         let mut group = self.take_group(group_hex)?;
         let summary = match group.pending_commit() {
             Some(staged) => self.describe(&group, staged),
@@ -919,12 +1112,20 @@ impl Client {
         let epoch = group.epoch().as_u64();
         self.put_group(group_hex, group);
         self.epoch_started(group_hex, epoch, now_ms);
-        Ok(self.system_line(group_hex, epoch, summary, now_ms))
+        let mut events = self.system_line(group_hex, epoch, summary, now_ms);
+        for s in self.skipped.remove(group_hex).unwrap_or_default() {
+            let line = s.to_string();
+            events.extend(self.system_line(group_hex, epoch, line.clone(), now_ms));
+            events.push(Event::Refused { reason: line });
+        }
+        Ok(events)
     }
 
     /// The server refused our commit (another won the epoch): forget it. The
     /// caller syncs and builds the commit again.
     pub fn commit_rejected(&mut self, group_hex: &str) -> Result<(), Error> {
+        self.state.pending_ops.retain(|o| o.group_hex != group_hex);
+        self.skipped.remove(group_hex);
         let mut group = self.take_group(group_hex)?;
         group
             .clear_pending_commit(self.provider.storage())
@@ -1248,6 +1449,7 @@ impl Client {
         let result = match kind {
             EntryKind::Welcome => self.handle_welcome(payload, now_ms),
             EntryKind::Revoked => self.handle_revoked(payload, now_ms),
+            EntryKind::Rejoin => self.handle_rejoin(payload, now_ms),
             EntryKind::Commit | EntryKind::Application | EntryKind::Proposal => {
                 self.handle_group_message(seq, payload, now_ms)
             }
@@ -1261,19 +1463,7 @@ impl Client {
 
     /// The organisation revoked a device of this group: note it for removal.
     fn handle_revoked(&mut self, payload: &[u8], now_ms: u64) -> Result<Vec<Event>, Error> {
-        let (&len, rest) = payload
-            .split_first()
-            .ok_or_else(|| Error::Protocol("empty revocation".into()))?;
-        let len = len as usize;
-        if rest.len() <= len || rest.len() - len > sitrep_wire::api::MAX_ID_LEN {
-            return Err(Error::Protocol("malformed revocation".into()));
-        }
-        let group_hex = hex_id(&rest[..len]);
-        let device = std::str::from_utf8(&rest[len..])
-            .ok()
-            .filter(|d| sitrep_wire::api::valid_id(d))
-            .ok_or_else(|| Error::Protocol("malformed revocation".into()))?
-            .to_string();
+        let (group_hex, device) = device_entry(payload)?;
         let Some(conv) = self.state.conversations.get_mut(&group_hex) else {
             return Ok(Vec::new());
         };
@@ -1284,37 +1474,199 @@ impl Client {
         Ok(self.system_line(&group_hex, u64::MAX - 1, line, now_ms))
     }
 
+    /// A member device fell out of step and asks to be re-added: note it,
+    /// if it really is a member here, for the next commit to swap its leaf.
+    fn handle_rejoin(&mut self, payload: &[u8], now_ms: u64) -> Result<Vec<Event>, Error> {
+        let (group_hex, device) = device_entry(payload)?;
+        if device == self.state.device.device_id {
+            return Ok(Vec::new());
+        }
+        match self.state.conversations.get(&group_hex) {
+            Some(c) if c.active && !c.out_of_step => {}
+            _ => return Ok(Vec::new()),
+        }
+        let group = self.take_group(&group_hex)?;
+        let member = self
+            .members_of(&group)?
+            .into_iter()
+            .find(|m| m.device_id == device);
+        self.put_group(&group_hex, group);
+        let Some(member) = member else {
+            return Err(Error::Protocol(
+                "a re-add was asked for a device that is not in the conversation".into(),
+            ));
+        };
+        let conv = self
+            .state
+            .conversations
+            .get_mut(&group_hex)
+            .expect("checked above");
+        if conv.pending_readds.contains(&device) {
+            return Ok(Vec::new());
+        }
+        conv.pending_readds.push(device.clone());
+        let line = format!(
+            "a device of {} ({}) missed a change to this conversation and is being re-added",
+            member.display_name, member.user_id
+        );
+        Ok(self.system_line(&group_hex, u64::MAX - 2, line, now_ms))
+    }
+
+    /// Conversations this device fell out of step with and has not yet asked
+    /// to be re-added to (group hex).
+    pub fn rejoins_to_request(&self) -> Vec<String> {
+        self.state
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.active && c.out_of_step && !c.rejoin_requested)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// The server took our request to be re-added.
+    pub fn rejoin_requested(&mut self, group_hex: &str) {
+        if let Some(c) = self.state.conversations.get_mut(group_hex) {
+            c.rejoin_requested = true;
+        }
+    }
+
+    /// Conversations with members waiting to be re-added: (name, their
+    /// (user, device)).
+    pub fn pending_readds(&mut self) -> Vec<(String, Vec<(String, String)>)> {
+        let hexes: Vec<String> = self
+            .state
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.active && !c.out_of_step && !c.pending_readds.is_empty())
+            .map(|(h, _)| h.clone())
+            .collect();
+        let mut out = Vec::new();
+        for h in hexes {
+            let Ok(group) = self.take_group(&h) else {
+                continue;
+            };
+            let members = self.members_of(&group).unwrap_or_default();
+            self.put_group(&h, group);
+            let conv = self.state.conversations.get_mut(&h).expect("listed above");
+            // Someone else re-added (or removed) it already.
+            conv.pending_readds
+                .retain(|d| members.iter().any(|m| &m.device_id == d));
+            let devs: Vec<(String, String)> = conv
+                .pending_readds
+                .iter()
+                .filter_map(|d| members.iter().find(|m| &m.device_id == d))
+                .map(|m| (m.user_id.clone(), m.device_id.clone()))
+                .collect();
+            if !devs.is_empty() {
+                out.push((conv.name.clone(), devs));
+            }
+        }
+        out
+    }
+
+    /// Build a commit that swaps the leaves of out-of-step devices for the
+    /// fresh KeyPackages claimed for them (remove and add in one commit), so
+    /// they rejoin through the Welcome.
+    pub fn prepare_readd(
+        &mut self,
+        name: &str,
+        claimed: &[ClaimedKeyPackage],
+    ) -> Result<PreparedCommit, Error> {
+        let group_hex = self.group_hex_by_name(name)?;
+        let wanted = self.state.conversations[&group_hex].pending_readds.clone();
+        let mut group = self.take_group(&group_hex)?;
+        let mut by_device = HashMap::new();
+        for m in group.members() {
+            if let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key) {
+                by_device.insert(c.device_id, m.index);
+            }
+        }
+        let mut leaves = Vec::new();
+        let mut kps = Vec::new();
+        let mut devices = Vec::new();
+        for c in claimed {
+            if !wanted.contains(&c.device_id) || devices.contains(&c.device_id) {
+                continue;
+            }
+            let Some(leaf) = by_device.get(&c.device_id) else {
+                continue;
+            };
+            let Ok(kp) = self.check_claimed(c) else {
+                continue;
+            };
+            leaves.push(*leaf);
+            kps.push(kp);
+            devices.push(c.device_id.clone());
+        }
+        if kps.is_empty() {
+            self.put_group(&group_hex, group);
+            return Err(Error::Invalid("nobody to re-add".into()));
+        }
+        let epoch = group.epoch().as_u64();
+        let (commit, welcome) = self.add_commit(&group_hex, &mut group, leaves, kps)?;
+        self.put_group(&group_hex, group);
+        Ok(self.prepared(
+            group_hex,
+            epoch,
+            ser_msg(&commit)?,
+            Some(ser_msg(&welcome)?),
+            devices.clone(),
+            devices,
+        ))
+    }
+
     fn handle_welcome(&mut self, payload: &[u8], now_ms: u64) -> Result<Vec<Event>, Error> {
         let msg = MlsMessageIn::tls_deserialize_exact(payload)
             .map_err(|_| Error::Protocol("malformed Welcome".into()))?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             return Err(Error::Protocol("expected a Welcome".into()));
         };
-        let staged =
-            StagedWelcome::build_from_welcome(&self.provider, &Self::join_config(), welcome)
-                .map_err(Error::mls)?
-                .replace_old_group()
-                .build()
-                .map_err(Error::mls)?;
+        let join = StagedWelcome::build_from_welcome(&self.provider, &Self::join_config(), welcome)
+            .map_err(Error::mls)?
+            .replace_old_group();
+        let meta_key = join
+            .processed_welcome()
+            .unverified_group_info()
+            .extensions()
+            .unknown(crate::sealed_meta::KEY_EXTENSION_TYPE)
+            .map(|u| u.0.clone());
+        let staged = join.build().map_err(Error::mls)?;
         for m in staged.members() {
             self.verify_leaf(&m.credential, &m.signature_key)
                 .map_err(|e| Error::Unverified(format!("invitation refused: {e}")))?;
         }
-        let meta = staged
+        let sealed = staged
             .group_context()
             .extensions()
             .unknown(meta::EXTENSION_TYPE)
-            .ok_or_else(|| Error::Protocol("conversation has no metadata".into()))
-            .and_then(|u| {
-                ConversationMeta::decode(&u.0).map_err(|e| Error::Protocol(e.to_string()))
-            })?;
+            .ok_or_else(|| Error::Protocol("conversation has no metadata".into()))?
+            .0
+            .clone();
+        let meta_key = meta_key.ok_or_else(|| {
+            Error::Protocol("the invitation carries no key for the conversation's metadata".into())
+        })?;
+        let meta: ConversationMeta = crate::sealed_meta::open(
+            &sealed,
+            &meta_key,
+            staged.group_context().group_id().as_slice(),
+        )?;
         let group = staged.into_group(&self.provider).map_err(Error::mls)?;
         let group_hex = hex_id(group.group_id().as_slice());
-        let name = self.unique_name(&meta.name);
+        // Re-added after falling out of step: the same conversation again.
+        let rejoined = self
+            .state
+            .conversations
+            .get(&group_hex)
+            .filter(|c| c.out_of_step || c.active)
+            .map(|c| (c.name.clone(), c.unreadable));
+        let name = match &rejoined {
+            Some((n, _)) => n.clone(),
+            None => self.unique_name(&meta.name),
+        };
         let conv = self
             .state
             .conversations
-            .entry(group_hex)
+            .entry(group_hex.clone())
             .or_insert_with(|| Conversation {
                 group_id: ByteBuf::from(group.group_id().as_slice().to_vec()),
                 name: name.clone(),
@@ -1331,6 +1683,11 @@ impl Client {
                 decision_seqs: BTreeMap::new(),
                 casualties: BTreeMap::new(),
                 receipts_through: 0,
+                out_of_step: false,
+                rejoin_requested: false,
+                unreadable: 0,
+                pending_readds: Vec::new(),
+                meta_key: None,
             });
         conv.name = name.clone();
         conv.active = true;
@@ -1339,7 +1696,22 @@ impl Client {
         conv.recorded = meta.recorded;
         conv.posters = meta.posters;
         conv.epoch_starts = vec![(group.epoch().as_u64(), now_ms)];
-        Ok(vec![Event::Joined { conversation: name }])
+        conv.out_of_step = false;
+        conv.rejoin_requested = false;
+        conv.unreadable = 0;
+        conv.meta_key = Some(ByteBuf::from(meta_key));
+        let epoch = group.epoch().as_u64();
+        self.put_group(&group_hex, group);
+        let mut events = vec![Event::Joined { conversation: name }];
+        if let Some((_, lost)) = rejoined {
+            let line = match lost {
+                0 => "this device was re-added to the conversation".to_string(),
+                1 => "this device was re-added; 1 message sent while it was out of step could not be read".to_string(),
+                n => format!("this device was re-added; {n} messages sent while it was out of step could not be read"),
+            };
+            events.extend(self.system_line(&group_hex, epoch, line, now_ms));
+        }
+        Ok(events)
     }
 
     fn handle_group_message(
@@ -1360,12 +1732,32 @@ impl Client {
             ));
         };
         let conv_name = conv.name.clone();
+        let active = conv.active;
+        let application = proto.content_type() == ContentType::Application;
         let mut group = self.take_group(&group_hex)?;
+        if active && proto.epoch().as_u64() > group.epoch().as_u64() {
+            // The group moved on without this device (a commit it missed or
+            // could not process): nothing later can be read until it is
+            // re-added. Say so, count what is lost, ask to be re-added.
+            self.put_group(&group_hex, group);
+            return Ok(self.out_of_step(&group_hex, application, now_ms));
+        }
         let processed = match group.process_message(&self.provider, proto) {
             Ok(p) => p,
             Err(e) => {
                 self.flush_secrets(&mut group)?;
                 self.put_group(&group_hex, group);
+                if application && active {
+                    if let Some(c) = self.state.conversations.get_mut(&group_hex) {
+                        c.unreadable += 1;
+                    }
+                    self.system_line(
+                        &group_hex,
+                        u64::MAX - 3,
+                        "a message could not be decrypted on this device".into(),
+                        now_ms,
+                    );
+                }
                 return Err(Error::Undecryptable(format!(
                     "a message in {conv_name:?} could not be decrypted: {e:?}"
                 )));
@@ -1516,6 +1908,34 @@ impl Client {
         }
     }
 
+    /// A message for an epoch this device never reached arrived.
+    fn out_of_step(&mut self, group_hex: &str, application: bool, now_ms: u64) -> Vec<Event> {
+        let Some(c) = self.state.conversations.get_mut(group_hex) else {
+            return Vec::new();
+        };
+        let first = !c.out_of_step;
+        c.out_of_step = true;
+        if application {
+            c.unreadable += 1;
+        }
+        let name = c.name.clone();
+        if !first {
+            return Vec::new();
+        }
+        let mut events = self.system_line(
+            group_hex,
+            u64::MAX - 4,
+            "this device missed a change to this conversation and cannot read new messages \
+             until a member re-adds it; it has asked to be re-added"
+                .into(),
+            now_ms,
+        );
+        events.push(Event::Refused {
+            reason: format!("{name:?}: this device is out of step and is asking to be re-added"),
+        });
+        events
+    }
+
     /// A commit brought in an unverifiable member: this device stops taking part.
     fn refuse_group(
         &mut self,
@@ -1534,6 +1954,24 @@ impl Client {
             "conversation {name:?} suspended: a commit brought in a member the organisation did not vouch for ({e})"
         )))
     }
+}
+
+/// The payload of a `revoked` or `rejoin` entry: the group id's length (one
+/// byte), the group id, the device id.
+fn device_entry(payload: &[u8]) -> Result<(String, String), Error> {
+    let (&len, rest) = payload
+        .split_first()
+        .ok_or_else(|| Error::Protocol("empty entry".into()))?;
+    let len = len as usize;
+    if len == 0 || rest.len() <= len || rest.len() - len > sitrep_wire::api::MAX_ID_LEN {
+        return Err(Error::Protocol("malformed entry".into()));
+    }
+    let device = std::str::from_utf8(&rest[len..])
+        .ok()
+        .filter(|d| sitrep_wire::api::valid_id(d))
+        .ok_or_else(|| Error::Protocol("malformed entry".into()))?
+        .to_string();
+    Ok((hex_id(&rest[..len]), device))
 }
 
 /// The history `kind` of a content kind.

@@ -420,7 +420,7 @@ impl Client {
         let d = self.directory();
         match t {
             Target::User(u) => vec![u.clone()],
-            Target::Role(r) => d.role(r).map(|r| r.holders.clone()).unwrap_or_default(),
+            Target::Role(r) => d.holders_of(r),
             Target::Team(t) => d.team(t).into_iter().collect(),
         }
     }
@@ -626,7 +626,14 @@ impl Client {
             item,
             Structured::Receipt(_) | Structured::Ack(_) | Structured::Callin(_)
         );
-        if !conv.posters.is_empty() && !reading && !conv.posters.iter().any(|p| p == user) {
+        // A command channel: the poster must be named by its creator and be
+        // a commander in the signed directory now (holding, and eligible for,
+        // a commanding role), whatever the creator wrote.
+        if !conv.posters.is_empty()
+            && !reading
+            && (!conv.posters.iter().any(|p| p == user)
+                || !self.directory().commanders().contains(user))
+        {
             return Err(format!(
                 "{user} is not a commander: only commanders post in {:?}",
                 conv.name

@@ -19,18 +19,19 @@ pub mod lock;
 pub mod notify;
 mod provider;
 pub mod records;
+pub mod sealed_meta;
 mod state;
 pub mod store;
 pub mod vault;
 
-pub use client::{Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit};
+pub use client::{Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit, Skipped};
 pub use error::Error;
 pub use lock::{Locked, Session, UnlockError};
 pub use notify::Notification;
 pub use openmls::prelude::Ciphersuite;
 pub use records::{RecordMatch, RecordsQuery};
 pub use sitrep_wire::policy::{OrgPolicy, Previews, SignedPolicy};
-pub use state::{Conversation, HistoryEntry, JournalEntry};
+pub use state::{Conversation, HistoryEntry, JournalEntry, OpKind, PendingOp};
 
 /// The default suite: AES-256-GCM (the NHS standard) with a hybrid
 /// ML-KEM-768 + X25519 KEM, because health data must stay confidential for decades.

@@ -102,6 +102,25 @@ pub struct Conversation {
     /// History entries already covered by a read receipt.
     #[serde(default)]
     pub receipts_through: usize,
+    /// This device missed or failed a change of the group (messages arrive
+    /// for an epoch it never reached): it cannot read until re-added.
+    #[serde(default)]
+    pub out_of_step: bool,
+    /// The server has been asked to have this device re-added.
+    #[serde(default)]
+    pub rejoin_requested: bool,
+    /// Messages this device could not read since it fell out of step (or
+    /// that failed to decrypt); shown to the user, then reset when it rejoins.
+    #[serde(default)]
+    pub unreadable: u64,
+    /// The key the conversation's metadata is sealed under in the group
+    /// context (see `sealed_meta`); passed to joiners in the Welcome.
+    #[serde(default)]
+    pub meta_key: Option<ByteBuf>,
+    /// Devices of this group that fell out of step and asked to be re-added:
+    /// the next member to sync swaps their leaves for fresh KeyPackages.
+    #[serde(default)]
+    pub pending_readds: Vec<String>,
 }
 
 /// A message encrypted and waiting for the server's acknowledgement.
@@ -111,6 +130,42 @@ pub(crate) struct Pending {
     pub client_id: String,
     pub payload: ByteBuf,
     pub entry: HistoryEntry,
+}
+
+/// A change this device sent (or is about to send) whose answer it has not
+/// seen: sealed *before* it is posted, so that after a lost answer or a
+/// crash its fate is asked again with the same client id (the server answers
+/// a repeated id with the first outcome) and never guessed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingOp {
+    /// The group, hex.
+    pub group_hex: String,
+    /// What it is.
+    pub kind: OpKind,
+    /// Its client id (idempotency key).
+    pub client_id: String,
+    /// The exact JSON request body.
+    pub body: ByteBuf,
+}
+
+/// The kinds of [`PendingOp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OpKind {
+    /// `POST /v1/groups/{g}/commit`.
+    Commit,
+    /// `POST /v1/groups/{g}/leave`.
+    Leave,
+}
+
+impl PendingOp {
+    /// The route it is posted to.
+    pub fn path(&self) -> String {
+        match self.kind {
+            OpKind::Commit => format!("/v1/groups/{}/commit", self.group_hex),
+            OpKind::Leave => format!("/v1/groups/{}/leave", self.group_hex),
+        }
+    }
 }
 
 /// Everything sealed in a profile.
@@ -154,6 +209,9 @@ pub(crate) struct State {
     /// Alerts by message id.
     #[serde(default)]
     pub alerts: BTreeMap<String, crate::incident::AlertState>,
+    /// Commits and leaves sent whose answer has not been seen (one per group).
+    #[serde(default)]
+    pub pending_ops: Vec<PendingOp>,
 }
 
 /// One search or export by a records account, as its own sealed journal keeps it.

@@ -24,9 +24,11 @@ fn role(id: &str, team: &str, holders: &[&str], deputy: Option<&str>, declare: b
         name: id.into(),
         team: team.into(),
         holders: holders.iter().map(|h| h.to_string()).collect(),
+        eligible: holders.iter().map(|h| h.to_string()).collect(),
         deputy: deputy.map(String::from),
         can_declare: declare,
         commander: declare,
+        ..Role::default()
     }
 }
 
@@ -53,6 +55,7 @@ fn directory(serial: u64, bob_declares: bool) -> Vec<u8> {
         ],
         callout_standby: vec!["site-manager".into()],
         callout_declared: vec!["site-manager".into(), "anaesthetist".into()],
+        ..Directory::default()
     };
     SignedDirectory::sign(&d, &org()).expect("sign")
 }

@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("sitrep-dbsend-{}", std::process::id()));
     let db = sitrep_server::Db::open(&dir)?;
     let gid = vec![1u8; 16];
-    db.create_group(&gid, "d0000", 0)
+    db.create_group(&gid, "d0000", 0, &[])
         .map_err(|e| format!("{e:?}"))?;
     let conn = rusqlite::Connection::open(dir.join("sitrep.db"))?;
     for i in 1..1000 {
@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &format!("{i:032x}"),
             vec![7u8; 300],
             0,
+            |_, _| Ok(()),
             |_| {},
         )
         .map_err(|e| format!("{e:?}"))?;

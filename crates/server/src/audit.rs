@@ -75,6 +75,21 @@ pub fn append(
     at: u64,
 ) -> Result<(u64, [u8; 32]), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let r = append_in(&tx, key, actor, action, detail, at)?;
+    tx.commit()?;
+    Ok(r)
+}
+
+/// [`append`] inside the caller's (IMMEDIATE) transaction: the entry is
+/// written with the action it records, or neither is.
+pub fn append_in(
+    tx: &Connection,
+    key: &SigningKey,
+    actor: &str,
+    action: &str,
+    detail: &str,
+    at: u64,
+) -> Result<(u64, [u8; 32]), rusqlite::Error> {
     let last: Option<(i64, Vec<u8>)> = tx
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -92,7 +107,6 @@ pub fn append(
         "INSERT INTO audit (seq, at, actor, action, detail, prev, hash, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![seq as i64, at as i64, actor, action, detail, prev, hash.to_vec(), sig.to_vec()],
     )?;
-    tx.commit()?;
     Ok((seq, hash))
 }
 

@@ -128,6 +128,12 @@ CREATE TABLE IF NOT EXISTS read_log (
     at INTEGER NOT NULL,
     PRIMARY KEY (group_id, device_id, seq)
 ) WITHOUT ROWID;
+-- The delivery service's public view of each group (see ds.rs): ratchet
+-- tree, group context, queued proposals; advanced by validated commits.
+CREATE TABLE IF NOT EXISTS group_state (
+    group_id BLOB PRIMARY KEY,
+    state BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -137,6 +143,9 @@ CREATE TABLE IF NOT EXISTS submissions (
     PRIMARY KEY (sender_device, client_id)
 );
 "#;
+
+/// Why a take was refused (the directory names who may hold each role).
+const NOT_ELIGIBLE: &str = "not eligible for the role";
 
 /// One device's view of one message: see [`Db::message_status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,10 +169,22 @@ pub struct DeviceRow {
     pub user_id: String,
     /// Revoked (wiped): refused everything.
     pub revoked: bool,
+    /// The MLS signature key enrolled for it.
+    pub signature_key: Vec<u8>,
 }
 
 /// Claimed KeyPackages `(user, device, key package)` and users with none.
 pub type Claimed = (Vec<(String, String, Vec<u8>)>, Vec<String>);
+
+/// Who a commit goes to: the group's members before it, the devices it adds
+/// (memberships to open), removes (memberships to close), and its Welcome's
+/// recipients.
+struct Routed {
+    members: Vec<String>,
+    add: Vec<String>,
+    remove: Vec<String>,
+    welcome_to: Vec<String>,
+}
 
 /// One new log entry and the connected devices that should get it now.
 #[derive(Debug, Clone)]
@@ -210,6 +231,7 @@ pub struct Db {
 
 /// Open a connection with the settings every process (server and admin CLI) uses.
 pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
+    private_files(dir).map_err(|_| rusqlite::Error::InvalidPath(dir.into()))?;
     let conn = Connection::open(dir.join("sitrep.db"))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -219,6 +241,30 @@ pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
+}
+
+/// The database is created owner-only (0600) before SQLite opens it, and an
+/// existing one (with its WAL and shared-memory files, which SQLite creates
+/// with the database's mode) is tightened to that.
+fn private_files(dir: &Path) -> std::io::Result<()> {
+    crate::org::private_dir(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join("sitrep.db"))?;
+        for f in ["sitrep.db", "sitrep.db-wal", "sitrep.db-shm"] {
+            match std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn db_err(e: rusqlite::Error) -> ApiErr {
@@ -276,9 +322,15 @@ impl Db {
         let action = if take { "role.take" } else { "role.handback" };
         let (user, role) = (user.to_string(), role.to_string());
         crate::directory::update(&mut g.conn, key, &actor, action, |d| {
+            let eligible = d.role(&role).map(|r| d.may_hold(r, &user));
             let r = d.roles.iter_mut().find(|r| r.id == role).ok_or(
                 sitrep_wire::directory::DirectoryError::Invalid("no such role"),
             )?;
+            if take && eligible != Some(true) {
+                return Err(sitrep_wire::directory::DirectoryError::Invalid(
+                    NOT_ELIGIBLE,
+                ));
+            }
             if take {
                 if !r.holders.contains(&user) {
                     r.holders.push(user.clone());
@@ -291,6 +343,11 @@ impl Db {
         .map_err(|e| {
             if e.to_string().contains("no such role") {
                 ApiErr::not_found("no_role", "no such role")
+            } else if e.to_string().contains(NOT_ELIGIBLE) {
+                ApiErr::forbidden(
+                    "not_eligible",
+                    "the organisation has not made you eligible for this role",
+                )
             } else {
                 tracing::error!(error = %e, "directory update failed");
                 ApiErr::internal()
@@ -316,9 +373,16 @@ impl Db {
         let g = self.lock();
         g.conn
             .query_row(
-                "SELECT device_id, user_id, revoked_at IS NOT NULL FROM devices WHERE token_hash = ?1",
+                "SELECT device_id, user_id, revoked_at IS NOT NULL, signature_key FROM devices WHERE token_hash = ?1",
                 [token_hash],
-                |r| Ok(DeviceRow { device_id: r.get(0)?, user_id: r.get(1)?, revoked: r.get(2)? }),
+                |r| {
+                    Ok(DeviceRow {
+                        device_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        revoked: r.get(2)?,
+                        signature_key: r.get(3)?,
+                    })
+                },
             )
             .optional()
             .map_err(db_err)
@@ -431,11 +495,15 @@ impl Db {
     }
 
     /// Claim one KeyPackage for every active device of each user: a one-time one
-    /// is consumed (atomically), else the last-resort one is handed out.
+    /// is consumed (atomically) if `one_time_ok(device)` allows this claimer
+    /// another of that device's, else the last-resort one is handed out (so a
+    /// claimer draining a colleague's one-time KeyPackages only ever gets her
+    /// last-resort one, which still works).
     pub fn claim_key_packages(
         &self,
         user_ids: &[String],
         only_devices: &[String],
+        mut one_time_ok: impl FnMut(&str) -> bool,
     ) -> Result<Claimed, ApiErr> {
         let mut g = self.lock();
         let tx = g
@@ -457,8 +525,8 @@ impl Db {
                 if !only_devices.is_empty() && !only_devices.contains(&d) {
                     continue;
                 }
-                let one: Option<Vec<u8>> = tx
-                    .query_row(
+                let one: Option<Vec<u8>> = if one_time_ok(&d) {
+                    tx.query_row(
                         "DELETE FROM key_packages WHERE id = (
                             SELECT id FROM key_packages WHERE device_id = ?1 AND last_resort = 0 ORDER BY id LIMIT 1)
                          RETURNING kp",
@@ -466,7 +534,10 @@ impl Db {
                         |r| r.get(0),
                     )
                     .optional()
-                    .map_err(db_err)?;
+                    .map_err(db_err)?
+                } else {
+                    None
+                };
                 let kp = match one {
                     Some(kp) => Some(kp),
                     None => tx
@@ -491,8 +562,15 @@ impl Db {
         Ok((found, missing))
     }
 
-    /// Register a new group at epoch 0 with its creator as the only member.
-    pub fn create_group(&self, group_id: &[u8], device_id: &str, now: u64) -> Result<(), ApiErr> {
+    /// Register a new group at epoch 0 with its creator as the only member,
+    /// with the delivery service's public state of it (`ds::create`).
+    pub fn create_group(
+        &self,
+        group_id: &[u8],
+        device_id: &str,
+        now: u64,
+        state: &[u8],
+    ) -> Result<(), ApiErr> {
         let mut g = self.lock();
         let inner = &mut *g;
         let tx = inner
@@ -525,6 +603,11 @@ impl Db {
             tx.execute(
                 "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
                 params![group_id, device_id, from as i64],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO group_state (group_id, state) VALUES (?1, ?2)",
+                params![group_id, state],
             )
             .map_err(db_err)?;
         }
@@ -637,12 +720,126 @@ impl Db {
         }
     }
 
-    /// Accept a commit if it was built on the group's current epoch, append it
-    /// to the group's log (the members it removes still receive it) and release
-    /// its Welcome to the joiners only. Returns the new epoch and whether this
+    /// Accept a commit if it is valid for the group's current state (see
+    /// `ds::commit`: current epoch, signed by the posting device's leaf, adds
+    /// and removes only), append it to the group's log (the members it
+    /// removes still receive it) and release its Welcome to the joiners only,
+    /// who are read from the commit. Returns the new epoch and whether this
     /// was a retry; `publish` runs under the lock, so pushes stay in order.
     #[allow(clippy::too_many_arguments)]
-    pub fn commit(
+    pub(crate) fn commit(
+        &self,
+        sender: &crate::ds::Enrolled,
+        org_public: &[u8],
+        group_id: &[u8],
+        client_id: &str,
+        epoch: u64,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        now: u64,
+        publish: impl FnOnce(Vec<Delivery>),
+    ) -> Result<(u64, bool), ApiErr> {
+        let sender_id = sender.device_id.as_str();
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        if let Some((_, e)) = Self::submitted(&tx, sender_id, client_id)? {
+            return Ok((e.unwrap_or(0) as u64, true));
+        }
+        let (current, members) = Self::group_for(&tx, group_id, sender_id)?;
+        if current != epoch {
+            return Err(ApiErr::epoch_conflict(current));
+        }
+        let state: Vec<u8> = tx
+            .query_row(
+                "SELECT state FROM group_state WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| {
+                ApiErr::conflict(
+                    "no_group_state",
+                    "the server holds no validated state of this group; create it again",
+                )
+            })?;
+        let accepted = {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT signature_key FROM devices WHERE device_id = ?1 AND revoked_at IS NULL",
+                )
+                .map_err(db_err)?;
+            crate::ds::commit(
+                &state,
+                group_id,
+                &commit,
+                welcome.is_some(),
+                sender,
+                org_public,
+                |d| st.query_row([d], |r| r.get(0)).optional().ok().flatten(),
+            )
+            .map_err(|e| match e {
+                crate::ds::DsError::WrongEpoch(c) => ApiErr::epoch_conflict(c),
+                crate::ds::DsError::State => {
+                    tracing::error!("stored group state unreadable");
+                    ApiErr::internal()
+                }
+                e => ApiErr::bad_request("bad_commit", &e.to_string()),
+            })?
+        };
+        if accepted.epoch != epoch + 1 {
+            return Err(ApiErr::internal());
+        }
+        tx.execute(
+            "UPDATE group_state SET state = ?2 WHERE group_id = ?1",
+            params![group_id, accepted.state],
+        )
+        .map_err(db_err)?;
+        // Who the commit adds and removes, from the commit itself. A removed
+        // device the server already stopped delivering to (it left, or was
+        // revoked) has nothing to close.
+        let remove: Vec<String> = accepted
+            .removed
+            .iter()
+            .filter(|d| members.contains(d))
+            .cloned()
+            .collect();
+        let add: Vec<String> = accepted
+            .added
+            .iter()
+            .filter(|d| !members.contains(d) || remove.contains(d))
+            .cloned()
+            .collect();
+        let routed = Routed {
+            members,
+            add,
+            remove,
+            welcome_to: accepted.added,
+        };
+        Self::append_commit(
+            &mut inner.counters,
+            tx,
+            sender_id,
+            group_id,
+            client_id,
+            epoch,
+            commit,
+            welcome,
+            routed,
+            now,
+            publish,
+        )
+    }
+
+    /// [`Db::commit`] with the routing given, unvalidated: for the store's own
+    /// tests, which use opaque payloads.
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    fn commit_routed(
         &self,
         sender: &str,
         group_id: &[u8],
@@ -661,41 +858,52 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        if let Some((_, e)) = Self::submitted(&tx, sender, client_id)? {
-            return Ok((e.unwrap_or(0) as u64, true));
-        }
         let (current, members) = Self::group_for(&tx, group_id, sender)?;
-        if current != epoch {
-            return Err(ApiErr::epoch_conflict(current));
-        }
-        if remove.iter().any(|r| !members.contains(r)) {
-            return Err(ApiErr::bad_request(
-                "bad_remove",
-                "a removed device is not in the group",
-            ));
-        }
-        for a in add {
-            let ok: bool = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM devices WHERE device_id = ?1 AND revoked_at IS NULL",
-                    [a],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(db_err)?
-                > 0;
-            if !ok || members.contains(a) {
-                return Err(ApiErr::bad_request(
-                    "bad_add",
-                    "an added device is unknown, revoked or already in the group",
-                ));
-            }
-        }
-        if !add.is_empty() && welcome.is_none() {
-            return Err(ApiErr::bad_request(
-                "missing_welcome",
-                "a commit that adds devices needs a Welcome",
-            ));
-        }
+        assert_eq!(current, epoch);
+        let routed = Routed {
+            members,
+            add: add.to_vec(),
+            remove: remove.to_vec(),
+            welcome_to: add.to_vec(),
+        };
+        Self::append_commit(
+            &mut inner.counters,
+            tx,
+            sender,
+            group_id,
+            client_id,
+            epoch,
+            commit,
+            welcome,
+            routed,
+            now,
+            publish,
+        )
+    }
+
+    /// Store an accepted commit: next epoch, the commit in the log for every
+    /// member (removed ones included), memberships, the Welcome for its
+    /// joiners, the submission; then push.
+    #[allow(clippy::too_many_arguments)]
+    fn append_commit(
+        counters: &mut Counters,
+        tx: rusqlite::Transaction<'_>,
+        sender: &str,
+        group_id: &[u8],
+        client_id: &str,
+        epoch: u64,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        routed: Routed,
+        now: u64,
+        publish: impl FnOnce(Vec<Delivery>),
+    ) -> Result<(u64, bool), ApiErr> {
+        let Routed {
+            members,
+            add,
+            remove,
+            welcome_to,
+        } = routed;
         let new_epoch = epoch + 1;
         tx.execute(
             "UPDATE groups SET epoch = ?2 WHERE group_id = ?1",
@@ -704,7 +912,7 @@ impl Db {
         .map_err(db_err)?;
         let commit_len = commit.len();
         let seq = Self::append(
-            &mut inner.counters,
+            counters,
             &tx,
             group_id,
             EntryKind::Commit,
@@ -721,7 +929,7 @@ impl Db {
             EntryKind::Commit,
             payload,
         )];
-        for r in remove {
+        for r in &remove {
             tx.execute(
                 "UPDATE memberships SET to_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND to_seq IS NULL",
                 params![group_id, r, seq as i64],
@@ -734,14 +942,14 @@ impl Db {
                     "INSERT INTO memberships (group_id, device_id, from_seq) VALUES (?1, ?2, ?3)",
                 )
                 .map_err(db_err)?;
-            for a in add {
+            for a in &add {
                 st.execute(params![group_id, a, seq as i64])
                     .map_err(db_err)?;
             }
         }
         if let Some(w) = welcome {
             let wseq = Self::append(
-                &mut inner.counters,
+                counters,
                 &tx,
                 group_id,
                 EntryKind::Welcome,
@@ -753,12 +961,12 @@ impl Db {
             let mut st = tx
                 .prepare_cached("INSERT INTO welcome_targets (device_id, seq) VALUES (?1, ?2)")
                 .map_err(db_err)?;
-            for a in add {
+            for a in &welcome_to {
                 st.execute(params![a, wseq as i64]).map_err(db_err)?;
             }
             let wpayload: Arc<[u8]> = Arc::from(w);
             pushes.push(Self::pushes(
-                add,
+                &welcome_to,
                 sender,
                 wseq,
                 EntryKind::Welcome,
@@ -782,8 +990,60 @@ impl Db {
         Ok((new_epoch, false))
     }
 
+    /// A member device fell out of step and asks to be re-added: a `rejoin`
+    /// entry naming it goes to the other members. Idempotent per client id.
+    pub fn rejoin(
+        &self,
+        device: &str,
+        group_id: &[u8],
+        client_id: &str,
+        now: u64,
+        publish: impl FnOnce(Vec<Delivery>),
+    ) -> Result<bool, ApiErr> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        if Self::submitted(&tx, device, client_id)?.is_some() {
+            return Ok(true);
+        }
+        let (epoch, members) = Self::group_for(&tx, group_id, device)?;
+        let mut payload = vec![group_id.len() as u8];
+        payload.extend_from_slice(group_id);
+        payload.extend_from_slice(device.as_bytes());
+        let seq = Self::append(
+            &mut inner.counters,
+            &tx,
+            group_id,
+            EntryKind::Rejoin,
+            epoch,
+            device,
+            &payload,
+            now,
+        )?;
+        tx.execute(
+            "INSERT INTO submissions (sender_device, client_id, created_at, recipients) VALUES (?1, ?2, ?3, ?4)",
+            params![device, client_id, now as i64, members.len().saturating_sub(1) as i64],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        publish(vec![Self::pushes(
+            &members,
+            device,
+            seq,
+            EntryKind::Rejoin,
+            Arc::from(payload),
+        )]);
+        Ok(false)
+    }
+
     /// Append an application message to the group's log for every other member.
     /// Answers after the transaction is durable; `publish` runs under the lock.
+    /// `check` looks at the payload's clear framing once the group and the
+    /// sender's membership are known.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
         sender: &str,
@@ -791,6 +1051,7 @@ impl Db {
         client_id: &str,
         payload: Vec<u8>,
         now: u64,
+        check: impl FnOnce(&[u8], &[u8]) -> Result<(), ApiErr>,
         publish: impl FnOnce(Vec<Delivery>),
     ) -> Result<(u64, bool, u64), ApiErr> {
         let mut g = self.lock();
@@ -811,6 +1072,7 @@ impl Db {
             return Ok((n as u64, true, seq.unwrap_or(0) as u64));
         }
         let (epoch, members) = Self::group_for(&tx, group_id, sender)?;
+        check(&payload, group_id)?;
         let n = members.len() - 1;
         let mut pushes = Vec::new();
         let mut sent_seq = 0;
@@ -943,15 +1205,18 @@ impl Db {
     /// The device leaves the group: its Remove proposal goes into the log for
     /// the others (the next to sync commits it) and its membership ends here,
     /// so nothing sent afterwards is delivered to it.
-    pub fn leave(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn leave(
         &self,
-        sender: &str,
+        device: &crate::ds::Enrolled,
+        org_public: &[u8],
         group_id: &[u8],
         client_id: &str,
         proposal: Vec<u8>,
         now: u64,
         publish: impl FnOnce(Vec<Delivery>),
     ) -> Result<bool, ApiErr> {
+        let sender = device.device_id.as_str();
         let mut g = self.lock();
         let inner = &mut *g;
         let tx = inner
@@ -962,6 +1227,33 @@ impl Db {
             return Ok(true);
         }
         let (epoch, members) = Self::group_for(&tx, group_id, sender)?;
+        // The proposal must be this device's own removal, valid now; it is
+        // queued in the server's view for the commit that covers it.
+        let state: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT state FROM group_state WHERE group_id = ?1",
+                [group_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let state = state.ok_or_else(|| {
+            ApiErr::conflict(
+                "no_group_state",
+                "the server holds no validated state of this group",
+            )
+        })?;
+        let state = crate::ds::leave(&state, group_id, &proposal, device, org_public).map_err(
+            |e| match e {
+                crate::ds::DsError::WrongEpoch(c) => ApiErr::epoch_conflict(c),
+                e => ApiErr::bad_request("bad_proposal", &e.to_string()),
+            },
+        )?;
+        tx.execute(
+            "UPDATE group_state SET state = ?2 WHERE group_id = ?1",
+            params![group_id, state],
+        )
+        .map_err(db_err)?;
         let seq = Self::append(
             &mut inner.counters,
             &tx,
@@ -1012,11 +1304,21 @@ impl Db {
         rows.collect::<Result<_, _>>().map_err(db_err)
     }
 
-    /// Revoke a device of `user_id` (from another of the user's devices).
-    pub fn revoke_own(&self, user_id: &str, device_id: &str, now: u64) -> Result<(), ApiErr> {
-        let g = self.lock();
-        let n = g
+    /// Revoke a device of `user_id` (from another of the user's devices),
+    /// with its audit entry `(key, actor, detail)` in the same transaction.
+    pub fn revoke_own(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now: u64,
+        audit: (&ed25519_dalek::SigningKey, &str, &str),
+    ) -> Result<(), ApiErr> {
+        let mut g = self.lock();
+        let tx = g
             .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let n = tx
             .execute(
                 "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?3) WHERE device_id = ?1 AND user_id = ?2",
                 params![device_id, user_id, now as i64],
@@ -1028,6 +1330,9 @@ impl Db {
                 "no such device of yours",
             ));
         }
+        let (key, actor, detail) = audit;
+        crate::audit::append_in(&tx, key, actor, "device.wipe", detail, now).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
         Ok(())
     }
 
@@ -1124,12 +1429,16 @@ impl Db {
 
     /// A device's entries after `after` (and after what it acknowledged), in
     /// order, at most `limit`: its groups' logs while it was a member, minus its
-    /// own messages, plus Welcomes addressed to it.
+    /// own messages, plus Welcomes addressed to it. A page also stops before
+    /// its payloads would pass `max_bytes`, but always holds at least one entry,
+    /// so a single larger entry still goes out alone. `more` is true when
+    /// entries wait beyond the page.
     pub fn fetch(
         &self,
         device_id: &str,
         after: u64,
         limit: u64,
+        max_bytes: usize,
     ) -> Result<(Vec<Queued>, bool), ApiErr> {
         let g = self.lock();
         let cursor: i64 = g
@@ -1143,15 +1452,18 @@ impl Db {
             .map_err(db_err)?
             .unwrap_or(0);
         let after = after.max(cursor as u64) as i64;
+        // Sizes first: SQLite answers length() of a blob without loading it, so
+        // the page is cut before any payload is read (a sort over the payloads
+        // themselves held every one of them in memory at once).
         let mut stmt = g
             .conn
             .prepare_cached(
-                "SELECT m.seq, m.kind, m.payload FROM memberships ms
+                "SELECT m.seq, m.kind, length(m.payload) FROM memberships ms
                    JOIN messages m ON m.group_id = ms.group_id
                     AND m.seq > ms.from_seq AND (ms.to_seq IS NULL OR m.seq <= ms.to_seq)
                   WHERE ms.device_id = ?1 AND m.seq > ?2 AND m.kind != 1 AND m.sender_device != ?1
                  UNION ALL
-                 SELECT m.seq, m.kind, m.payload FROM welcome_targets w
+                 SELECT m.seq, m.kind, length(m.payload) FROM welcome_targets w
                    JOIN messages m ON m.seq = w.seq
                   WHERE w.device_id = ?1 AND w.seq > ?2
                  ORDER BY 1 LIMIT ?3",
@@ -1159,17 +1471,38 @@ impl Db {
             .map_err(db_err)?;
         let rows = stmt
             .query_map(params![device_id, after, (limit + 1) as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, u8>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, u8>(1)?, r.get::<_, i64>(2)?))
             })
             .map_err(db_err)?;
-        let mut out = Vec::new();
+        let (mut page, mut bytes, mut more) = (Vec::new(), 0usize, false);
         for row in rows {
-            let (seq, kind, payload) = row.map_err(db_err)?;
+            let (seq, kind, len) = row.map_err(db_err)?;
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if page.len() as u64 >= limit
+                || (!page.is_empty() && bytes.saturating_add(len) > max_bytes)
+            {
+                more = true;
+                break;
+            }
+            bytes = bytes.saturating_add(len);
+            page.push((seq, kind));
+        }
+        let mut load = g
+            .conn
+            .prepare_cached("SELECT payload FROM messages WHERE seq = ?1")
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(page.len());
+        for (seq, kind) in page {
             let kind = EntryKind::from_u8(kind).ok_or_else(ApiErr::internal)?;
+            // Under the store lock nothing deletes in between; skip rather than
+            // fail if another connection did.
+            let Some(payload) = load
+                .query_row([seq], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map_err(db_err)?
+            else {
+                continue;
+            };
             out.push(Queued {
                 device_id: device_id.to_string(),
                 seq: seq as u64,
@@ -1177,8 +1510,6 @@ impl Db {
                 payload: Arc::from(payload),
             });
         }
-        let more = out.len() as u64 > limit;
-        out.truncate(limit as usize);
         Ok((out, more))
     }
 
@@ -1370,14 +1701,14 @@ pub fn set_policy(
     org: &crate::org::Org,
     mut policy: sitrep_wire::policy::OrgPolicy,
 ) -> Result<sitrep_wire::policy::OrgPolicy, Box<dyn std::error::Error + Send + Sync>> {
-    let conn = connect(dir)?;
-    let current: i64 =
-        conn.query_row("SELECT COALESCE(MAX(serial), 1) FROM policies", [], |r| {
-            r.get(0)
-        })?;
+    let mut conn = connect(dir)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row("SELECT COALESCE(MAX(serial), 1) FROM policies", [], |r| {
+        r.get(0)
+    })?;
     policy.serial = current as u64 + 1;
     let signed = sitrep_wire::policy::SignedPolicy::sign(&policy, &org.key)?;
-    conn.execute(
+    tx.execute(
         "INSERT INTO policies (serial, signed, created_at) VALUES (?1, ?2, ?3)",
         params![
             policy.serial as i64,
@@ -1393,7 +1724,15 @@ pub fn set_policy(
         policy.retention_default_secs,
         policy.retention_max_secs
     );
-    audit_dir(dir, "policy.set", &detail)?;
+    crate::audit::append_in(
+        &tx,
+        &org.key,
+        &admin_actor(),
+        "policy.set",
+        &detail,
+        crate::now_secs(),
+    )?;
+    tx.commit()?;
     Ok(policy)
 }
 
@@ -1413,16 +1752,38 @@ pub fn show_policy(
 /// runs. The server refuses the device's token at once; its groups are told
 /// within seconds (see [`Db::sweep_revocations`]).
 pub fn revoke_device(dir: &Path, device_id: &str) -> Result<bool, rusqlite::Error> {
-    let conn = connect(dir)?;
-    let n = conn.execute(
-        "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
-        params![device_id, crate::now_secs() as i64],
-    )?;
-    if n > 0 {
-        audit_dir(dir, "device.wipe", &format!("device={device_id}"))
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
-    }
-    Ok(n > 0)
+    admin_tx(dir, |tx, key| {
+        let n = tx.execute(
+            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
+            params![device_id, crate::now_secs() as i64],
+        )?;
+        if n > 0 {
+            crate::audit::append_in(
+                tx,
+                key,
+                &admin_actor(),
+                "device.wipe",
+                &format!("device={device_id}"),
+                crate::now_secs(),
+            )?;
+        }
+        Ok(n > 0)
+    })
+}
+
+/// Run an admin change and its audit entry in one transaction on the store
+/// in `dir`, with the organisation key kept there.
+fn admin_tx<T>(
+    dir: &Path,
+    f: impl FnOnce(&rusqlite::Transaction<'_>, &ed25519_dalek::SigningKey) -> Result<T, rusqlite::Error>,
+) -> Result<T, rusqlite::Error> {
+    let (org, _) = crate::org::Org::open_or_create(dir, None)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
+    let mut conn = connect(dir)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let v = f(&tx, &org.key)?;
+    tx.commit()?;
+    Ok(v)
 }
 
 /// Create an invitation (used by `sitrep admin invite`, also while the server
@@ -1434,19 +1795,23 @@ pub fn create_invite(
     role: &str,
     ttl_secs: u64,
 ) -> Result<String, rusqlite::Error> {
-    let conn = connect(dir)?;
     let code = crate::org::new_code();
     let now = crate::now_secs();
-    conn.execute(
-        "INSERT INTO invites (code_hash, user_id, display_name, role, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![crate::org::code_hash(&code), user_id, display_name, role, now as i64, (now + ttl_secs) as i64],
-    )?;
-    audit_dir(
-        dir,
-        "invite",
-        &format!("user={user_id} ttl_secs={ttl_secs}"),
-    )
-    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
+    admin_tx(dir, |tx, key| {
+        tx.execute(
+            "INSERT INTO invites (code_hash, user_id, display_name, role, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![crate::org::code_hash(&code), user_id, display_name, role, now as i64, (now + ttl_secs) as i64],
+        )?;
+        crate::audit::append_in(
+            tx,
+            key,
+            &admin_actor(),
+            "invite",
+            &format!("user={user_id} ttl_secs={ttl_secs}"),
+            now,
+        )?;
+        Ok(())
+    })?;
     Ok(code)
 }
 
@@ -1536,9 +1901,9 @@ mod tests {
             device(&db, id);
         }
         let gid = [7u8; 16];
-        db.create_group(&gid, "a", 0).expect("group");
+        db.create_group(&gid, "a", 0, &[]).expect("group");
         let (e, _) = db
-            .commit(
+            .commit_routed(
                 "a",
                 &gid,
                 &"0".repeat(32),
@@ -1560,6 +1925,7 @@ mod tests {
                 &format!("{:032x}", 100 + i),
                 vec![9, i],
                 0,
+                |_, _| Ok(()),
                 |p| pushed.extend(p.into_iter().flat_map(|d| d.recipients)),
             )
             .expect("send");
@@ -1567,7 +1933,7 @@ mod tests {
         // One row per message, pushed to both other members.
         assert_eq!(pushed.len(), 6);
         assert_eq!(stored(&db), 5);
-        let (b_entries, _) = db.fetch("b", 0, 100).expect("fetch");
+        let (b_entries, _) = db.fetch("b", 0, 100, usize::MAX).expect("fetch");
         let kinds: Vec<EntryKind> = b_entries.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
@@ -1579,7 +1945,10 @@ mod tests {
             ]
         );
         assert!(
-            db.fetch("a", 0, 100).expect("fetch").0.is_empty(),
+            db.fetch("a", 0, 100, usize::MAX)
+                .expect("fetch")
+                .0
+                .is_empty(),
             "the sender gets nothing of its own"
         );
         let last = b_entries.last().expect("entries").seq;
@@ -1598,7 +1967,10 @@ mod tests {
             "everyone but the sender has passed every entry"
         );
         assert!(
-            db.fetch("b", 0, 100).expect("fetch").0.is_empty(),
+            db.fetch("b", 0, 100, usize::MAX)
+                .expect("fetch")
+                .0
+                .is_empty(),
             "acknowledged entries do not come back"
         );
         // Delivery and read status outlive the collected messages.
@@ -1627,8 +1999,8 @@ mod tests {
             device(&db, id);
         }
         let gid = [8u8; 16];
-        db.create_group(&gid, "a", 0).expect("group");
-        db.commit(
+        db.create_group(&gid, "a", 0, &[]).expect("group");
+        db.commit_routed(
             "a",
             &gid,
             &"1".repeat(32),
@@ -1641,7 +2013,7 @@ mod tests {
             |_| {},
         )
         .expect("add");
-        db.commit(
+        db.commit_routed(
             "a",
             &gid,
             &"2".repeat(32),
@@ -1654,9 +2026,17 @@ mod tests {
             |_| {},
         )
         .expect("remove");
-        db.send("a", &gid, &"3".repeat(32), vec![4], 0, |_| {})
-            .expect("send");
-        let (e, _) = db.fetch("b", 0, 100).expect("fetch");
+        db.send(
+            "a",
+            &gid,
+            &"3".repeat(32),
+            vec![4],
+            0,
+            |_, _| Ok(()),
+            |_| {},
+        )
+        .expect("send");
+        let (e, _) = db.fetch("b", 0, 100, usize::MAX).expect("fetch");
         let payloads: Vec<Vec<u8>> = e.iter().map(|e| e.payload.to_vec()).collect();
         assert_eq!(
             payloads,
@@ -1664,7 +2044,15 @@ mod tests {
             "Welcome, then the commit removing b; not the later message"
         );
         let err = db
-            .send("b", &gid, &"4".repeat(32), vec![5], 0, |_| {})
+            .send(
+                "b",
+                &gid,
+                &"4".repeat(32),
+                vec![5],
+                0,
+                |_, _| Ok(()),
+                |_| {},
+            )
             .expect_err("not a member");
         assert!(format!("{err:?}").contains("not_a_member"));
         let _ = std::fs::remove_dir_all(&d);

@@ -51,8 +51,8 @@ pub fn update(
         "INSERT INTO directories (serial, signed, created_at) VALUES (?1, ?2, ?3)",
         params![d.serial as i64, signed, crate::now_secs() as i64],
     )?;
+    crate::audit::append_in(&tx, key, actor, action, &detail, crate::now_secs())?;
     tx.commit()?;
-    crate::audit::append(conn, key, actor, action, &detail, crate::now_secs())?;
     Ok(d)
 }
 

@@ -81,6 +81,14 @@ impl ApiErr {
             "request body larger than the server accepts",
         )
     }
+    /// 408 for a body that did not arrive in time.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )
+    }
     /// 429.
     pub fn rate_limited() -> Self {
         Self::new(

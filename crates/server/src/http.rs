@@ -1,15 +1,20 @@
 //! HTTP routes. Every body is size-bounded and validated before it reaches the
 //! store; every error is JSON with a 4xx code (see docs/protocol.md).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router, middleware};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sitrep_wire::api::{self, valid_client_id, valid_id};
@@ -29,20 +34,48 @@ const MAX_CLAIM: usize = 1_000;
 const MAX_COMMIT_DEVICES: usize = 10_000;
 /// Most inbox entries per page.
 const MAX_PAGE: u64 = 1_000;
+/// One-time KeyPackages one claimer may take of one device: a burst, then one
+/// per five minutes; beyond that the claimer gets the device's last-resort
+/// KeyPackage. Nobody can drain a colleague's one-time KeyPackages faster
+/// than her devices top them up, and no add is ever refused for it.
+const CLAIM_BURST: f64 = 4.0;
+const CLAIM_PER_SEC: f64 = 1.0 / 300.0;
+
+/// Body limit of a route without one of its own: every small JSON request.
+const SMALL_BODY: usize = 64 * 1024;
+/// Body limit of `/v1/enrol`, read before anyone is known (a code and a key).
+const ENROL_BODY: usize = 8 * 1024;
+/// Body limit of a claim: up to 1000 user ids and 1000 device ids of 64 chars.
+const CLAIM_BODY: usize = 2 * MAX_CLAIM * (64 + 4) + 1024;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body;
-    Router::new()
+    let large = Extension(BodyLimit(state.config.max_body));
+    // A payload in base64, plus the JSON around it.
+    let message = Extension(BodyLimit(state.config.max_message.div_ceil(3) * 4 + 1024));
+    // The routes without a token: per-address buckets, before any body is read.
+    let public = Router::new()
         .route("/healthz", get(health))
-        .route("/v1/enrol", post(enrol))
+        .route(
+            "/v1/enrol",
+            post(enrol)
+                .layer(Extension(BodyLimit(ENROL_BODY)))
+                .layer(middleware::from_fn_with_state(state.clone(), enrol_limit)),
+        )
         .route("/v1/policy", get(policy))
-        .route("/v1/keypackages", post(upload_key_packages))
+        .route_layer(middleware::from_fn_with_state(state.clone(), public_limit));
+    Router::new()
+        .merge(public)
+        .route("/v1/keypackages", post(upload_key_packages).layer(large))
         .route("/v1/keypackages/count", get(count_key_packages))
-        .route("/v1/keypackages/claim", post(claim_key_packages))
+        .route(
+            "/v1/keypackages/claim",
+            post(claim_key_packages).layer(Extension(BodyLimit(CLAIM_BODY))),
+        )
         .route("/v1/groups", post(create_group))
-        .route("/v1/groups/{group}/commit", post(commit))
-        .route("/v1/groups/{group}/messages", post(send))
-        .route("/v1/groups/{group}/leave", post(leave))
+        .route("/v1/groups/{group}/commit", post(commit).layer(large))
+        .route("/v1/groups/{group}/messages", post(send).layer(message))
+        .route("/v1/groups/{group}/leave", post(leave).layer(message))
+        .route("/v1/groups/{group}/rejoin", post(rejoin))
         .route("/v1/groups/{group}/read", post(mark_read))
         .route("/v1/groups/{group}/status", get(message_status))
         .route("/v1/inbox", get(inbox))
@@ -55,27 +88,140 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/roles/{role}/handback", post(handback_role))
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
-        .layer(DefaultBodyLimit::max(limit))
+        // For any extractor other than `JsonBody`.
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
         .with_state(state)
 }
+
+/// This address's bucket for the routes without a token.
+async fn public_limit(
+    State(st): St,
+    req: Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ApiErr> {
+    let c = &st.config;
+    // Each enrolment reads the policy first: never below the enrolment share.
+    let share = c.enrol_per_sec * c.enrol_addr_share;
+    let (rate, burst) = (c.addr_per_sec.max(share), c.addr_burst.max(share * 2.0));
+    let key = AddrKey::Public(client_addr(&req, &c.trusted_proxies));
+    if !st.addr_limiter.allow_with(&key, rate, burst) {
+        return Err(ApiErr::rate_limited());
+    }
+    Ok(next.run(req).await)
+}
+
+/// Enrolment: this address's share first, so what it sends beyond its share
+/// never drains the server-wide bucket everyone else enrols through.
+async fn enrol_limit(
+    State(st): St,
+    req: Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ApiErr> {
+    let rate = st.config.enrol_per_sec;
+    let share = rate * st.config.enrol_addr_share;
+    let key = AddrKey::Enrol(client_addr(&req, &st.config.trusted_proxies));
+    if !st.addr_limiter.allow_with(&key, share, share * 2.0)
+        || !st.limiter.allow_with("\0enrol", rate, rate * 2.0)
+    {
+        return Err(ApiErr::rate_limited());
+    }
+    Ok(next.run(req).await)
+}
+
+/// A per-address bucket: which routes, and which address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum AddrKey {
+    Public(IpAddr),
+    Enrol(IpAddr),
+}
+
+/// The client's address: the connection's peer, or the last hop a trusted
+/// proxy added to `X-Forwarded-For`. IPv6 addresses count per /64, the block
+/// one subscriber usually holds.
+fn client_addr(req: &Request, trusted_proxies: &[IpAddr]) -> IpAddr {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| {
+            c.0.ip().to_canonical()
+        });
+    let ip = if trusted_proxies.iter().any(|p| p.to_canonical() == peer) {
+        req.headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+            .map_or(peer, |ip| ip.to_canonical())
+    } else {
+        peer
+    };
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// A route's body limit (`JsonBody`); without one, [`SMALL_BODY`].
+#[derive(Clone, Copy)]
+pub(crate) struct BodyLimit(pub usize);
 
 /// A JSON body whose every rejection is an [`ApiErr`].
 pub(crate) struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiErr;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiErr::body_too_large()
-            } else {
-                ApiErr::bad_request("bad_body", "the request body could not be read")
+    async fn from_request(req: Request, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(SMALL_BODY, |l| l.0);
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // Refused on its declared length before a byte of it is read.
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiErr::body_too_large());
+        }
+        let read = async {
+            let unreadable =
+                || ApiErr::bad_request("bad_body", "the request body could not be read");
+            let mut body = req.into_body().into_data_stream();
+            let first = declared
+                .map_or(0, |n| n as usize)
+                .min(limit)
+                .min(SMALL_BODY);
+            let mut buf = Vec::with_capacity(first);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|_| unreadable())?;
+                if buf.len() + chunk.len() > limit {
+                    return Err(ApiErr::body_too_large());
+                }
+                buf.extend_from_slice(&chunk);
             }
-        })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiErr::bad_request("bad_json", &format!("invalid JSON body: {e}")))
+            Ok(buf)
+        };
+        let bytes = tokio::time::timeout(st.config.body_read_timeout, read)
+            .await
+            .map_err(|_| ApiErr::body_timeout())??;
+        // serde's message may quote the submitted values: give the place only.
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiErr::bad_request(
+                "bad_json",
+                &format!(
+                    "invalid JSON body, or not the expected fields (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
     }
 }
 
@@ -114,38 +260,157 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     }
 }
 
-/// Token buckets keyed by device id (and one for unauthenticated enrolment).
-pub(crate) struct RateLimiter {
+/// Most buckets one limiter keeps; past it, new keys share one bucket until
+/// pruning makes room (a flood of fresh keys cannot grow memory without end).
+const MAX_BUCKETS: usize = 200_000;
+
+/// Token buckets by key: device ids (and the server-wide enrolment bucket, and
+/// claimer/target pairs), or client addresses. Buckets that have refilled are
+/// pruned (`prune`, every few seconds): a new bucket starts full, so dropping
+/// one changes nothing.
+pub(crate) struct RateLimiter<K = String> {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    max_keys: usize,
+    buckets: Mutex<Buckets<K>>,
 }
 
-impl RateLimiter {
+struct Buckets<K> {
+    by_key: HashMap<K, Bucket>,
+    overflow: Option<Bucket>,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    /// When it will have refilled, if nothing takes from it.
+    full_at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            last: now,
+            full_at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst);
+        self.last = now;
+        let ok = self.tokens >= 1.0;
+        if ok {
+            self.tokens -= 1.0;
+        }
+        let secs = if rate > 0.0 {
+            ((burst - self.tokens).max(0.0) / rate).min(1e9)
+        } else {
+            1e9
+        };
+        self.full_at = now
+            .checked_add(std::time::Duration::from_secs_f64(secs))
+            .unwrap_or(now);
+        ok
+    }
+}
+
+impl<K: Hash + Eq> RateLimiter<K> {
     pub(crate) fn new(rate: f64, burst: f64) -> Self {
+        Self::with_max_keys(rate, burst, MAX_BUCKETS)
+    }
+
+    pub(crate) fn with_max_keys(rate: f64, burst: f64, max_keys: usize) -> Self {
         Self {
             rate,
             burst,
-            buckets: Mutex::new(HashMap::new()),
+            max_keys,
+            buckets: Mutex::new(Buckets {
+                by_key: HashMap::new(),
+                overflow: None,
+            }),
         }
     }
 
-    pub(crate) fn allow(&self, key: &str) -> bool {
+    pub(crate) fn allow<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.allow_with(key, self.rate, self.burst)
     }
 
-    pub(crate) fn allow_with(&self, key: &str, rate: f64, burst: f64) -> bool {
+    pub(crate) fn allow_with<Q>(&self, key: &Q, rate: f64, burst: f64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = Instant::now();
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = b.entry(key.to_string()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        let Buckets { by_key, overflow } = &mut *b;
+        if !by_key.contains_key(key) && by_key.len() < self.max_keys {
+            by_key.insert(key.to_owned(), Bucket::full(burst, now));
         }
+        let bucket = match by_key.get_mut(key) {
+            Some(bucket) => bucket,
+            None => overflow.get_or_insert(Bucket::full(burst, now)),
+        };
+        bucket.take(now, rate, burst)
+    }
+
+    /// Forget the buckets that have refilled.
+    pub(crate) fn prune(&self) {
+        let now = Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        b.by_key.retain(|_, bucket| bucket.full_at > now);
+        if b.overflow.is_some_and(|o| o.full_at <= now) {
+            b.overflow = None;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        b.by_key.len()
+    }
+}
+
+#[cfg(test)]
+mod rate_limiter_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_limited_to_its_burst_and_others_are_not() {
+        let l: RateLimiter = RateLimiter::new(0.001, 3.0);
+        assert!((0..3).all(|_| l.allow("a")));
+        assert!(!l.allow("a"));
+        assert!(l.allow("b"));
+    }
+
+    #[test]
+    fn refilled_buckets_are_pruned_and_drained_ones_kept() {
+        let l: RateLimiter = RateLimiter::new(1e9, 2.0);
+        assert!(l.allow("fast"));
+        assert!(l.allow_with("slow", 0.001, 2.0));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        l.prune();
+        assert_eq!(l.len(), 1, "only the bucket still refilling is kept");
+        assert!(l.allow_with("slow", 0.001, 2.0));
+        assert!(
+            !l.allow_with("slow", 0.001, 2.0),
+            "pruning did not refill it"
+        );
+    }
+
+    #[test]
+    fn keys_past_the_cap_share_one_bucket() {
+        let l: RateLimiter = RateLimiter::with_max_keys(0.001, 2.0, 2);
+        assert!(l.allow("a") && l.allow("b"));
+        assert!(l.allow("c") && l.allow("d"));
+        assert!(!l.allow("e"), "c, d and e share the overflow bucket");
+        assert_eq!(l.len(), 2);
+        assert!(l.allow("a"), "known keys keep their own bucket");
     }
 }
 
@@ -155,6 +420,26 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiErr::internal())?
+}
+
+/// A position in the log as a client gives it: the store keeps positions as
+/// SQLite integers (i64), so anything above would wrap (and once let
+/// `inbox?after=` skip the acknowledged cursor).
+fn log_seq(v: u64) -> Result<u64, ApiErr> {
+    if v > i64::MAX as u64 {
+        return Err(ApiErr::bad_request(
+            "bad_seq",
+            "positions in the log are at most 2^63 - 1",
+        ));
+    }
+    Ok(v)
+}
+
+fn enrolled(dev: &DeviceRow) -> crate::ds::Enrolled {
+    crate::ds::Enrolled {
+        device_id: dev.device_id.clone(),
+        signature_key: dev.signature_key.clone(),
+    }
 }
 
 fn group_id(hex_id: &str) -> Result<Vec<u8>, ApiErr> {
@@ -208,18 +493,19 @@ async fn wipe_device(
         format!("{}/{}", dev.user_id, dev.device_id),
         format!("device={device}"),
     );
-    blocking(move || st2.db.revoke_own(&dev.user_id, &d, now_secs())).await?;
+    blocking(move || {
+        st2.db.revoke_own(
+            &dev.user_id,
+            &d,
+            now_secs(),
+            (&st2.org.key, &actor, &detail),
+        )
+    })
+    .await?;
     let st3 = st.clone();
     blocking(move || {
         st3.db
             .sweep_revocations(now_secs(), |p| st3.hub.publish(p))
-            .map(|_| ())
-    })
-    .await?;
-    let st4 = st.clone();
-    blocking(move || {
-        st4.db
-            .audit(&st4.org.key, &actor, "device.wipe", &detail, now_secs())
             .map(|_| ())
     })
     .await?;
@@ -282,16 +568,31 @@ async fn audit(
     Auth(dev): Auth,
     JsonBody(req): JsonBody<sitrep_wire::api::AuditRequest>,
 ) -> Result<Json<sitrep_wire::api::AuditResponse>, ApiErr> {
-    if !req.is_valid() {
+    let Some(detail) = req.detail() else {
         return Err(ApiErr::bad_request(
             "bad_audit",
-            "unknown action or detail too long",
+            "unknown action, or not the fields that action takes",
         ));
+    };
+    if req.records_only() {
+        // Only the records account named in the signed policy searches and
+        // exports records; nobody else can put such entries in the log.
+        let st2 = st.clone();
+        let signed = blocking(move || st2.db.policy()).await?;
+        let records_user = signed
+            .and_then(|b| sitrep_wire::policy::SignedPolicy::verify(&b, &st.org.public_key()).ok())
+            .and_then(|p| p.records_user);
+        if records_user.as_deref() != Some(dev.user_id.as_str()) {
+            return Err(ApiErr::forbidden(
+                "not_records",
+                "only the organisation's records account reports records actions",
+            ));
+        }
     }
     let actor = format!("{}/{}", dev.user_id, dev.device_id);
     let (seq, hash) = blocking(move || {
         st.db
-            .audit(&st.org.key, &actor, &req.action, &req.detail, now_secs())
+            .audit(&st.org.key, &actor, &req.action, &detail, now_secs())
     })
     .await?;
     Ok(Json(sitrep_wire::api::AuditResponse {
@@ -317,14 +618,28 @@ async fn enrol(
     State(st): St,
     JsonBody(req): JsonBody<api::EnrolRequest>,
 ) -> Result<Json<api::EnrolResponse>, ApiErr> {
-    let rate = st.config.enrol_per_sec;
-    if !st.limiter.allow_with("\0enrol", rate, rate * 2.0) {
-        return Err(ApiErr::rate_limited());
-    }
+    // Rate limited before the body is read: `enrol_limit` in `router`.
     if req.signature_key.len() != 32 || req.code.len() > 64 {
         return Err(ApiErr::bad_request(
             "bad_enrolment",
             "expected an Ed25519 public key and a code",
+        ));
+    }
+    // The device must hold the private key it asks the organisation to vouch
+    // for: nobody can enrol someone else's key as their own.
+    let proven = <[u8; 32]>::try_from(req.signature_key.as_slice())
+        .ok()
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+        .zip(<[u8; 64]>::try_from(req.proof.as_slice()).ok())
+        .is_some_and(|(k, sig)| {
+            let msg = api::EnrolRequest::proof_message(&req.code, &req.signature_key);
+            k.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
+                .is_ok()
+        });
+    if !proven {
+        return Err(ApiErr::bad_request(
+            "bad_proof",
+            "the enrolment request is not signed by the key it enrols",
         ));
     }
     let device_id = format!("d{}", hex::encode(crate::random::<6>()));
@@ -384,12 +699,36 @@ async fn upload_key_packages(
         .iter()
         .chain(req.last_resort.iter())
         .any(|k| k.is_empty() || k.len() > 64 * 1024)
+        || req.key_packages.len() as u64 > MAX_KEY_PACKAGES
     {
         return Err(ApiErr::bad_request(
             "bad_key_package",
-            "KeyPackages are 1 byte to 64 KiB",
+            "KeyPackages are 1 byte to 64 KiB, at most 500 at once",
         ));
     }
+    // Every KeyPackage is checked before any is stored: a device cannot plant
+    // one that its colleagues' clients would refuse.
+    let (req, dev) = {
+        let org_public = st.org.public_key();
+        blocking(move || {
+            let who = crate::mls::Uploader {
+                device_id: &dev.device_id,
+                user_id: &dev.user_id,
+                signature_key: &dev.signature_key,
+            };
+            let one_time = req.key_packages.iter().map(|k| (k, false));
+            for (i, (kp, lr)) in one_time
+                .chain(req.last_resort.iter().map(|k| (k, true)))
+                .enumerate()
+            {
+                crate::mls::validate_key_package(kp, &who, &org_public, lr).map_err(|e| {
+                    ApiErr::bad_request("bad_key_package", &format!("KeyPackage {i}: {e}"))
+                })?;
+            }
+            Ok((req, dev))
+        })
+        .await?
+    };
     let st2 = st.clone();
     let d = dev.device_id.clone();
     let available = blocking(move || {
@@ -424,7 +763,7 @@ async fn count_key_packages(
 /// # POST /v1/keypackages/claim
 async fn claim_key_packages(
     State(st): St,
-    Auth(_dev): Auth,
+    Auth(dev): Auth,
     JsonBody(req): JsonBody<api::ClaimRequest>,
 ) -> Result<Json<api::ClaimResponse>, ApiErr> {
     if req.user_ids.is_empty()
@@ -439,8 +778,20 @@ async fn claim_key_packages(
             "up to 1000 valid device ids",
         ));
     }
-    let (found, missing) =
-        blocking(move || st.db.claim_key_packages(&req.user_ids, &req.device_ids)).await?;
+    let st2 = st.clone();
+    let claimer = dev.device_id;
+    let (found, missing) = blocking(move || {
+        st2.db
+            .claim_key_packages(&req.user_ids, &req.device_ids, |target| {
+                target == claimer
+                    || st2.limiter.allow_with(
+                        &format!("\0claim\0{claimer}\0{target}"),
+                        CLAIM_PER_SEC,
+                        CLAIM_BURST,
+                    )
+            })
+    })
+    .await?;
     Ok(Json(api::ClaimResponse {
         key_packages: found
             .into_iter()
@@ -466,9 +817,18 @@ async fn create_group(
             "group ids are 1 to 64 bytes",
         ));
     }
+    // The server's own view of the group starts from the creator's signed
+    // GroupInfo: one member, the creating device.
     blocking(move || {
+        let state = crate::ds::create(
+            &req.group_id,
+            &req.group_info,
+            &enrolled(&dev),
+            &st.org.public_key(),
+        )
+        .map_err(|e| ApiErr::bad_request("bad_group_info", &e.to_string()))?;
         st.db
-            .create_group(&req.group_id, &dev.device_id, now_secs())
+            .create_group(&req.group_id, &dev.device_id, now_secs(), &state)
     })
     .await?;
     Ok(Json(serde_json::json!({ "epoch": 0 })))
@@ -506,14 +866,13 @@ async fn commit(
     let st2 = st.clone();
     let (epoch, duplicate) = blocking(move || {
         st2.db.commit(
-            &dev.device_id,
+            &enrolled(&dev),
+            &st2.org.public_key(),
             &gid,
             &req.client_id,
             req.epoch,
             req.commit,
             req.welcome,
-            &req.add_devices,
-            &req.remove_devices,
             now_secs(),
             |p| st2.hub.publish(p),
         )
@@ -548,6 +907,10 @@ async fn send(
             &req.client_id,
             req.payload,
             now_secs(),
+            |payload, gid| {
+                crate::ds::application(payload, gid)
+                    .map_err(|e| ApiErr::bad_request("bad_message", &e.to_string()))
+            },
             |p| st2.hub.publish(p),
         )
     })
@@ -568,7 +931,8 @@ async fn mark_read(
     JsonBody(req): JsonBody<api::ReadRequest>,
 ) -> Result<Json<serde_json::Value>, ApiErr> {
     let gid = group_id(&group)?;
-    let seq = blocking(move || st.db.mark_read(&dev.device_id, &gid, req.seq, now_secs())).await?;
+    let seq = log_seq(req.seq)?;
+    let seq = blocking(move || st.db.mark_read(&dev.device_id, &gid, seq, now_secs())).await?;
     Ok(Json(serde_json::json!({ "read": seq })))
 }
 
@@ -588,6 +952,7 @@ async fn message_status(
 ) -> Result<Json<api::MessageStatus>, ApiErr> {
     let Query(q) = q.map_err(|_| ApiErr::bad_request("bad_query", "seq is a number"))?;
     let gid = group_id(&group)?;
+    log_seq(q.seq)?;
     let rows = blocking(move || st.db.message_status(&dev.device_id, &gid, q.seq)).await?;
     Ok(Json(api::MessageStatus {
         seq: q.seq,
@@ -625,7 +990,8 @@ async fn leave(
     let st2 = st.clone();
     let duplicate = blocking(move || {
         st2.db.leave(
-            &dev.device_id,
+            &enrolled(&dev),
+            &st2.org.public_key(),
             &gid,
             &req.client_id,
             req.proposal,
@@ -636,6 +1002,43 @@ async fn leave(
     .await?;
     Ok(Json(
         serde_json::json!({ "left": true, "duplicate": duplicate }),
+    ))
+}
+
+/// # POST /v1/groups/{group}/rejoin
+/// The device is out of step with the group (it missed a commit) and asks
+/// the other members to re-add it; a member's next sync does. At most two
+/// requests, then one a minute, per device and group.
+async fn rejoin(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<api::RejoinRequest>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    let gid = group_id(&group)?;
+    if !valid_client_id(&req.client_id) {
+        return Err(ApiErr::bad_request(
+            "bad_client_id",
+            "client_id is 32 lowercase hex chars",
+        ));
+    }
+    if !st.limiter.allow_with(
+        &format!("\0rejoin\0{}\0{group}", dev.device_id),
+        1.0 / 60.0,
+        2.0,
+    ) {
+        return Err(ApiErr::rate_limited());
+    }
+    let st2 = st.clone();
+    let duplicate = blocking(move || {
+        st2.db
+            .rejoin(&dev.device_id, &gid, &req.client_id, now_secs(), |p| {
+                st2.hub.publish(p)
+            })
+    })
+    .await?;
+    Ok(Json(
+        serde_json::json!({ "requested": true, "duplicate": duplicate }),
     ))
 }
 
@@ -655,7 +1058,12 @@ async fn inbox(
     let Query(q) =
         q.map_err(|_| ApiErr::bad_request("bad_query", "after and limit are numbers"))?;
     let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-    let (entries, more) = blocking(move || st.db.fetch(&dev.device_id, q.after, limit)).await?;
+    let after = log_seq(q.after)?;
+    let (entries, more) = blocking(move || {
+        st.db
+            .fetch(&dev.device_id, after, limit, st.config.page_bytes)
+    })
+    .await?;
     Ok(Json(api::InboxResponse {
         entries: entries
             .into_iter()
@@ -675,6 +1083,7 @@ async fn ack(
     Auth(dev): Auth,
     JsonBody(req): JsonBody<api::AckRequest>,
 ) -> Result<Json<serde_json::Value>, ApiErr> {
+    log_seq(req.up_to)?;
     blocking(move || st.db.ack(&dev.device_id, req.up_to)).await?;
     Ok(Json(serde_json::json!({ "acknowledged": req.up_to })))
 }

@@ -14,14 +14,17 @@
 pub mod audit;
 mod db;
 pub mod directory;
+mod ds;
 mod error;
 mod http;
 mod hub;
+mod mls;
 pub mod org;
 mod ws;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use db::{
     Db, admin_actor, audit_dir, audit_entries, audit_verify, create_invite, revoke_device,
@@ -34,7 +37,10 @@ pub use error::ApiErr;
 pub struct Config {
     /// Directory with the database and the organisation key.
     pub data_dir: PathBuf,
-    /// Largest request body (commits with Welcomes for large groups are big).
+    /// Largest request body, on the two routes that take large ones: commits
+    /// (with Welcomes for large groups) and KeyPackage uploads. Messages and
+    /// leaves take `max_message` in base64 plus a little; every other route a
+    /// few KiB (`http.rs`).
     pub max_body: usize,
     /// Largest application message payload.
     pub max_message: usize,
@@ -50,6 +56,36 @@ pub struct Config {
     /// Enrolments per second across the whole server (codes are 80 bits, this
     /// only blunts floods).
     pub enrol_per_sec: f64,
+    /// Share of `enrol_per_sec` (and of its burst) one address may use, so one
+    /// address cannot lock everyone else out of enrolling.
+    pub enrol_addr_share: f64,
+    /// Requests per second per address on the routes without a token
+    /// (`/healthz`, `/v1/policy`, `/v1/enrol`); never below the address's
+    /// enrolment share, since each enrolment reads the policy first.
+    pub addr_per_sec: f64,
+    /// Burst for the per-address bucket.
+    pub addr_burst: f64,
+    /// Peers (reverse proxies) whose `X-Forwarded-For` names the client for the
+    /// per-address limits; everyone else is keyed by the connection's address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Most payload bytes in one inbox page or WebSocket backlog page; a
+    /// single larger entry still goes out, alone.
+    pub page_bytes: usize,
+    /// Most frame bytes queued for one WebSocket connection; past it the
+    /// connection re-reads the store.
+    pub ws_queue_bytes: usize,
+    /// A connection whose writes make no progress for this long is closed
+    /// (a client that stops reading its WebSocket or its response).
+    pub write_timeout: Duration,
+    /// Time to send a request's line and headers (also the idle keep-alive
+    /// time between requests).
+    pub header_read_timeout: Duration,
+    /// Time to send a request body.
+    pub body_read_timeout: Duration,
+    /// Most connections open at once (WebSockets included); the server waits
+    /// to accept more. Capped at start to three quarters of the process's
+    /// open-file limit.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -64,6 +100,16 @@ impl Config {
             rate_per_sec: 2_000.0,
             rate_burst: 4_000.0,
             enrol_per_sec: 20.0,
+            enrol_addr_share: 0.25,
+            addr_per_sec: 10.0,
+            addr_burst: 50.0,
+            trusted_proxies: Vec::new(),
+            page_bytes: 4 * 1024 * 1024,
+            ws_queue_bytes: 8 * 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 8_192,
         }
     }
 }
@@ -75,6 +121,8 @@ pub(crate) struct AppState {
     pub hub: hub::Hub,
     pub config: Config,
     pub limiter: http::RateLimiter,
+    /// Per-address buckets on the routes without a token.
+    pub addr_limiter: http::RateLimiter<http::AddrKey>,
     pub acks: AckBatcher,
 }
 
@@ -119,8 +167,9 @@ pub async fn run(
     let state = Arc::new(AppState {
         db,
         org,
-        hub: hub::Hub::default(),
+        hub: hub::Hub::new(config.ws_queue_bytes),
         limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
+        addr_limiter: http::RateLimiter::new(config.addr_per_sec, config.addr_burst),
         acks: AckBatcher::default(),
         config,
     });
@@ -140,6 +189,8 @@ pub async fn run(
                     .await;
                 }
                 if ticks.is_multiple_of(100) {
+                    st.limiter.prune();
+                    st.addr_limiter.prune();
                     let st2 = st.clone();
                     let (age, backlog) = (st.config.max_age_secs, st.config.max_backlog);
                     let _ =
@@ -150,13 +201,238 @@ pub async fn run(
         })
     };
     let app = http::router(state.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| ServeError::Io(e.to_string()));
+    accept_loop(listener, app, &state.config, shutdown).await;
     flusher.abort();
     flush_acks(&state).await;
-    served
+    Ok(())
+}
+
+/// Largest request line and headers (hyper's buffer, per connection).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Accept connections until `shutdown`, at most `Config::max_connections` at
+/// once, each with a header-read timeout and a write timeout; then let the open
+/// HTTP exchanges finish. Upgraded WebSockets run on by themselves, as they did
+/// under `axum::serve`.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let max = connection_limit(config.max_connections);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(MAX_HEAD);
+    let write_timeout = config.write_timeout;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // The permit is taken before accepting: past the limit, connections
+        // wait in the kernel's backlog instead of costing a descriptor here.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let io = hyper_util::rt::TokioIo::new(TimedStream {
+            io: tcp,
+            write_timeout,
+            stalled: None,
+            _permit: permit,
+        });
+        let app = app.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut app = app.clone();
+                async move { tower_service::Service::call(&mut app, req).await }
+            });
+        let conn = http.serve_connection(io, svc).with_upgrades();
+        // Held until the connection ends: the loop's end waits for them all.
+        let alive = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut stop = alive.clone();
+            let stopping = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(write_timeout, conn).await;
+                }
+            }
+            drop(alive);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(stop_rx);
+    // Every connection task holds a receiver until it ends.
+    stop_tx.closed().await;
+}
+
+/// Errors of one connection come and go; running out of descriptors or memory
+/// lasts a moment, so wait before the next accept instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        tracing::warn!(error = %e, "accept failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `wanted`, capped at three quarters of the open-file limit (raised to its
+/// hard limit first where allowed), so the store, the logs and the listener
+/// always have descriptors left.
+fn connection_limit(wanted: usize) -> usize {
+    let cap = open_file_limit()
+        .map(|n| usize::try_from(n / 4 * 3).unwrap_or(usize::MAX))
+        .unwrap_or(usize::MAX);
+    let max = wanted
+        .min(cap)
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    if max < wanted {
+        tracing::warn!(
+            max,
+            wanted,
+            "connection limit lowered to fit the open-file limit"
+        );
+    }
+    max
+}
+
+/// The soft open-file limit after raising it to the hard one; `None` if
+/// unlimited or unknown.
+#[cfg(unix)]
+fn open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        let raised = Rlimit {
+            current: l.maximum,
+            maximum: l.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return l.maximum;
+        }
+    }
+    l.current
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// A connection whose writes fail once they have made no progress for
+/// `write_timeout`: a peer that stops reading cannot hold a task, its buffers
+/// and a descriptor for ever. It also holds the connection's permit, through a
+/// WebSocket upgrade too, until it is dropped.
+struct TimedStream {
+    io: tokio::net::TcpStream,
+    write_timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl TimedStream {
+    fn progress<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let t = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.write_timeout)));
+        match t.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write stalled",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for TimedStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TimedStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.progress(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.progress(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.progress(cx, r)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_shutdown(cx);
+        this.progress(cx, r)
+    }
 }
 
 /// Why the server could not start or stopped.

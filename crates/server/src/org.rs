@@ -21,11 +21,23 @@ pub struct Org {
     pub key: SigningKey,
 }
 
+/// Create `dir` (and parents) if needed and make it owner-only (0700): it
+/// holds the organisation key and every device's ciphertext.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 impl Org {
     /// Load the organisation from `dir`, creating it (and the directory) on first
     /// start. Returns whether it was created.
     pub fn open_or_create(dir: &Path, name: Option<&str>) -> Result<(Self, bool), ServeError> {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
         let key_path = dir.join(KEY_FILE);
         let name_path = dir.join(NAME_FILE);
         match std::fs::read(&key_path) {

@@ -2,9 +2,14 @@
 //! WebSocket push of a device's inbox. On connect the backlog is sent, then new
 //! entries as they are committed, as binary frames (`sitrep_wire::frame`). The
 //! device acknowledges with text frames `{"ack": SEQ}`.
+//!
+//! Memory per connection is bounded: one backlog page (`Config::page_bytes`,
+//! or one larger entry), the hub's queue (`Config::ws_queue_bytes`) and the
+//! socket's buffers. A connection that overflows its queue re-reads the store;
+//! one that stops reading is closed. It must never drop an entry it has not
+//! sent: the store, not this connection, is the record.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -15,11 +20,16 @@ use sitrep_wire::frame;
 
 use crate::AppState;
 use crate::http::Auth;
+use crate::hub::Event;
 
 #[derive(Deserialize)]
 struct AckFrame {
     ack: u64,
 }
+
+/// Most entries per backlog page (the byte bound, `Config::page_bytes`, is
+/// the same as the inbox's).
+const BACKLOG_PAGE: u64 = 1000;
 
 pub(crate) async fn upgrade(
     State(st): State<Arc<AppState>>,
@@ -27,38 +37,45 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     ws.max_message_size(4096)
+        .read_buffer_size(8 * 1024)
         .on_upgrade(move |socket| serve(socket, st, dev.device_id))
 }
 
 async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
-    let (conn_id, mut rx, lagged) = st.hub.subscribe(&device_id);
+    let mut sub = st.hub.subscribe(&device_id);
     let (mut sink, mut stream) = socket.split();
+    // Every write is bounded in time by the connection itself (see
+    // `Config::write_timeout`): a client that stops reading gets an error
+    // here and is dropped; it catches up from the store when it reconnects.
     let mut last_sent = 0u64;
     // Backlog after subscribing, so nothing committed in between is missed.
     let mut resync = true;
     loop {
-        if resync || lagged.swap(false, Ordering::AcqRel) {
+        if resync || sub.take_lagged() {
             resync = false;
             loop {
                 let st2 = st.clone();
                 let d = device_id.clone();
-                let after = last_sent;
-                let page = tokio::task::spawn_blocking(move || st2.db.fetch(&d, after, 1000)).await;
+                let (after, max) = (last_sent, st.config.page_bytes);
+                let page =
+                    tokio::task::spawn_blocking(move || st2.db.fetch(&d, after, BACKLOG_PAGE, max))
+                        .await;
+                // Without its backlog the connection would push past a gap.
                 let Ok(Ok((entries, more))) = page else {
-                    break;
+                    st.hub.unsubscribe(&device_id, sub.id);
+                    return;
                 };
                 for e in entries {
                     last_sent = e.seq;
-                    if sink
-                        .send(Message::Binary(
-                            frame::encode(e.seq, e.kind, &e.payload).into(),
-                        ))
-                        .await
-                        .is_err()
-                    {
-                        st.hub.unsubscribe(&device_id, conn_id);
+                    let f = frame::encode(e.seq, e.kind, &e.payload);
+                    if sink.feed(Message::Binary(f.into())).await.is_err() {
+                        st.hub.unsubscribe(&device_id, sub.id);
                         return;
                     }
+                }
+                if sink.flush().await.is_err() {
+                    st.hub.unsubscribe(&device_id, sub.id);
+                    return;
                 }
                 if !more {
                     break;
@@ -66,8 +83,12 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
             }
         }
         tokio::select! {
-            pushed = rx.recv() => {
-                let Some(first) = pushed else { break };
+            pushed = sub.recv() => {
+                let first = match pushed {
+                    Event::Push(p) => p,
+                    Event::Lagged => continue,
+                    Event::Closed => break,
+                };
                 // Write everything already buffered, then flush once.
                 let mut next = Some(first);
                 let mut ok = true;
@@ -79,7 +100,7 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
                             break;
                         }
                     }
-                    next = rx.try_recv().ok();
+                    next = sub.try_recv();
                 }
                 if !ok || sink.flush().await.is_err() {
                     break;
@@ -98,5 +119,5 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
             }
         }
     }
-    st.hub.unsubscribe(&device_id, conn_id);
+    st.hub.unsubscribe(&device_id, sub.id);
 }

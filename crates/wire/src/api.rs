@@ -22,6 +22,10 @@ pub enum EntryKind {
     /// the group id's length (one byte), the group id, then the device id. The server no longer delivers to it; the next member to
     /// sync commits its removal from the MLS group.
     Revoked = 5,
+    /// A member device fell out of step with the group (it missed a commit)
+    /// and asks to be re-added; payload as for `Revoked`, naming that device.
+    /// The next member to sync swaps its leaf for a fresh KeyPackage.
+    Rejoin = 6,
 }
 
 impl EntryKind {
@@ -33,9 +37,18 @@ impl EntryKind {
             3 => Some(Self::Application),
             4 => Some(Self::Proposal),
             5 => Some(Self::Revoked),
+            6 => Some(Self::Rejoin),
             _ => None,
         }
     }
+}
+
+/// `POST /v1/groups/{group}/rejoin`: this device is out of step with the
+/// group and asks its members to re-add it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RejoinRequest {
+    /// 32 lowercase hex chars (idempotency).
+    pub client_id: String,
 }
 
 /// Every error the API returns: a stable machine code and a human message.
@@ -67,6 +80,22 @@ pub struct EnrolRequest {
     /// The device's MLS signature public key (Ed25519), made on the device.
     #[serde(with = "crate::b64")]
     pub signature_key: Vec<u8>,
+    /// Proof that the device holds that key: its Ed25519 signature over
+    /// [`EnrolRequest::proof_message`].
+    #[serde(with = "crate::b64", default)]
+    pub proof: Vec<u8>,
+}
+
+impl EnrolRequest {
+    /// What the proof signs: a label, the key and the code, so a proof is
+    /// good for this key and this enrolment only.
+    pub fn proof_message(code: &str, signature_key: &[u8]) -> Vec<u8> {
+        let mut m = b"sitrep-enrol-v1".to_vec();
+        m.extend_from_slice(&(signature_key.len() as u32).to_be_bytes());
+        m.extend_from_slice(signature_key);
+        m.extend_from_slice(code.as_bytes());
+        m
+    }
 }
 
 /// Answer to [`EnrolRequest`].
@@ -149,6 +178,12 @@ pub struct CreateGroup {
     /// The MLS group id the creator chose (random, 16 bytes).
     #[serde(with = "crate::b64")]
     pub group_id: Vec<u8>,
+    /// The group's GroupInfo at epoch 0 with its ratchet tree (an
+    /// `MLSMessage`), signed by the creator: where the delivery service's
+    /// own view of the group starts. Its group context carries the
+    /// conversation's metadata sealed.
+    #[serde(with = "crate::b64", default)]
+    pub group_info: Vec<u8>,
 }
 
 /// `POST /v1/groups/{group}/commit`.
@@ -168,10 +203,11 @@ pub struct CommitRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub welcome: Option<Vec<u8>>,
-    /// Devices the commit adds (routing: they get the Welcome).
+    /// Devices the commit adds, as the committer sees it. Informational: the
+    /// server reads who is added and removed from the commit itself.
     #[serde(default)]
     pub add_devices: Vec<String>,
-    /// Devices the commit removes (routing: they stop getting messages).
+    /// Devices the commit removes, as the committer sees it (informational).
     #[serde(default)]
     pub remove_devices: Vec<String>,
 }
@@ -294,14 +330,21 @@ pub struct DeviceInfo {
 
 /// A records or disclosure action a device reports to the organisation's audit
 /// log (`POST /v1/audit`). The device refuses to search or export unless the
-/// server recorded it. `detail` never carries a patient identifier: the client
-/// sends a keyed hash of the query (see docs/threat-model.md).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// server recorded it. Structured, with no free text: a records query travels
+/// only as a keyed hash made on the device (see docs/threat-model.md), a
+/// transfer as the random ids of its messages. The server writes the entry's
+/// detail itself from these fields ([`AuditRequest::detail`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
 pub struct AuditRequest {
     /// One of [`AUDIT_ACTIONS`].
     pub action: String,
-    /// At most [`MAX_AUDIT_DETAIL`] printable ASCII characters.
-    pub detail: String,
+    /// `records.search`, `records.export`: HMAC-SHA256 of the query, 64 hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_hmac: Option<String>,
+    /// `record.transfer`: the transferred messages' ids (8 to 32 hex each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
 }
 
 /// The audit entry written (`POST /v1/audit`).
@@ -320,15 +363,40 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "export.personal",
     "record.transfer",
 ];
-/// Bound on [`AuditRequest::detail`].
-pub const MAX_AUDIT_DETAIL: usize = 512;
+/// Most messages one transfer reports.
+pub const MAX_AUDIT_MESSAGES: usize = 1_000;
+
+fn lower_hex(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 impl AuditRequest {
-    /// Whether the server may write it.
-    pub fn is_valid(&self) -> bool {
-        AUDIT_ACTIONS.contains(&self.action.as_str())
-            && self.detail.len() <= MAX_AUDIT_DETAIL
-            && self.detail.bytes().all(|b| (0x20..0x7f).contains(&b))
+    /// The entry's detail as the server writes it, or `None` if the request
+    /// does not have exactly the fields its action takes, well formed.
+    pub fn detail(&self) -> Option<String> {
+        match (
+            self.action.as_str(),
+            &self.query_hmac,
+            self.messages.as_slice(),
+        ) {
+            ("records.search" | "records.export", Some(h), []) if lower_hex(h, 64, 64) => {
+                Some(format!("query_hmac={h}"))
+            }
+            ("export.personal", None, []) => Some(String::new()),
+            ("record.transfer", None, m)
+                if !m.is_empty()
+                    && m.len() <= MAX_AUDIT_MESSAGES
+                    && m.iter().all(|id| lower_hex(id, 8, 32)) =>
+            {
+                Some(format!("messages={} count={}", m.join(","), m.len()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Only the organisation's records account may report this action.
+    pub fn records_only(&self) -> bool {
+        self.action.starts_with("records.")
     }
 }
 

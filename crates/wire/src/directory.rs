@@ -18,7 +18,13 @@ const CONTEXT: &[u8] = b"sitrep-directory-v1";
 pub const MAX_DIRECTORY_BYTES: usize = 1024 * 1024;
 
 /// One role ("ED consultant", "night medical registrar", "site manager").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Who may hold it is the organisation's decision, signed with the rest:
+/// `eligible` users and members of `eligible_teams`. A holder who is not
+/// eligible is ignored by every client (see [`Directory::holders`]), so a
+/// server that lists someone as a holder without the admin's say-so makes
+/// nobody a commander.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Role {
     /// Role id (`[A-Za-z0-9._-]`).
     pub id: String,
@@ -37,6 +43,21 @@ pub struct Role {
     /// Posts in an incident's command channel.
     #[serde(default)]
     pub commander: bool,
+    /// Users who may take the role (set by the admin).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eligible: Vec<String>,
+    /// Teams (see [`Directory::teams`]) whose members may take the role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eligible_teams: Vec<String>,
+}
+
+/// A team of staff, named by the admin (anaesthetics, theatres, icu, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Team {
+    /// Team id (`[A-Za-z0-9._-]`).
+    pub id: String,
+    /// Its members' user ids.
+    pub members: Vec<String>,
 }
 
 /// The directory.
@@ -52,6 +73,9 @@ pub struct Directory {
     pub callout_standby: Vec<String>,
     /// Roles called at DECLARED.
     pub callout_declared: Vec<String>,
+    /// Teams, for role eligibility.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<Team>,
 }
 
 /// Why a directory was refused.
@@ -86,6 +110,26 @@ impl Directory {
             if r.holders.len() > 10_000 || !r.holders.iter().all(|h| valid_id(h)) {
                 return Err(DirectoryError::Invalid("role holders"));
             }
+            if r.eligible.len() > 10_000
+                || r.eligible_teams.len() > 1_000
+                || !r
+                    .eligible
+                    .iter()
+                    .chain(&r.eligible_teams)
+                    .all(|h| valid_id(h))
+            {
+                return Err(DirectoryError::Invalid("role eligibility"));
+            }
+        }
+        let mut teams = BTreeSet::new();
+        for t in &self.teams {
+            if !valid_id(&t.id)
+                || !teams.insert(t.id.as_str())
+                || t.members.len() > 10_000
+                || !t.members.iter().all(|m| valid_id(m))
+            {
+                return Err(DirectoryError::Invalid("team"));
+            }
         }
         for r in &self.roles {
             if r.deputy.as_ref().is_some_and(|d| !ids.contains(d.as_str())) {
@@ -107,11 +151,35 @@ impl Directory {
         self.roles.iter().find(|r| r.id == id)
     }
 
-    /// Roles a user holds.
+    /// Whether `user` may hold `role`: named eligible, or a member of an
+    /// eligible team.
+    pub fn may_hold(&self, role: &Role, user: &str) -> bool {
+        role.eligible.iter().any(|u| u == user)
+            || role.eligible_teams.iter().any(|t| {
+                self.teams
+                    .iter()
+                    .any(|team| team.id == *t && team.members.iter().any(|m| m == user))
+            })
+    }
+
+    /// The holders of `role` that count: those eligible for it. Every
+    /// question about who holds a role goes through here.
+    pub fn holders<'a>(&'a self, role: &'a Role) -> impl Iterator<Item = &'a String> + 'a {
+        role.holders.iter().filter(move |h| self.may_hold(role, h))
+    }
+
+    /// Holders (that count) of the role with id `role`.
+    pub fn holders_of(&self, role: &str) -> Vec<String> {
+        self.role(role)
+            .map(|r| self.holders(r).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Roles a user holds (and is eligible for).
     pub fn roles_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Role> + 'a {
         self.roles
             .iter()
-            .filter(move |r| r.holders.iter().any(|h| h == user))
+            .filter(move |r| r.holders.iter().any(|h| h == user) && self.may_hold(r, user))
     }
 
     /// Whether `user` may raise incident levels.
@@ -124,7 +192,7 @@ impl Directory {
         self.roles
             .iter()
             .filter(|r| r.commander || r.can_declare)
-            .flat_map(|r| r.holders.iter().cloned())
+            .flat_map(|r| self.holders(r).cloned())
             .collect()
     }
 
@@ -139,7 +207,7 @@ impl Directory {
         let mut out = Vec::new();
         for rid in list {
             if let Some(r) = self.role(rid) {
-                for h in &r.holders {
+                for h in self.holders(r) {
                     if seen.insert(h.clone()) {
                         out.push((h.clone(), r.id.clone()));
                     }
@@ -154,7 +222,7 @@ impl Directory {
         self.roles
             .iter()
             .filter(|r| r.team == team)
-            .flat_map(|r| r.holders.iter().cloned())
+            .flat_map(|r| self.holders(r).cloned())
             .collect()
     }
 }
@@ -228,6 +296,8 @@ mod tests {
                     deputy: Some("site-manager".into()),
                     can_declare: true,
                     commander: true,
+                    eligible: vec!["alice".into()],
+                    ..Role::default()
                 },
                 Role {
                     id: "site-manager".into(),
@@ -237,6 +307,8 @@ mod tests {
                     deputy: None,
                     can_declare: false,
                     commander: true,
+                    eligible_teams: vec!["management".into()],
+                    ..Role::default()
                 },
                 Role {
                     id: "anaesthetist".into(),
@@ -246,10 +318,16 @@ mod tests {
                     deputy: None,
                     can_declare: false,
                     commander: false,
+                    eligible: vec!["carol".into(), "dave".into()],
+                    ..Role::default()
                 },
             ],
             callout_standby: vec!["site-manager".into()],
             callout_declared: vec!["site-manager".into(), "anaesthetist".into()],
+            teams: vec![Team {
+                id: "management".into(),
+                members: vec!["bob".into()],
+            }],
         }
     }
 
@@ -280,5 +358,28 @@ mod tests {
         let mut bad = d;
         bad.callout_standby.push("nobody".into());
         assert!(bad.validate().is_err());
+    }
+
+    /// A holder the admin did not make eligible counts for nothing: not a
+    /// declarer, not a commander, not called out.
+    #[test]
+    fn ineligible_holders_are_ignored() {
+        let mut d = sample();
+        d.roles[0].holders.push("mallory".into());
+        d.roles[1].holders.push("mallory".into());
+        d.roles[2].holders.push("mallory".into());
+        assert!(!d.can_declare("mallory"));
+        assert!(!d.commanders().contains("mallory"));
+        assert!(
+            d.callout(Level::Declared)
+                .iter()
+                .all(|(u, _)| u != "mallory")
+        );
+        assert!(!d.team("ed").contains("mallory"));
+        assert_eq!(d.holders_of("site-manager"), vec!["bob".to_string()]);
+        // Eligible through a team.
+        d.teams[0].members.push("mallory".into());
+        assert!(d.commanders().contains("mallory"));
+        assert!(!d.can_declare("mallory"));
     }
 }

@@ -288,10 +288,13 @@ pub enum Structured {
 pub const DECISION_LABEL: &[u8] = b"sitrep-decision-v1";
 
 fn is_mi(s: &str) -> bool {
-    s.len() >= 4
-        && s.len() <= 10
-        && s[..3].eq_ignore_ascii_case("MI-")
-        && s[3..].bytes().all(|b| b.is_ascii_digit())
+    // Bytes, not `&s[..3]`: a sender's multi-byte character across byte 3
+    // must be refused, not panic every receiving client.
+    let b = s.as_bytes();
+    b.len() >= 4
+        && b.len() <= 10
+        && b[..3].eq_ignore_ascii_case(b"MI-")
+        && b[3..].iter().all(u8::is_ascii_digit)
 }
 
 impl Structured {
@@ -501,6 +504,13 @@ mod tests {
             ..c
         };
         assert!(Structured::Casualty(bad).validate().is_err());
+    }
+
+    #[test]
+    fn multi_byte_mi_number_is_refused_not_a_panic() {
+        // Found by the `incident` fuzz target: `&mi[..3]` split a character.
+        let body = r#"{"mi":"MIé0","triage":"P1","location":"x"}"#;
+        assert!(Structured::decode(&Kind::Casualty, body).is_err());
     }
 
     proptest! {
