@@ -671,7 +671,17 @@ async fn resolve_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
                 return Err(e.context("a change sent earlier is still unconfirmed"));
             }
             (sitrep_core::OpKind::Commit, Ok(_)) => {
-                events.extend(p.client.commit_accepted(&op.group_hex, now_ms())?);
+                match p.client.commit_accepted(&op.group_hex, now_ms()) {
+                    Ok(ev) => events.extend(ev),
+                    // The commit is gone from the group's state (it cannot
+                    // be merged): drop the record rather than block sync.
+                    Err(e) => {
+                        p.client.commit_rejected(&op.group_hex)?;
+                        events.push(Event::Refused {
+                            reason: format!("a change sent earlier could not be applied: {e}"),
+                        });
+                    }
+                }
             }
             (sitrep_core::OpKind::Commit, Err(e)) => {
                 p.client.commit_rejected(&op.group_hex)?;
@@ -696,17 +706,23 @@ async fn resolve_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
 /// with, then re-add the members who asked the same of us.
 async fn rejoin_and_readd(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     let remote = p.remote();
+    let mut events = Vec::new();
     for hex in p.client.rejoins_to_request() {
         let req = api::RejoinRequest {
             client_id: p.client.new_client_id(),
         };
-        let _: serde_json::Value = remote
-            .post(&format!("/v1/groups/{hex}/rejoin"), &req)
-            .await?;
-        p.client.rejoin_requested(&hex);
+        let r: anyhow::Result<serde_json::Value> =
+            remote.post(&format!("/v1/groups/{hex}/rejoin"), &req).await;
+        match r {
+            Ok(_) => p.client.rejoin_requested(&hex),
+            // Asked too often: again at a later sync.
+            Err(e) if fate_unknown(&e) && e.downcast_ref::<ServerError>().is_some() => continue,
+            Err(e) if fate_unknown(&e) => return Err(e),
+            // No longer a member (removed while out of step).
+            Err(_) => events.extend(p.client.rejoin_refused(&hex, now_ms())),
+        }
         p.save()?;
     }
-    let mut events = Vec::new();
     for (name, devices) in p.client.pending_readds() {
         let mut users: Vec<String> = devices.iter().map(|(u, _)| u.clone()).collect();
         users.dedup();

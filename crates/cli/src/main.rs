@@ -36,6 +36,10 @@ enum Cmd {
         /// Organisation name, used when the data directory is new.
         #[arg(long, default_value = "Sitrep Organisation")]
         org_name: String,
+        /// Address of a reverse proxy whose `X-Forwarded-For` names the
+        /// client (for per-address limits); repeat for several.
+        #[arg(long)]
+        trusted_proxy: Vec<std::net::IpAddr>,
     },
     /// Administration on the server's data directory (works while it runs).
     Admin {
@@ -799,6 +803,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             listen,
             org_name,
+            trusted_proxy,
         } => {
             let (org, created) = sitrep_server::org::Org::open_or_create(&data, Some(&org_name))?;
             if created {
@@ -812,7 +817,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            sitrep_server::run(listener, sitrep_server::Config::new(data), shutdown).await?;
+            let mut config = sitrep_server::Config::new(data);
+            config.trusted_proxies = trusted_proxy;
+            sitrep_server::run(listener, config, shutdown).await?;
         }
         Cmd::Admin {
             cmd: AdminCmd::Policy { cmd },

@@ -596,15 +596,27 @@ async fn an_out_of_step_device_is_readded_and_says_what_it_missed() {
         conv.history
     );
     assert_eq!(bodies(&bob, "ward"), vec!["after"]);
-    // And Bob can write again.
+    // And Bob can write again; he was re-added once, not at every sync.
     sitrep_cli::send(&mut bob, "ward", "back")
         .await
         .expect("send");
     sitrep_cli::sync(&mut alice).await.expect("alice reads");
+    sitrep_cli::sync(&mut alice)
+        .await
+        .expect("alice syncs again");
     assert_eq!(
         bodies(&alice, "ward").last().map(String::as_str),
         Some("back")
     );
+    sitrep_cli::sync(&mut bob).await.expect("bob syncs");
+    let conv = bob.client.conversation("ward").expect("ward");
+    let readds = conv
+        .history
+        .iter()
+        .filter(|h| h.kind == "system" && h.body.contains("was re-added"))
+        .count();
+    assert_eq!(readds, 1, "{:?}", conv.history);
+    assert!(conv.active);
     server.stop().await;
 }
 

@@ -1103,7 +1103,10 @@ impl Client {
         self.state.pending_ops.retain(|o| o.group_hex != group_hex);
         let mut group = self.take_group(group_hex)?;
         let summary = match group.pending_commit() {
-            Some(staged) => self.describe(&group, staged),
+            Some(staged) => {
+                self.readded(group_hex, staged);
+                self.describe(&group, staged)
+            }
             None => return Err(Error::Invalid("no commit is pending".into())),
         };
         group
@@ -1843,6 +1846,7 @@ impl Client {
                     return self.refuse_group(&group_hex, group, e);
                 }
                 let summary = self.describe(&group, &staged);
+                self.readded(&group_hex, &staged);
                 let removed = staged.self_removed();
                 group
                     .merge_staged_commit(&self.provider, *staged)
@@ -1906,6 +1910,41 @@ impl Client {
                 Ok(Vec::new())
             }
         }
+    }
+
+    /// A commit brought these devices (back) in: they need no re-add.
+    fn readded(&mut self, group_hex: &str, staged: &StagedCommit) {
+        let added: Vec<String> = staged
+            .add_proposals()
+            .filter_map(|a| {
+                let leaf = a.add_proposal().key_package().leaf_node();
+                self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice())
+                    .ok()
+                    .map(|c| c.device_id)
+            })
+            .collect();
+        if let Some(c) = self.state.conversations.get_mut(group_hex) {
+            c.pending_readds.retain(|d| !added.contains(d));
+        }
+    }
+
+    /// The server will not take our request to be re-added (we are no
+    /// longer a member there): stop asking; the conversation is over here.
+    pub fn rejoin_refused(&mut self, group_hex: &str, now_ms: u64) -> Vec<Event> {
+        let Some(c) = self.state.conversations.get_mut(group_hex) else {
+            return Vec::new();
+        };
+        c.rejoin_requested = true;
+        c.active = false;
+        let name = c.name.clone();
+        let mut events = self.system_line(
+            group_hex,
+            u64::MAX - 5,
+            "this device is no longer in this conversation".into(),
+            now_ms,
+        );
+        events.push(Event::Removed { conversation: name });
+        events
     }
 
     /// A message for an epoch this device never reached arrived.

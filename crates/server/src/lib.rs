@@ -465,3 +465,90 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
     getrandom::getrandom(&mut b).expect("the OS random source is available");
     b
 }
+
+/// Entry points for the fuzz targets (`crates/fuzzing`, `fuzz/`): the
+/// server's validation of untrusted MLS bytes, reachable without a running
+/// server. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// [`crate::mls::validate_key_package`]: whether an upload would be taken.
+    pub fn key_package(
+        bytes: &[u8],
+        device_id: &str,
+        user_id: &str,
+        signature_key: &[u8],
+        org_public: &[u8],
+        last_resort: bool,
+    ) -> bool {
+        let who = crate::mls::Uploader {
+            device_id,
+            user_id,
+            signature_key,
+        };
+        crate::mls::validate_key_package(bytes, &who, org_public, last_resort).is_ok()
+    }
+
+    /// [`crate::ds::create`]: the public state a GroupInfo starts, if valid.
+    pub fn group_state(
+        group_id: &[u8],
+        group_info: &[u8],
+        device_id: &str,
+        signature_key: &[u8],
+        org_public: &[u8],
+    ) -> Option<Vec<u8>> {
+        let who = crate::ds::Enrolled {
+            device_id: device_id.into(),
+            signature_key: signature_key.into(),
+        };
+        crate::ds::create(group_id, group_info, &who, org_public).ok()
+    }
+
+    /// [`crate::ds::commit`] (every device known, with `signature_key`):
+    /// the state after the commit, if it is accepted.
+    pub fn commit(
+        state: &[u8],
+        group_id: &[u8],
+        commit: &[u8],
+        has_welcome: bool,
+        device_id: &str,
+        signature_key: &[u8],
+        org_public: &[u8],
+    ) -> Option<Vec<u8>> {
+        let who = crate::ds::Enrolled {
+            device_id: device_id.into(),
+            signature_key: signature_key.into(),
+        };
+        crate::ds::commit(
+            state,
+            group_id,
+            commit,
+            has_welcome,
+            &who,
+            org_public,
+            |_| Some(signature_key.to_vec()),
+        )
+        .ok()
+        .map(|a| a.state)
+    }
+
+    /// [`crate::ds::leave`]: the state after the proposal, if accepted.
+    pub fn leave(
+        state: &[u8],
+        group_id: &[u8],
+        proposal: &[u8],
+        device_id: &str,
+        signature_key: &[u8],
+        org_public: &[u8],
+    ) -> Option<Vec<u8>> {
+        let who = crate::ds::Enrolled {
+            device_id: device_id.into(),
+            signature_key: signature_key.into(),
+        };
+        crate::ds::leave(state, group_id, proposal, &who, org_public).ok()
+    }
+
+    /// [`crate::ds::application`]: whether the framing is accepted.
+    pub fn application(bytes: &[u8], group_id: &[u8]) -> bool {
+        crate::ds::application(bytes, group_id).is_ok()
+    }
+}
