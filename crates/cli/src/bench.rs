@@ -524,9 +524,13 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
     let _: serde_json::Value = r.post("/v1/groups", &req).await?;
     // Added in batches, as incidents do: every add is itself validated.
     let mut add_ms = Vec::new();
+    let mut max_add = 0;
     for chunk in users.chunks(500) {
         let (kps, _) = crate::claim_key_packages(&r, chunk).await?;
         let prepared = sender.prepare_add("commits", &kps)?;
+        max_add = max_add.max(
+            prepared.request.commit.len() + prepared.request.welcome.as_ref().map_or(0, Vec::len),
+        );
         let t = Instant::now();
         let _: api::CommitResponse = r
             .post(&format!("/v1/groups/{gid}/commit"), &prepared.request)
@@ -539,7 +543,10 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
         cs,
         t_setup.elapsed().as_secs_f64()
     );
-    summary("  add of up to 500, POST to validated answer", add_ms);
+    summary(
+        &format!("  add of up to 500 (largest body {max_add} bytes), POST to validated answer"),
+        add_ms,
+    );
     let mut ms = Vec::new();
     let mut reference = Vec::new();
     let mut bytes = 0;

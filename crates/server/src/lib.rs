@@ -40,7 +40,9 @@ pub struct Config {
     /// Largest request body, on the two routes that take large ones: commits
     /// (with Welcomes for large groups) and KeyPackage uploads. Messages and
     /// leaves take `max_message` in base64 plus a little; every other route a
-    /// few KiB (`http.rs`).
+    /// few KiB (`http.rs`). 32 MiB: a post-quantum add of 500 to a group of
+    /// 4,500 is a 15.5 MB commit and Welcome, 21 MB in base64
+    /// (`sitrep bench commit`).
     pub max_body: usize,
     /// Largest application message payload.
     pub max_message: usize,
@@ -93,7 +95,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            max_body: 16 * 1024 * 1024,
+            max_body: 32 * 1024 * 1024,
             max_message: 256 * 1024,
             max_backlog: 100_000,
             max_age_secs: 30 * 24 * 3600,
