@@ -525,6 +525,7 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
     // Added in batches, as incidents do: every add is itself validated.
     let mut add_ms = Vec::new();
     let mut max_add = 0;
+    let mut epoch = 0u64;
     for chunk in users.chunks(500) {
         let (kps, _) = crate::claim_key_packages(&r, chunk).await?;
         let prepared = sender.prepare_add("commits", &kps)?;
@@ -537,6 +538,7 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
             .await?;
         add_ms.push(t.elapsed().as_secs_f64() * 1e3);
         sender.commit_accepted(&gid, crate::now_ms())?;
+        epoch += 1;
     }
     println!(
         "(f) {:?}, {members} members (setup {:.1} s)",
@@ -550,7 +552,7 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
     let mut ms = Vec::new();
     let mut reference = Vec::new();
     let mut bytes = 0;
-    for i in 0..commits {
+    for _ in 0..commits {
         let prepared = sender.prepare_update("commits")?;
         bytes = prepared.request.commit.len();
         let t = Instant::now();
@@ -559,10 +561,11 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
             .await?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         sender.commit_accepted(&gid, crate::now_ms())?;
+        epoch += 1;
         // The same bytes as an application message: stored and fanned out,
         // only its framing checked.
         let gid_bytes = hex::decode(&gid)?;
-        let payload = opaque_application(&gid_bytes, i as u64, bytes.min(255 * 1024));
+        let payload = opaque_application(&gid_bytes, epoch, bytes.min(255 * 1024));
         let t = Instant::now();
         let _: api::SendResponse = r
             .post(

@@ -319,12 +319,20 @@ async fn commit_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
             let Some(prepared) = p.client.prepare_commit_pending(&name)? else {
                 break;
             };
-            match post_commit(p, &remote, &prepared).await? {
-                Fate::Accepted(ev) => {
+            match post_commit(p, &remote, &prepared).await {
+                Ok(Fate::Accepted(ev)) => {
                     events.extend(ev);
                     break;
                 }
-                Fate::Conflict(_) => events.extend(pull(p).await?),
+                Ok(Fate::Conflict(_)) => events.extend(pull(p).await?),
+                // One group the server refuses does not stop the others.
+                Err(e) if refused(&e) => {
+                    events.push(Event::Refused {
+                        reason: format!("removing members from {name:?} was refused: {e}"),
+                    });
+                    break;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -343,7 +351,19 @@ async fn fetch_policy(remote: &Remote) -> anyhow::Result<Option<Vec<u8>>> {
 
 /// Take up a newer organisation policy; a forged one is refused and reported.
 async fn refresh_policy(p: &mut Profile) -> anyhow::Result<()> {
-    let Some(signed) = fetch_policy(&p.remote()).await? else {
+    let signed = match fetch_policy(&p.remote()).await {
+        Ok(s) => s,
+        // The public route is rate limited per address (behind a proxy,
+        // everyone's): the policy in force stays; sync goes on.
+        Err(e)
+            if e.downcast_ref::<ServerError>()
+                .is_some_and(|s| s.status == 429) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(signed) = signed else {
         return Ok(());
     };
     let newer = sitrep_wire::policy::SignedPolicy::peek_unverified(&signed)
@@ -414,6 +434,11 @@ async fn join_own_devices(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
                     e.downcast_ref::<sitrep_core::Error>(),
                     Some(sitrep_core::Error::Invalid(_))
                 ) => {}
+            Err(e) if refused(&e) || e.downcast_ref::<sitrep_core::Error>().is_some() => {
+                events.push(Event::Refused {
+                    reason: format!("bringing your new device into {name:?} failed: {e}"),
+                });
+            }
             Err(e) => return Err(e),
         }
     }
@@ -600,6 +625,13 @@ enum Fate {
     Conflict(anyhow::Error),
 }
 
+/// The server answered with a refusal that will not pass by retrying (a
+/// 4xx other than a conflict or "slow down").
+fn refused(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ServerError>()
+        .is_some_and(|s| (400..500).contains(&s.status) && s.status != 409 && s.status != 429)
+}
+
 /// Whether an error leaves a post's fate unknown: no answer, a gateway or
 /// server error, or "slow down". Then the post may have been applied, so it
 /// must be asked again with the same client id, never given up.
@@ -707,19 +739,35 @@ async fn resolve_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
 async fn rejoin_and_readd(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     let remote = p.remote();
     let mut events = Vec::new();
-    for hex in p.client.rejoins_to_request() {
+    for hex in p.client.rejoins_to_request(now_ms()) {
         let req = api::RejoinRequest {
             client_id: p.client.new_client_id(),
         };
         let r: anyhow::Result<serde_json::Value> =
             remote.post(&format!("/v1/groups/{hex}/rejoin"), &req).await;
         match r {
-            Ok(_) => p.client.rejoin_requested(&hex),
-            // Asked too often: again at a later sync.
-            Err(e) if fate_unknown(&e) && e.downcast_ref::<ServerError>().is_some() => continue,
-            Err(e) if fate_unknown(&e) => return Err(e),
-            // No longer a member (removed while out of step).
-            Err(_) => events.extend(p.client.rejoin_refused(&hex, now_ms())),
+            Ok(_) => p.client.rejoin_requested(&hex, now_ms()),
+            // No longer a member (removed while out of step): the server's
+            // own answer, not a proxy's.
+            Err(e)
+                if e.downcast_ref::<ServerError>().is_some_and(|s| {
+                    matches!(
+                        (s.status, s.body.error.as_str()),
+                        (403, "not_a_member") | (404, "unknown_group")
+                    )
+                }) =>
+            {
+                events.extend(p.client.rejoin_refused(&hex, now_ms()))
+            }
+            Err(e) if e.downcast_ref::<ServerError>().is_some() => {
+                // Asked too often, or a refusal we do not understand: ask
+                // again at a later sync.
+                events.push(Event::Refused {
+                    reason: format!("asking to be re-added failed: {e}"),
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
         }
         p.save()?;
     }
@@ -743,6 +791,11 @@ async fn rejoin_and_readd(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
                     e.downcast_ref::<sitrep_core::Error>(),
                     Some(sitrep_core::Error::Invalid(_))
                 ) => {}
+            Err(e) if refused(&e) || e.downcast_ref::<sitrep_core::Error>().is_some() => {
+                events.push(Event::Refused {
+                    reason: format!("re-adding a member to {name:?} failed: {e}"),
+                });
+            }
             Err(e) => return Err(e),
         }
     }
@@ -761,8 +814,10 @@ async fn commit_with_retry(
     let mut last_err = None;
     for attempt in 0..COMMIT_ATTEMPTS {
         if attempt > 0 {
-            // Boxed: sync may itself commit (bringing in the user's devices).
-            Box::pin(sync(p)).await?;
+            // Catch up with the commit that won (a pull, not a whole sync: a
+            // sync commits too, and a group where every commit conflicts
+            // would recurse without end).
+            events.extend(pull(p).await?);
         }
         let prepared = build(&mut p.client)?;
         match post_commit(p, &remote, &prepared).await? {

@@ -232,10 +232,7 @@ pub async fn record_transfer(
         now_ms: now_ms(),
     })?;
     write_durably(out, json.as_bytes())?;
-    let ids: Vec<String> = message_ids
-        .iter()
-        .map(|i| i.chars().take(8).collect())
-        .collect();
+    let ids: Vec<String> = message_ids.to_vec();
     audit(
         p,
         api::AuditRequest {

@@ -660,6 +660,8 @@ async fn only_the_records_account_writes_records_audit_entries() {
     for body in [
         serde_json::json!({"action": "export.personal", "detail": "NHS 943 476 5919"}),
         serde_json::json!({"action": "record.transfer", "messages": ["943 476 5919"]}),
+        // A bare NHS number is valid hex: too short for a message id.
+        serde_json::json!({"action": "record.transfer", "messages": ["9434765919"]}),
         serde_json::json!({"action": "records.search", "query_hmac": "943 476 5919"}),
         serde_json::json!({"action": "export.personal", "query_hmac": hmac}),
     ] {
@@ -673,7 +675,7 @@ async fn only_the_records_account_writes_records_audit_entries() {
     // What is allowed is written, structured.
     let (s, _) = audit(
         m.clone(),
-        serde_json::json!({"action": "record.transfer", "messages": ["0123abcd"]}),
+        serde_json::json!({"action": "record.transfer", "messages": [format!("94347659190{}", "0".repeat(21))]}),
     )
     .await;
     assert_eq!(s, 200);
@@ -684,7 +686,8 @@ async fn only_the_records_account_writes_records_audit_entries() {
     .await;
     assert_eq!(s, 200);
     let entries = sitrep_server::audit_entries(data).expect("entries");
-    assert!(entries.iter().all(|e| !e.detail.contains("943")));
+    // Even an identifier hidden in a well-formed id reaches the log only hashed.
+    assert!(entries.iter().all(|e| !e.detail.contains("9434765919")));
     assert!(entries.iter().any(|e| e.action == "records.search"
         && e.actor.starts_with("records/")
         && e.detail == format!("query_hmac={hmac}")));
@@ -807,6 +810,24 @@ async fn lying_and_garbage_commits_do_not_break_the_group() {
     .await;
     assert_eq!((s, b["error"].as_str()), (400, Some("bad_commit")), "{b}");
 
+    // A genuine add of Eve with a garbage Welcome, or none: Eve would sit in
+    // the tree with nothing to join by. Refused.
+    let remote = sitrep_cli::Remote::new(&server.url, Some(&t));
+    let (kps, _) = sitrep_cli::claim_key_packages(&remote, &["eve".to_string()])
+        .await
+        .expect("claim");
+    let mut add = mallory.client.prepare_add("ward", &kps).expect("add");
+    for welcome in [Some(b"not a welcome".to_vec()), None] {
+        add.request.welcome = welcome;
+        let (s, b) = post(
+            path.clone(),
+            serde_json::to_value(&add.request).expect("json"),
+        )
+        .await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("bad_commit")), "{b}");
+    }
+    mallory.client.commit_rejected(&gid).expect("clear");
+
     // A genuine commit of hers with lying routing lists: Bob "removed",
     // Eve (an outsider) "added". The server reads the commit, not the lists.
     let mut prepared = mallory.client.prepare_update("ward").expect("update");
@@ -832,6 +853,18 @@ async fn lying_and_garbage_commits_do_not_break_the_group() {
         .client
         .commit_accepted(&gid, sitrep_cli::now_ms())
         .expect("merge");
+    // An "application message" from an epoch the group has not reached would
+    // tell every member it is out of step: refused.
+    let gid_bytes = hex::decode(&gid).expect("hex");
+    let (s, b) = post(
+        format!("/v1/groups/{gid}/messages"),
+        serde_json::json!({
+            "client_id": "00000000000000000000000000000004",
+            "payload": sitrep_wire::b64::encode(&sitrep_cli::bench::opaque_application(&gid_bytes, 9, 200)),
+        }),
+    )
+    .await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("bad_message")), "{b}");
     // Resent at the old epoch: a conflict, nothing applied.
     let mut stale = prepared.request.clone();
     stale.client_id = "00000000000000000000000000000003".into();
@@ -877,5 +910,49 @@ async fn lying_and_garbage_commits_do_not_break_the_group() {
         bodies(&bob, "ward").last().map(String::as_str),
         Some("after mallory")
     );
+    server.stop().await;
+}
+
+/// What a validating delivery service cannot stop (RFC 9750): a member's
+/// commit whose signature verifies but whose membership tag (or path
+/// secrets) only members can check. The server takes it; every other member
+/// is told at once that it could not apply a change, stops sending into a
+/// group nobody could read, and asks to be re-added; nothing fails silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_only_members_can_refuse_is_shown_not_swallowed() {
+    let server = TestServer::start().await;
+    let (_da, mut alice) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    let (_dm, mut mallory) =
+        device(&server.url, &server.invite("mallory"), INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut alice, "ward", &["mallory".into()], "warn")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut mallory).await.expect("mallory joins");
+    let gid = alice.client.group_hex("ward").expect("gid");
+    let mut prepared = mallory.client.prepare_update("ward").expect("update");
+    // The membership tag is the last field of the PublicMessage and outside
+    // the signature.
+    let last = prepared.request.commit.len() - 1;
+    prepared.request.commit[last] ^= 0xff;
+    let (s, b) = raw(
+        &server.url,
+        reqwest::Method::POST,
+        &format!("/v1/groups/{gid}/commit"),
+        Some(mallory.client.token()),
+        Some(serde_json::to_value(&prepared.request).expect("json")),
+    )
+    .await;
+    assert_eq!(s, 200, "the server cannot check the membership tag: {b}");
+    let events = sitrep_cli::sync(&mut alice).await.expect("alice syncs");
+    assert!(
+        events.iter().any(|e| matches!(e, sitrep_core::Event::Refused { reason } if reason.contains("could not be applied"))),
+        "{events:?}"
+    );
+    let conv = alice.client.conversation("ward").expect("ward");
+    assert!(conv.out_of_step, "Alice knows she cannot read on");
+    let err = sitrep_cli::send(&mut alice, "ward", "anyone?")
+        .await
+        .expect_err("no message into a group nobody could read");
+    assert!(err.to_string().contains("out of step"), "{err}");
     server.stop().await;
 }

@@ -88,7 +88,8 @@ impl Pair {
         let gid = hex::decode(&self.gid).expect("hex");
         for i in 0..n {
             // A well-framed MLS application message nobody decrypts.
-            let payload = sitrep_cli::bench::opaque_application(&gid, i as u64, len);
+            // Epoch 1: the group after its creator added the receiver.
+            let payload = sitrep_cli::bench::opaque_application(&gid, 1, len);
             let r: api::SendResponse = serde_json::from_value(
                 self.post(
                     &format!("/v1/groups/{}/messages", self.gid),

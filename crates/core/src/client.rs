@@ -27,6 +27,9 @@ const MAX_PAST_EPOCHS: usize = 5;
 const OUT_OF_ORDER_TOLERANCE: u32 = 200;
 const MAX_FORWARD_DISTANCE: u32 = 5_000;
 
+/// How long an out-of-step device waits for its re-add before asking again.
+pub const REJOIN_AGAIN_MS: u64 = 10 * 60 * 1000;
+
 /// A device being enrolled: its signature key exists, its credential does not yet.
 pub struct PendingEnrolment {
     provider: Provider,
@@ -703,6 +706,7 @@ impl Client {
                 rejoin_requested: false,
                 unreadable: 0,
                 pending_readds: Vec::new(),
+                rejoin_requested_at: 0,
                 meta_key: Some(ByteBuf::from(meta_key.to_vec())),
             },
         );
@@ -843,6 +847,15 @@ impl Client {
             ));
         }
         let leaf = kp.leaf_node();
+        if !leaf
+            .capabilities()
+            .extensions()
+            .contains(&ExtensionType::Unknown(meta::EXTENSION_TYPE))
+        {
+            return Err(Error::Unverified(
+                "the device's KeyPackage cannot hold the conversation's metadata".into(),
+            ));
+        }
         let cred = self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice())?;
         if cred.user_id != c.user_id || cred.device_id != c.device_id {
             return Err(Error::Unverified(
@@ -966,22 +979,33 @@ impl Client {
     pub fn prepare_commit_pending(&mut self, name: &str) -> Result<Option<PreparedCommit>, Error> {
         let group_hex = self.group_hex_by_name(name)?;
         let mut group = self.take_group(&group_hex)?;
-        // Revoked devices still in the tree.
+        // Revoked and leaving devices still in the tree; a leaver whose own
+        // Remove proposal is queued is removed by it, the others by value (a
+        // leave proposal that a concurrent commit dropped is not lost).
         let revoked = self.state.conversations[&group_hex]
             .pending_removals
             .clone();
+        let queued: Vec<LeafNodeIndex> = group
+            .pending_proposals()
+            .filter_map(|p| match p.proposal() {
+                Proposal::Remove(r) => Some(r.removed()),
+                _ => None,
+            })
+            .collect();
         let mut leaves = Vec::new();
+        let mut in_tree = Vec::new();
         for m in group.members() {
             if let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key)
                 && revoked.contains(&c.device_id)
             {
-                leaves.push(m.index);
+                in_tree.push(c.device_id);
+                if !queued.contains(&m.index) {
+                    leaves.push(m.index);
+                }
             }
         }
-        if leaves.is_empty()
-            && let Some(c) = self.state.conversations.get_mut(&group_hex)
-        {
-            c.pending_removals.clear();
+        if let Some(c) = self.state.conversations.get_mut(&group_hex) {
+            c.pending_removals.retain(|d| in_tree.contains(d));
         }
         if leaves.is_empty() && group.pending_proposals().next().is_none() {
             self.put_group(&group_hex, group);
@@ -1288,6 +1312,14 @@ impl Client {
                 "you are no longer in this conversation".into(),
             ));
         }
+        if conv.out_of_step {
+            // Nobody could read it: the group has moved on without us.
+            return Err(Error::Invalid(
+                "this device is out of step with this conversation and is being re-added; \
+                 send again once it has been"
+                    .into(),
+            ));
+        }
         let me = &self.state.device.user_id;
         if !conv.posters.is_empty()
             && !conv.posters.contains(me)
@@ -1515,21 +1547,28 @@ impl Client {
         Ok(self.system_line(&group_hex, u64::MAX - 2, line, now_ms))
     }
 
-    /// Conversations this device fell out of step with and has not yet asked
-    /// to be re-added to (group hex).
-    pub fn rejoins_to_request(&self) -> Vec<String> {
+    /// Conversations this device fell out of step with and has not asked to
+    /// be re-added to, or asked more than [`REJOIN_AGAIN_MS`] ago without
+    /// being re-added (the re-add's Welcome may have failed) (group hex).
+    pub fn rejoins_to_request(&self, now_ms: u64) -> Vec<String> {
         self.state
             .conversations
             .iter()
-            .filter(|(_, c)| c.active && c.out_of_step && !c.rejoin_requested)
+            .filter(|(_, c)| {
+                c.active
+                    && c.out_of_step
+                    && (!c.rejoin_requested
+                        || now_ms.saturating_sub(c.rejoin_requested_at) > REJOIN_AGAIN_MS)
+            })
             .map(|(h, _)| h.clone())
             .collect()
     }
 
     /// The server took our request to be re-added.
-    pub fn rejoin_requested(&mut self, group_hex: &str) {
+    pub fn rejoin_requested(&mut self, group_hex: &str, now_ms: u64) {
         if let Some(c) = self.state.conversations.get_mut(group_hex) {
             c.rejoin_requested = true;
+            c.rejoin_requested_at = now_ms;
         }
     }
 
@@ -1660,7 +1699,7 @@ impl Client {
             .state
             .conversations
             .get(&group_hex)
-            .filter(|c| c.out_of_step || c.active)
+            .filter(|c| c.out_of_step)
             .map(|c| (c.name.clone(), c.unreadable));
         let name = match &rejoined {
             Some((n, _)) => n.clone(),
@@ -1690,6 +1729,7 @@ impl Client {
                 rejoin_requested: false,
                 unreadable: 0,
                 pending_readds: Vec::new(),
+                rejoin_requested_at: 0,
                 meta_key: None,
             });
         conv.name = name.clone();
@@ -1737,7 +1777,9 @@ impl Client {
         let conv_name = conv.name.clone();
         let active = conv.active;
         let application = proto.content_type() == ContentType::Application;
+        let commit = proto.content_type() == ContentType::Commit;
         let mut group = self.take_group(&group_hex)?;
+        let current = proto.epoch() == group.epoch();
         if active && proto.epoch().as_u64() > group.epoch().as_u64() {
             // The group moved on without this device (a commit it missed or
             // could not process): nothing later can be read until it is
@@ -1750,6 +1792,19 @@ impl Client {
             Err(e) => {
                 self.flush_secrets(&mut group)?;
                 self.put_group(&group_hex, group);
+                if commit && active && current {
+                    // The delivery service took a commit this device cannot
+                    // apply (it validates signatures, not what only members
+                    // can check): nothing later is readable here. Say so and
+                    // ask to be re-added, rather than fail message by message.
+                    let mut events = self.out_of_step(&group_hex, false, now_ms);
+                    events.push(Event::Refused {
+                        reason: format!(
+                            "a change to {conv_name:?} could not be applied on this device: {e:?}"
+                        ),
+                    });
+                    return Ok(events);
+                }
                 if application && active {
                     if let Some(c) = self.state.conversations.get_mut(&group_hex) {
                         c.unreadable += 1;
@@ -1894,7 +1949,16 @@ impl Client {
                     ));
                 }
                 let who = match sender_cred {
-                    Some(Ok(c)) => format!("{} ({}) is leaving", c.display_name, c.user_id),
+                    Some(Ok(c)) => {
+                        // Also by device: removed by value should the
+                        // proposal be dropped by a concurrent commit.
+                        if let Some(conv) = self.state.conversations.get_mut(&group_hex)
+                            && !conv.pending_removals.contains(&c.device_id)
+                        {
+                            conv.pending_removals.push(c.device_id.clone());
+                        }
+                        format!("{} ({}) is leaving", c.display_name, c.user_id)
+                    }
                     _ => "a member is leaving".into(),
                 };
                 group

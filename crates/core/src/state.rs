@@ -109,6 +109,9 @@ pub struct Conversation {
     /// The server has been asked to have this device re-added.
     #[serde(default)]
     pub rejoin_requested: bool,
+    /// When it was last asked (ms).
+    #[serde(default)]
+    pub rejoin_requested_at: u64,
     /// Messages this device could not read since it fell out of step (or
     /// that failed to decrypt); shown to the user, then reset when it rejoins.
     #[serde(default)]

@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &format!("{i:032x}"),
             vec![7u8; 300],
             0,
-            |_, _| Ok(()),
+            |_, _, _| Ok(()),
             |_| {},
         )
         .map_err(|e| format!("{e:?}"))?;

@@ -777,7 +777,7 @@ impl Db {
                 &state,
                 group_id,
                 &commit,
-                welcome.is_some(),
+                welcome.as_deref(),
                 sender,
                 org_public,
                 |d| st.query_row([d], |r| r.get(0)).optional().ok().flatten(),
@@ -1051,7 +1051,7 @@ impl Db {
         client_id: &str,
         payload: Vec<u8>,
         now: u64,
-        check: impl FnOnce(&[u8], &[u8]) -> Result<(), ApiErr>,
+        check: impl FnOnce(&[u8], &[u8], u64) -> Result<(), ApiErr>,
         publish: impl FnOnce(Vec<Delivery>),
     ) -> Result<(u64, bool, u64), ApiErr> {
         let mut g = self.lock();
@@ -1072,7 +1072,7 @@ impl Db {
             return Ok((n as u64, true, seq.unwrap_or(0) as u64));
         }
         let (epoch, members) = Self::group_for(&tx, group_id, sender)?;
-        check(&payload, group_id)?;
+        check(&payload, group_id, epoch)?;
         let n = members.len() - 1;
         let mut pushes = Vec::new();
         let mut sent_seq = 0;
@@ -1925,7 +1925,7 @@ mod tests {
                 &format!("{:032x}", 100 + i),
                 vec![9, i],
                 0,
-                |_, _| Ok(()),
+                |_, _, _| Ok(()),
                 |p| pushed.extend(p.into_iter().flat_map(|d| d.recipients)),
             )
             .expect("send");
@@ -2032,7 +2032,7 @@ mod tests {
             &"3".repeat(32),
             vec![4],
             0,
-            |_, _| Ok(()),
+            |_, _, _| Ok(()),
             |_| {},
         )
         .expect("send");
@@ -2050,7 +2050,7 @@ mod tests {
                 &"4".repeat(32),
                 vec![5],
                 0,
-                |_, _| Ok(()),
+                |_, _, _| Ok(()),
                 |_| {},
             )
             .expect_err("not a member");

@@ -29,6 +29,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sitrep_wire::credential::SignedCredential;
 
+/// Past epochs whose application messages members still decrypt (the
+/// core's `MAX_PAST_EPOCHS`).
+const PAST_EPOCHS: u64 = 5;
+
 /// Why the delivery service refused a handshake. Messages name no value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum DsError {
@@ -50,7 +54,9 @@ pub(crate) enum DsError {
     Proposal(&'static str),
     #[error("an added member is not an enrolled, unrevoked device of the organisation")]
     BadAdd,
-    #[error("a commit that adds members needs a Welcome, and only one that adds does")]
+    #[error(
+        "a commit that adds members needs a Welcome for exactly them, and only one that adds has one"
+    )]
     Welcome,
     #[error("the group info does not start a group of one: the creating device")]
     BadGroupInfo,
@@ -387,7 +393,7 @@ pub(crate) fn commit(
     state: &[u8],
     group_id: &[u8],
     commit: &[u8],
-    has_welcome: bool,
+    welcome: Option<&[u8]>,
     sender: &Enrolled,
     org_public: &[u8],
     mut device: impl FnMut(&str) -> Option<Vec<u8>>,
@@ -440,8 +446,11 @@ pub(crate) fn commit(
         return Err(DsError::NotSender);
     }
     let mut added = Vec::new();
+    let mut joiners = Vec::new();
     for add in staged.add_proposals() {
-        let leaf = add.add_proposal().key_package().leaf_node();
+        let kp = add.add_proposal().key_package();
+        joiners.push(kp.hash_ref(&crypto).map_err(|_| DsError::BadAdd)?);
+        let leaf = kp.leaf_node();
         let key = leaf.signature_key().as_slice();
         let dev = leaf_device(leaf.credential(), key, org_public).ok_or(DsError::BadAdd)?;
         if device(&dev).as_deref() != Some(key) || added.contains(&dev) {
@@ -465,8 +474,25 @@ pub(crate) fn commit(
             removed.push(d);
         }
     }
-    if has_welcome == added.is_empty() {
-        return Err(DsError::Welcome);
+    // The Welcome cannot be opened here, but it must be one, of this
+    // group's suite, with secrets for exactly the KeyPackages the commit adds:
+    // a joiner is never left in the tree with nothing to join by.
+    match welcome {
+        None if added.is_empty() => {}
+        Some(w) if !added.is_empty() => {
+            let Ok(MlsMessageBodyIn::Welcome(w)) =
+                MlsMessageIn::tls_deserialize_exact(w).map(MlsMessageIn::extract)
+            else {
+                return Err(DsError::Welcome);
+            };
+            let mut refs: Vec<_> = w.secrets().iter().map(|s| s.new_member()).collect();
+            refs.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+            joiners.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+            if w.ciphersuite() != group.ciphersuite() || refs != joiners {
+                return Err(DsError::Welcome);
+            }
+        }
+        _ => return Err(DsError::Welcome),
     }
     group
         .merge_commit(&store, *staged)
@@ -529,7 +555,7 @@ pub(crate) fn leave(
 /// Check the clear framing of an application message: an MLS PrivateMessage
 /// of this group carrying application content. Its content is encrypted and
 /// stays unread; a handshake smuggled past validation this way is refused.
-pub(crate) fn application(bytes: &[u8], group_id: &[u8]) -> Result<(), DsError> {
+pub(crate) fn application(bytes: &[u8], group_id: &[u8], epoch: u64) -> Result<(), DsError> {
     let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| DsError::NotPrivate)?;
     let MlsMessageBodyIn::PrivateMessage(m) = msg.extract() else {
         return Err(DsError::NotPrivate);
@@ -540,6 +566,12 @@ pub(crate) fn application(bytes: &[u8], group_id: &[u8]) -> Result<(), DsError> 
     }
     if proto.content_type() != openmls::prelude::ContentType::Application {
         return Err(DsError::NotPrivate);
+    }
+    // Not from an epoch the group has not reached (it would tell every
+    // member it is out of step), nor older than members keep keys for.
+    let e = proto.epoch().as_u64();
+    if e > epoch || e + PAST_EPOCHS < epoch {
+        return Err(DsError::WrongEpoch(epoch));
     }
     Ok(())
 }

@@ -907,8 +907,8 @@ async fn send(
             &req.client_id,
             req.payload,
             now_secs(),
-            |payload, gid| {
-                crate::ds::application(payload, gid)
+            |payload, gid, epoch| {
+                crate::ds::application(payload, gid, epoch)
                     .map_err(|e| ApiErr::bad_request("bad_message", &e.to_string()))
             },
             |p| st2.hub.publish(p),

@@ -511,7 +511,7 @@ pub mod fuzzing {
         state: &[u8],
         group_id: &[u8],
         commit: &[u8],
-        has_welcome: bool,
+        welcome: Option<&[u8]>,
         device_id: &str,
         signature_key: &[u8],
         org_public: &[u8],
@@ -520,15 +520,9 @@ pub mod fuzzing {
             device_id: device_id.into(),
             signature_key: signature_key.into(),
         };
-        crate::ds::commit(
-            state,
-            group_id,
-            commit,
-            has_welcome,
-            &who,
-            org_public,
-            |_| Some(signature_key.to_vec()),
-        )
+        crate::ds::commit(state, group_id, commit, welcome, &who, org_public, |_| {
+            Some(signature_key.to_vec())
+        })
         .ok()
         .map(|a| a.state)
     }
@@ -550,7 +544,7 @@ pub mod fuzzing {
     }
 
     /// [`crate::ds::application`]: whether the framing is accepted.
-    pub fn application(bytes: &[u8], group_id: &[u8]) -> bool {
-        crate::ds::application(bytes, group_id).is_ok()
+    pub fn application(bytes: &[u8], group_id: &[u8], epoch: u64) -> bool {
+        crate::ds::application(bytes, group_id, epoch).is_ok()
     }
 }

@@ -6,7 +6,8 @@
 
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, KeyPackage, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion,
+    BasicCredential, Ciphersuite, ExtensionType, KeyPackage, MlsMessageBodyIn, MlsMessageIn,
+    ProtocolVersion,
 };
 use openmls_rust_crypto::RustCrypto;
 use sitrep_wire::credential::SignedCredential;
@@ -38,6 +39,8 @@ pub(crate) enum KeyPackageError {
     Credential,
     #[error("a last-resort KeyPackage must be marked last-resort, and only it")]
     LastResort,
+    #[error("the KeyPackage's leaf does not support Sitrep's group extensions")]
+    Capabilities,
 }
 
 /// Check one uploaded KeyPackage: it parses, its signatures and lifetime
@@ -62,6 +65,15 @@ pub(crate) fn validate_key_package(
         return Err(KeyPackageError::Ciphersuite);
     }
     let leaf = kp.leaf_node();
+    // Every Sitrep group context carries the conversation metadata: a leaf
+    // that cannot hold it would make the whole add fail at the adder.
+    if !leaf
+        .capabilities()
+        .extensions()
+        .contains(&ExtensionType::Unknown(sitrep_wire::meta::EXTENSION_TYPE))
+    {
+        return Err(KeyPackageError::Capabilities);
+    }
     let key = leaf.signature_key().as_slice();
     if key != who.signature_key {
         return Err(KeyPackageError::Credential);

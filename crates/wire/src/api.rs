@@ -342,7 +342,8 @@ pub struct AuditRequest {
     /// `records.search`, `records.export`: HMAC-SHA256 of the query, 64 hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_hmac: Option<String>,
-    /// `record.transfer`: the transferred messages' ids (8 to 32 hex each).
+    /// `record.transfer`: the transferred messages' ids (32 hex each); the
+    /// log keeps a hash of each, never the id itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<String>,
 }
@@ -386,9 +387,24 @@ impl AuditRequest {
             ("record.transfer", None, m)
                 if !m.is_empty()
                     && m.len() <= MAX_AUDIT_MESSAGES
-                    && m.iter().all(|id| lower_hex(id, 8, 32)) =>
+                    && m.iter().all(|id| lower_hex(id, 32, 32)) =>
             {
-                Some(format!("messages={} count={}", m.join(","), m.len()))
+                // Hashes: 32 hex chars could carry anything (an NHS number is
+                // valid hex), and the log cannot be cleaned once signed. Whoever
+                // holds the messages can hash their ids to find them.
+                let hashes: Vec<String> = m
+                    .iter()
+                    .map(|id| {
+                        use sha2::Digest as _;
+                        let h = sha2::Sha256::digest(id.as_bytes());
+                        hex::encode(&h[..8])
+                    })
+                    .collect();
+                Some(format!(
+                    "message_sha256_64={} count={}",
+                    hashes.join(","),
+                    m.len()
+                ))
             }
             _ => None,
         }
