@@ -426,21 +426,11 @@ async fn join_own_devices(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
         if claim.key_packages.is_empty() {
             continue;
         }
-        match commit_with_retry(p, |c| c.prepare_add(&name, &claim.key_packages)).await {
-            Ok(ev) => events.extend(ev),
-            // Another of the user's devices added it first.
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<sitrep_core::Error>(),
-                    Some(sitrep_core::Error::Invalid(_))
-                ) => {}
-            Err(e) if refused(&e) || e.downcast_ref::<sitrep_core::Error>().is_some() => {
-                events.push(Event::Refused {
-                    reason: format!("bringing your new device into {name:?} failed: {e}"),
-                });
-            }
-            Err(e) => return Err(e),
-        }
+        // Nothing left to do: another of the user's devices added it first.
+        let r = commit_with_retry(p, |c| c.prepare_add(&name, &claim.key_packages)).await;
+        events.extend(settled(r, || {
+            format!("bringing your new device into {name:?}")
+        })?);
     }
     Ok(events)
 }
@@ -625,6 +615,32 @@ enum Fate {
     Conflict(anyhow::Error),
 }
 
+/// The outcome of a commit a sync makes on its own (re-adds, the user's new
+/// devices): nothing left to do is fine, and a refusal or a local failure is
+/// reported for that conversation without failing the sync for all others.
+fn settled(
+    r: anyhow::Result<Vec<Event>>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<Vec<Event>> {
+    match r {
+        Ok(ev) => Ok(ev),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<sitrep_core::Error>(),
+                Some(sitrep_core::Error::Invalid(_))
+            ) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) if refused(&e) || e.downcast_ref::<sitrep_core::Error>().is_some() => {
+            Ok(vec![Event::Refused {
+                reason: format!("{} failed: {e}", what()),
+            }])
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The server answered with a refusal that will not pass by retrying (a
 /// 4xx other than a conflict or "slow down").
 fn refused(e: &anyhow::Error) -> bool {
@@ -783,21 +799,9 @@ async fn rejoin_and_readd(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
                 },
             )
             .await?;
-        match commit_with_retry(p, |c| c.prepare_readd(&name, &claim.key_packages)).await {
-            Ok(ev) => events.extend(ev),
-            // Another member re-added them first.
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<sitrep_core::Error>(),
-                    Some(sitrep_core::Error::Invalid(_))
-                ) => {}
-            Err(e) if refused(&e) || e.downcast_ref::<sitrep_core::Error>().is_some() => {
-                events.push(Event::Refused {
-                    reason: format!("re-adding a member to {name:?} failed: {e}"),
-                });
-            }
-            Err(e) => return Err(e),
-        }
+        // Nothing left to do: another member re-added them first.
+        let r = commit_with_retry(p, |c| c.prepare_readd(&name, &claim.key_packages)).await;
+        events.extend(settled(r, || format!("re-adding a member to {name:?}"))?);
     }
     Ok(events)
 }

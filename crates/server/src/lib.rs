@@ -490,6 +490,13 @@ pub mod fuzzing {
         crate::mls::validate_key_package(bytes, &who, org_public, last_resort).is_ok()
     }
 
+    fn enrolled(device_id: &str, signature_key: &[u8]) -> crate::ds::Enrolled {
+        crate::ds::Enrolled {
+            device_id: device_id.into(),
+            signature_key: signature_key.into(),
+        }
+    }
+
     /// [`crate::ds::create`]: the public state a GroupInfo starts, if valid.
     pub fn group_state(
         group_id: &[u8],
@@ -498,10 +505,7 @@ pub mod fuzzing {
         signature_key: &[u8],
         org_public: &[u8],
     ) -> Option<Vec<u8>> {
-        let who = crate::ds::Enrolled {
-            device_id: device_id.into(),
-            signature_key: signature_key.into(),
-        };
+        let who = enrolled(device_id, signature_key);
         crate::ds::create(group_id, group_info, &who, org_public).ok()
     }
 
@@ -516,10 +520,7 @@ pub mod fuzzing {
         signature_key: &[u8],
         org_public: &[u8],
     ) -> Option<Vec<u8>> {
-        let who = crate::ds::Enrolled {
-            device_id: device_id.into(),
-            signature_key: signature_key.into(),
-        };
+        let who = enrolled(device_id, signature_key);
         crate::ds::commit(state, group_id, commit, welcome, &who, org_public, |_| {
             Some(signature_key.to_vec())
         })
@@ -536,10 +537,7 @@ pub mod fuzzing {
         signature_key: &[u8],
         org_public: &[u8],
     ) -> Option<Vec<u8>> {
-        let who = crate::ds::Enrolled {
-            device_id: device_id.into(),
-            signature_key: signature_key.into(),
-        };
+        let who = enrolled(device_id, signature_key);
         crate::ds::leave(state, group_id, proposal, &who, org_public).ok()
     }
 
