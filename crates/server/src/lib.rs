@@ -125,6 +125,9 @@ pub(crate) struct AppState {
     pub limiter: http::RateLimiter,
     /// Per-address buckets on the routes without a token.
     pub addr_limiter: http::RateLimiter<http::AddrKey>,
+    /// Claims of one-time KeyPackages and rejoin requests: apart from the
+    /// per-device request buckets, so filling one never throttles the other.
+    pub side_limiter: http::RateLimiter,
     pub acks: AckBatcher,
 }
 
@@ -172,6 +175,7 @@ pub async fn run(
         hub: hub::Hub::new(config.ws_queue_bytes),
         limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
         addr_limiter: http::RateLimiter::new(config.addr_per_sec, config.addr_burst),
+        side_limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
         acks: AckBatcher::default(),
         config,
     });
@@ -193,6 +197,7 @@ pub async fn run(
                 if ticks.is_multiple_of(100) {
                     st.limiter.prune();
                     st.addr_limiter.prune();
+                    st.side_limiter.prune();
                     let st2 = st.clone();
                     let (age, backlog) = (st.config.max_age_secs, st.config.max_backlog);
                     let _ =
