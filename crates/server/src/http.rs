@@ -1024,11 +1024,10 @@ async fn rejoin(
     }
     // One bucket per device (not per group it names: the group is checked
     // only later, and a key per made-up group would fill the limiter).
-    if !st.side_limiter.allow_with(
-        &format!("\0rejoin\0{}", dev.device_id),
-        1.0 / 10.0,
-        10.0,
-    ) {
+    if !st
+        .side_limiter
+        .allow_with(&format!("\0rejoin\0{}", dev.device_id), 1.0 / 10.0, 10.0)
+    {
         return Err(ApiErr::rate_limited());
     }
     let st2 = st.clone();
