@@ -50,13 +50,17 @@ fn named(name: impl Into<String>, bytes: Vec<u8>) -> (String, Vec<u8>) {
 }
 
 fn api_seed<T: Serialize>(ty: &str, v: &T) -> (String, Vec<u8>) {
+    api_seed_named(ty, ty, v)
+}
+
+fn api_seed_named<T: Serialize>(ty: &str, name: &str, v: &T) -> (String, Vec<u8>) {
     let sel = API_BODIES
         .iter()
         .position(|t| *t == ty)
         .expect("a type of the api target");
     let mut out = vec![u8::try_from(sel).expect("few API bodies")];
     out.extend(serde_json::to_vec(v).expect("API bodies encode"));
-    named(ty, out)
+    named(name, out)
 }
 
 const CLIENT_ID: &str = "0123456789abcdef0123456789abcdef";
@@ -142,12 +146,13 @@ fn api() -> Seeds {
                 client_id: CLIENT_ID.into(),
             },
         ),
-        api_seed(
+        api_seed_named(
             "AuditRequest",
+            "AuditRequest_transfer",
             &AuditRequest {
                 action: "record.transfer".into(),
                 query_hmac: None,
-                messages: vec!["0123abcd".into(), CLIENT_ID.into()],
+                messages: vec!["ab".repeat(16), CLIENT_ID.into()],
             },
         ),
         api_seed(
