@@ -51,7 +51,7 @@ pub(crate) async fn after_sync(p: &mut Profile) -> anyhow::Result<()> {
         p.client.send_structured(&conv, &item, now)?;
     }
     p.save()?;
-    flush_outbox(p).await
+    flush_outbox(p).await.map(drop)
 }
 
 /// Send one structured item and wait for the server to store it; returns its id.
@@ -234,7 +234,7 @@ pub async fn callin_reply_synced(
     });
     p.client.send_structured(&conv, &item, now_ms())?;
     p.save()?;
-    flush_outbox(p).await
+    flush_outbox(p).await.map(drop)
 }
 
 pub(crate) fn incident_conversation(c: &Client, id: &str) -> anyhow::Result<String> {
@@ -326,7 +326,7 @@ pub async fn ack(p: &mut Profile, alert: &str) -> anyhow::Result<()> {
     });
     p.client.send_structured(&conv, &item, now_ms())?;
     p.save()?;
-    flush_outbox(p).await
+    flush_outbox(p).await.map(drop)
 }
 
 /// Log a DECISION or ACTION in a conversation (signed, hash-chained).

@@ -575,13 +575,18 @@ async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     events.extend(rejoin_and_readd(p).await?);
     events.extend(commit_pending(p).await?);
     events.extend(join_own_devices(p).await?);
-    flush_outbox(p).await?;
+    events.extend(flush_outbox(p).await?);
     incident::after_sync(p).await?;
     top_up(p).await?;
     Ok(events)
 }
 
-async fn flush_outbox(p: &mut Profile) -> anyhow::Result<()> {
+async fn flush_outbox(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    // Messages written offline are encrypted now, after the pull, so at the
+    // group's current epoch; each moves to the outbox under its own id, sealed
+    // before it is posted.
+    let events = p.client.encrypt_queued(now_ms());
+    p.save()?;
     let remote = p.remote();
     for out in p.client.outbox() {
         let r: anyhow::Result<api::SendResponse> = remote
@@ -604,7 +609,7 @@ async fn flush_outbox(p: &mut Profile) -> anyhow::Result<()> {
         }
         p.save()?;
     }
-    Ok(())
+    Ok(events)
 }
 
 /// What became of a commit the server answered.
@@ -995,20 +1000,54 @@ pub async fn send(p: &mut Profile, name: &str, text: &str) -> anyhow::Result<Str
 }
 
 /// [`send`], with PID-guard warnings confirmed by the sender when `allow_pid`.
+/// Returns the message id; the message may still be queued (see [`send_queued`]).
 pub async fn send_checked(
     p: &mut Profile,
     name: &str,
     text: &str,
     allow_pid: bool,
 ) -> anyhow::Result<String> {
-    sync(p).await?;
-    let out = p
-        .client
-        .encrypt_text_checked(name, text, now_ms(), allow_pid)?;
+    Ok(send_queued(p, name, text, allow_pid).await?.id)
+}
+
+/// What became of a message the user wrote.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Its id.
+    pub id: String,
+    /// Why it still waits in the sealed outbox (`None`: the server stored it).
+    pub queued: Option<String>,
+}
+
+/// Outbox first: the message is sealed in the outbox before anything else,
+/// so it is never lost; then a sync catches up and sends it. When the server
+/// cannot be reached (or answers "later"), the message stays queued and goes
+/// out at the next sync, in order and once.
+pub async fn send_queued(
+    p: &mut Profile,
+    name: &str,
+    text: &str,
+    allow_pid: bool,
+) -> anyhow::Result<Sent> {
+    let id = p.client.queue_text(name, text, now_ms(), allow_pid)?;
     p.save()?;
-    let id = out.request.client_id.clone();
-    flush_outbox(p).await?;
-    Ok(id)
+    let waiting = |p: &Profile| p.client.waiting().iter().any(|w| w.id == id);
+    match sync(p).await {
+        Ok(_) if !waiting(p) => Ok(Sent { id, queued: None }),
+        Ok(_) => Ok(Sent {
+            id,
+            queued: Some("this device is being re-added to the conversation".into()),
+        }),
+        Err(e) if is_wiped(&e) => Err(e),
+        Err(e) if fate_unknown(&e) && waiting(p) => Ok(Sent {
+            id,
+            queued: Some(format!("{:#}", e)),
+        }),
+        Err(e) if waiting(p) => {
+            Err(e.context("the message is kept in the outbox and goes out at the next sync"))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Default profile directory.

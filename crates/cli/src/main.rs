@@ -88,8 +88,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PidCmd,
     },
-    /// Fetch and process everything pending.
+    /// Fetch and process everything pending, and send what waits in the outbox.
     Sync,
+    /// Messages written and not yet stored by the server (the server could
+    /// not be reached): they go out at the next `sync`.
+    Outbox {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Where a message has got to, per member: delivered, read (when), and
     /// who has not seen it.
     Seen {
@@ -1061,8 +1068,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
-            match sitrep_cli::send_checked(&mut p, &name, &text, confirmed).await {
-                Ok(id) => println!("{id}"),
+            match sitrep_cli::send_queued(&mut p, &name, &text, confirmed).await {
+                Ok(sent) => {
+                    println!("{}", sent.id);
+                    if let Some(why) = sent.queued {
+                        eprintln!(
+                            "queued: the message is kept on this device and goes out at the next `sitrep sync` ({why})"
+                        );
+                    }
+                }
                 Err(e) => {
                     if let Some(sitrep_core::Error::PidBlocked(f)) =
                         e.downcast_ref::<sitrep_core::Error>()
@@ -1085,6 +1099,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "{}", sitrep_pid::scan_line_json(line))?;
             }
             out.flush()?;
+        }
+        Cmd::Outbox { json } => {
+            let p = open_profile(&cli.profile)?;
+            let waiting = p.client.waiting();
+            if json {
+                for w in &waiting {
+                    println!("{}", serde_json::to_string(w)?);
+                }
+            } else if waiting.is_empty() {
+                println!("Nothing waiting to be sent.");
+            } else {
+                let n = waiting.len();
+                println!(
+                    "{n} {} waiting to be sent (they go out at the next `sitrep sync`):",
+                    if n == 1 { "message" } else { "messages" }
+                );
+                let width = waiting
+                    .iter()
+                    .map(|w| w.conversation.chars().count())
+                    .max()
+                    .unwrap_or(0);
+                for w in &waiting {
+                    println!(
+                        "{}  {:width$}  {}  {}",
+                        fmt_time(w.written_at),
+                        w.conversation,
+                        if w.encrypted { "sending" } else { "queued " },
+                        w.body
+                    );
+                }
+            }
         }
         Cmd::Sync => {
             let mut p = open_profile(&cli.profile)?;

@@ -91,3 +91,48 @@ async fn t5_sigkill_and_restart_loses_no_acknowledged_message() {
     server.kill().expect("kill");
     let _ = server.wait();
 }
+
+/// Issue 12, outbox first: messages written while the server is down are
+/// kept sealed on the device, `send` succeeds and says they are queued, and
+/// once the server is back one sync delivers every one, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_written_while_the_server_is_down_are_queued_then_delivered_once_in_order() {
+    let data = TempDir::new("outbox");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(data.path(), port).await;
+    let invite = |u: &str| {
+        sitrep_server::create_invite(data.path(), u, u, "ED consultant", 3600).expect("invite")
+    };
+    let (_da, mut a) = device(&url, &invite("alice"), INTEROP_CIPHERSUITE).await;
+    let (_db, mut b) = device(&url, &invite("bob"), INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut a, "ward", &["bob".into()], "off")
+        .await
+        .expect("create");
+    sitrep_cli::sync(&mut b).await.expect("b joins");
+
+    server.kill().expect("kill");
+    server.wait().expect("wait");
+    for i in 0..40 {
+        let sent = sitrep_cli::send_queued(&mut a, "ward", &format!("offline {i}"), false)
+            .await
+            .expect("send succeeds with the server down");
+        assert!(sent.queued.is_some(), "message {i} should be queued");
+    }
+    assert_eq!(a.client.waiting().len(), 40);
+
+    let mut server = spawn_server(data.path(), port).await;
+    sitrep_cli::sync(&mut a).await.expect("a sends the outbox");
+    assert!(a.client.waiting().is_empty());
+    // A second sync sends nothing again.
+    sitrep_cli::sync(&mut a).await.expect("a syncs again");
+    sitrep_cli::sync(&mut b).await.expect("b receives");
+    let got: Vec<String> = bodies(&b, "ward")
+        .into_iter()
+        .filter(|t| t.starts_with("offline "))
+        .collect();
+    let want: Vec<String> = (0..40).map(|i| format!("offline {i}")).collect();
+    assert_eq!(got, want);
+    server.kill().expect("kill");
+    server.wait().expect("wait");
+}

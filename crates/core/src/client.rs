@@ -111,6 +111,7 @@ impl PendingEnrolment {
             incidents: BTreeMap::new(),
             alerts: BTreeMap::new(),
             pending_ops: Vec::new(),
+            queued: Vec::new(),
         };
         Ok(Client {
             provider: self.provider,
@@ -240,6 +241,21 @@ pub struct Client {
     pub(crate) verified_directory: RefCell<Option<sitrep_wire::directory::Directory>>,
     /// Devices the pending add of each group left out (shown once it is accepted).
     pub(crate) skipped: HashMap<String, Vec<Skipped>>,
+}
+
+/// A message waiting to go out (see [`Client::waiting`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Waiting {
+    /// Conversation name.
+    pub conversation: String,
+    /// Message id.
+    pub id: String,
+    /// The text as it will be sent.
+    pub body: String,
+    /// When it was written (ms).
+    pub written_at: u64,
+    /// Already encrypted (waiting for the server to store it).
+    pub encrypted: bool,
 }
 
 fn hex_id(bytes: &[u8]) -> String {
@@ -1299,6 +1315,132 @@ impl Client {
         reply_to: Option<[u8; 16]>,
         now_ms: u64,
     ) -> Result<Outgoing, Error> {
+        let id = self.random::<16>();
+        self.encrypt_content_as(name, kind, body, reply_to, id, now_ms)
+    }
+
+    /// Write a text message into the sealed outbox without the network:
+    /// the PID guard is applied now (so a queued message is exactly what will
+    /// be sent), and it is encrypted later by [`Self::encrypt_queued`], once
+    /// the device has caught up with its groups. Returns its id.
+    pub fn queue_text(
+        &mut self,
+        name: &str,
+        body: &str,
+        now_ms: u64,
+        confirmed: bool,
+    ) -> Result<String, Error> {
+        let checked = self.pid_check(name, body, confirmed)?;
+        if checked.len() > sitrep_wire::MAX_BODY_BYTES {
+            return Err(Error::Invalid(format!(
+                "message longer than {} bytes",
+                sitrep_wire::MAX_BODY_BYTES
+            )));
+        }
+        let group_hex = self.group_hex_by_name(name)?;
+        let conv = &self.state.conversations[&group_hex];
+        if !conv.active {
+            return Err(Error::Invalid(
+                "you are no longer in this conversation".into(),
+            ));
+        }
+        let me = &self.state.device.user_id;
+        if !conv.posters.is_empty() && !conv.posters.contains(me) {
+            return Err(Error::Invalid(format!(
+                "only commanders post in {name:?}; you can read it and reply to call-ins and alerts"
+            )));
+        }
+        let id = hex_id(&self.random::<16>());
+        self.state.queued.push(crate::state::Queued {
+            group_hex,
+            id: id.clone(),
+            body: checked,
+            written_at: now_ms,
+        });
+        Ok(id)
+    }
+
+    /// Encrypt every queued message whose conversation can take it now, in
+    /// the order written, into the outbox (call after catching up). A
+    /// conversation this device is out of step with keeps its messages
+    /// queued until it is re-added; one it is no longer in, or that refuses
+    /// the message, drops it with a visible [`Event::Refused`].
+    pub fn encrypt_queued(&mut self, now_ms: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut keep = Vec::new();
+        let mut held: std::collections::BTreeSet<String> = Default::default();
+        for q in std::mem::take(&mut self.state.queued) {
+            let Some(conv) = self.state.conversations.get(&q.group_hex) else {
+                events.push(Event::Refused {
+                    reason: "a queued message was dropped: its conversation is gone".into(),
+                });
+                continue;
+            };
+            if held.contains(&q.group_hex) || (conv.active && conv.out_of_step) {
+                held.insert(q.group_hex.clone());
+                keep.push(q);
+                continue;
+            }
+            let name = conv.name.clone();
+            let mut id = [0u8; 16];
+            if hex::decode_to_slice(&q.id, &mut id).is_err() {
+                continue;
+            }
+            if let Err(e) =
+                self.encrypt_content_as(&name, Kind::Text, &q.body, None, id, q.written_at)
+            {
+                events.push(Event::Refused {
+                    reason: format!("a message queued for {name:?} could not be sent: {e}"),
+                });
+            }
+        }
+        self.state.queued = keep;
+        let _ = now_ms;
+        events
+    }
+
+    /// What waits to go out, oldest first: written but not yet encrypted
+    /// (`encrypted: false`), then encrypted and not yet stored by the server.
+    pub fn waiting(&self) -> Vec<Waiting> {
+        let name = |hex: &str| {
+            self.state
+                .conversations
+                .get(hex)
+                .map(|c| c.name.clone())
+                .unwrap_or_default()
+        };
+        let mut out: Vec<Waiting> = self
+            .state
+            .outbox
+            .iter()
+            .map(|p| Waiting {
+                conversation: name(&p.group_hex),
+                id: p.client_id.clone(),
+                body: p.entry.body.clone(),
+                written_at: p.entry.sent_at,
+                encrypted: true,
+            })
+            .collect();
+        out.extend(self.state.queued.iter().map(|q| Waiting {
+            conversation: name(&q.group_hex),
+            id: q.id.clone(),
+            body: q.body.clone(),
+            written_at: q.written_at,
+            encrypted: false,
+        }));
+        out
+    }
+
+    /// [`Self::encrypt_content`] under a given content id and send time.
+    fn encrypt_content_as(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        body: &str,
+        reply_to: Option<[u8; 16]>,
+        id: [u8; 16],
+        now_ms: u64,
+    ) -> Result<Outgoing, Error> {
         if body.len() > sitrep_wire::MAX_BODY_BYTES {
             return Err(Error::Invalid(format!(
                 "message longer than {} bytes",
@@ -1330,7 +1472,6 @@ impl Client {
             )));
         }
         let mut group = self.take_group(&group_hex)?;
-        let id = self.random::<16>();
         let mut content = Content::text(id, now_ms, body);
         content.kind = kind;
         content.reply_to = reply_to.map(|r| ByteBuf::from(r.to_vec()));

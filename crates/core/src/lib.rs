@@ -24,7 +24,9 @@ mod state;
 pub mod store;
 pub mod vault;
 
-pub use client::{Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit, Skipped};
+pub use client::{
+    Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit, Skipped, Waiting,
+};
 pub use error::Error;
 pub use lock::{Locked, Session, UnlockError};
 pub use notify::Notification;

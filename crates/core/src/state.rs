@@ -215,6 +215,24 @@ pub(crate) struct State {
     /// Commits and leaves sent whose answer has not been seen (one per group).
     #[serde(default)]
     pub pending_ops: Vec<PendingOp>,
+    /// Messages written but not yet encrypted (outbox first: the server
+    /// could not be reached, or the device had not caught up yet). Each is
+    /// encrypted at the group's current epoch when the device has caught up,
+    /// under the id it was given when written, so it goes out exactly once.
+    #[serde(default)]
+    pub queued: Vec<Queued>,
+}
+
+/// A message the user wrote that is waiting to be encrypted and sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Queued {
+    pub group_hex: String,
+    /// Content id (32 hex): also the client id it is sent under.
+    pub id: String,
+    /// The text after the PID guard (pseudonymised where the policy says so).
+    pub body: String,
+    /// When the user wrote it (ms).
+    pub written_at: u64,
 }
 
 /// One search or export by a records account, as its own sealed journal keeps it.
