@@ -950,9 +950,15 @@ async fn a_commit_only_members_can_refuse_is_shown_not_swallowed() {
     );
     let conv = alice.client.conversation("ward").expect("ward");
     assert!(conv.out_of_step, "Alice knows she cannot read on");
-    let err = sitrep_cli::send(&mut alice, "ward", "anyone?")
+    // Nothing is encrypted into a group nobody could read: the message waits,
+    // unencrypted and sealed, until this device is re-added.
+    let sent = sitrep_cli::send_queued(&mut alice, "ward", "anyone?", false)
         .await
-        .expect_err("no message into a group nobody could read");
-    assert!(err.to_string().contains("out of step"), "{err}");
+        .expect("kept in the outbox");
+    let why = sent.queued.expect("queued, not sent");
+    assert!(why.contains("re-added"), "{why}");
+    let waiting = alice.client.waiting();
+    assert_eq!(waiting.len(), 1);
+    assert!(!waiting[0].encrypted, "not encrypted at the broken epoch");
     server.stop().await;
 }
