@@ -287,6 +287,14 @@ async fn t9_malformed_and_oversized_requests_get_clear_4xx() {
     let token = a.client.token().to_string();
     let check = |resp: reqwest::Response, status: u16, code: &'static str| async move {
         assert_eq!(resp.status().as_u16(), status);
+        if status == 413 {
+            // The unread rest of the body is still on that connection.
+            assert_eq!(
+                resp.headers().get("connection").map(|v| v.as_bytes()),
+                Some(&b"close"[..]),
+                "a 413 must close its connection"
+            );
+        }
         let body: api::ApiError = resp.json().await.expect("JSON error body");
         assert_eq!(body.error, code);
         assert!(!body.message.is_empty());
