@@ -244,7 +244,7 @@ pub(crate) fn incident_conversation(c: &Client, id: &str) -> anyhow::Result<Stri
         .with_context(|| format!("no incident {id} on this device (sync first?)"))?;
     c.conversations()
         .find(|x| sitrep_core::records::group_hex_of(x) == inc.group)
-        .map(|x| x.name.clone())
+        .map(sitrep_core::records::group_hex_of)
         .context("the incident's conversation is gone")
 }
 
@@ -319,7 +319,7 @@ pub async fn ack(p: &mut Profile, alert: &str) -> anyhow::Result<()> {
         .client
         .conversations()
         .find(|c| sitrep_core::records::group_hex_of(c) == st.group)
-        .map(|c| c.name.clone())
+        .map(sitrep_core::records::group_hex_of)
         .context("the alert's conversation is gone")?;
     let item = Structured::Ack(Ack {
         alert: alert.to_string(),

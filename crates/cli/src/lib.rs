@@ -30,13 +30,25 @@ pub fn now_ms() -> u64 {
 }
 
 /// An unlocked profile: the sealed store, its key, the client, and an exclusive
-/// lock so two commands never interleave on one profile.
+/// lock so two commands never interleave on one profile. A long-running
+/// command (`watch`) holds the lock only while it works: see
+/// [`Profile::release`] and [`Profile::reacquire`].
 pub struct Profile {
     store: FileStore,
     vault: Vault,
     /// The device.
     pub client: Client,
-    _lock: std::fs::File,
+    dir: PathBuf,
+    lock: Option<std::fs::File>,
+}
+
+/// How long a command waits for another one on the same profile to finish.
+fn lock_wait() -> std::time::Duration {
+    let ms = std::env::var("SITREP_LOCK_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000u64);
+    std::time::Duration::from_millis(ms)
 }
 
 fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
@@ -46,9 +58,21 @@ fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(dir.join("lock"))?;
-    f.lock()
-        .context("another sitrep command is using this profile")?;
-    Ok(f)
+    let deadline = std::time::Instant::now() + lock_wait();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!("another sitrep command is using this profile and did not finish in time")
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::Error::from(e).context("could not lock the profile"));
+            }
+        }
+    }
 }
 
 impl Profile {
@@ -75,7 +99,8 @@ impl Profile {
             store,
             vault,
             client,
-            _lock: l,
+            dir: dir.to_path_buf(),
+            lock: Some(l),
         };
         p.purge()?;
         Ok(p)
@@ -103,7 +128,8 @@ impl Profile {
             store,
             vault,
             client,
-            _lock: l,
+            dir: dir.to_path_buf(),
+            lock: Some(l),
         })
     }
 
@@ -113,8 +139,58 @@ impl Profile {
         Ok(())
     }
 
+    /// The sealed store file (its modification time tells a long-running
+    /// command that another one wrote it).
+    pub fn store_path(&self) -> PathBuf {
+        self.store.path()
+    }
+
+    /// Let other commands use the profile. The client stays in memory but
+    /// may go stale: [`Profile::reacquire`] before using it again.
+    pub fn release(&mut self) {
+        self.lock = None;
+    }
+
+    /// Take the lock again (waiting for another command to finish) and read
+    /// the state as that command left it.
+    pub fn reacquire(&mut self) -> anyhow::Result<()> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let l = lock(&self.dir)?;
+        let Some(sealed) = self.store.load()? else {
+            bail!("this device's Sitrep data is gone (wiped)");
+        };
+        let plain = self.vault.unseal(&sealed).map_err(|_| {
+            anyhow!("the profile was re-sealed by another command (passcode changed): start again")
+        })?;
+        self.client = Client::from_bytes(&plain)?;
+        self.lock = Some(l);
+        Ok(())
+    }
+
+    /// Seal the store under a new passcode (the organisation's minimum
+    /// length and Argon2id cost apply).
+    pub fn change_passcode(&mut self, new: &str) -> anyhow::Result<()> {
+        let policy = self.client.policy();
+        let min = policy.min_passcode_len as usize;
+        if new.chars().count() < min {
+            bail!("the passcode must be at least {min} characters");
+        }
+        let (m_kib, t, p) = policy.argon2;
+        self.vault = Vault::create(
+            new,
+            sitrep_core::vault::KdfParams { m_kib, t, p },
+            self.client.random::<16>(),
+        )?;
+        self.save()
+    }
+
     /// Seal and write the whole state.
     pub fn save(&mut self) -> anyhow::Result<()> {
+        if self.lock.is_none() {
+            bail!("internal: the profile was saved without its lock");
+        }
         let plain = self.client.to_bytes();
         let sealed = self.vault.seal(&plain, self.client.random::<12>());
         self.store.save(&sealed)?;
@@ -328,7 +404,10 @@ async fn commit_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
                 // One group the server refuses does not stop the others.
                 Err(e) if refused(&e) => {
                     events.push(Event::Refused {
-                        reason: format!("removing members from {name:?} was refused: {e}"),
+                        reason: format!(
+                            "removing members from {:?} was refused: {e}",
+                            display_name(&p.client, &name)
+                        ),
                     });
                     break;
                 }
@@ -395,7 +474,7 @@ async fn join_own_devices(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
         .client
         .conversations()
         .filter(|c| c.active)
-        .map(|c| c.name.clone())
+        .map(sitrep_core::records::group_hex_of)
         .collect();
     let mut events = Vec::new();
     for name in names {
@@ -806,9 +885,16 @@ async fn rejoin_and_readd(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
             .await?;
         // Nothing left to do: another member re-added them first.
         let r = commit_with_retry(p, |c| c.prepare_readd(&name, &claim.key_packages)).await;
-        events.extend(settled(r, || format!("re-adding a member to {name:?}"))?);
+        let shown = display_name(&p.client, &name);
+        events.extend(settled(r, || format!("re-adding a member to {shown:?}"))?);
     }
     Ok(events)
+}
+
+/// The name people know a conversation by (given its group id or name).
+fn display_name(c: &Client, conversation: &str) -> String {
+    c.conversation(conversation)
+        .map_or_else(|_| conversation.to_string(), |x| x.name.clone())
 }
 
 /// Run a commit-building step until the server accepts it, rebuilding after
@@ -890,7 +976,32 @@ pub async fn chat_create_with(
     opts: &ChatOptions,
 ) -> anyhow::Result<Vec<Event>> {
     sync(p).await?;
-    let (hex, req) = p.client.create_conversation_with(
+    if p.client.conversation(name).is_ok_and(|c| c.active) {
+        bail!("you already have a conversation named {name:?}: choose another name");
+    }
+    let mut others: Vec<String> = Vec::new();
+    for m in members {
+        if m != p.client.user_id() && !others.contains(m) {
+            others.push(m.clone());
+        }
+    }
+    if opts.recorded
+        && let Some(r) = p.client.records_user()
+        && r != p.client.user_id()
+        && !others.contains(&r)
+    {
+        others.push(r);
+    }
+    // Every member's devices first: an unknown member refuses the whole
+    // command before anything is created.
+    let (kps, missing) = claim_key_packages(&p.remote(), &others).await?;
+    if !missing.is_empty() {
+        bail!(
+            "no enrolled device for: {}; nothing was created",
+            missing.join(", ")
+        );
+    }
+    let (_hex, req) = p.client.create_conversation_with(
         name,
         &opts.pid_policy,
         opts.retention_secs,
@@ -899,26 +1010,10 @@ pub async fn chat_create_with(
     )?;
     p.save()?;
     let _: serde_json::Value = p.remote().post("/v1/groups", &req).await?;
-    let mut others: Vec<String> = members
-        .iter()
-        .filter(|m| *m != p.client.user_id())
-        .cloned()
-        .collect();
-    let recorded = p
-        .client
-        .conversations()
-        .any(|c| c.recorded && sitrep_core::records::group_hex_of(c) == hex);
-    if recorded
-        && let Some(r) = p.client.records_user()
-        && r != p.client.user_id()
-        && !others.contains(&r)
-    {
-        others.push(r);
-    }
     if others.is_empty() {
         return Ok(Vec::new());
     }
-    chat_add(p, name, &others).await
+    commit_with_retry(p, |c| c.prepare_add(name, &kps)).await
 }
 
 /// Claim one KeyPackage for each device of `users`, in requests within the
@@ -1029,7 +1124,19 @@ pub async fn send_queued(
     text: &str,
     allow_pid: bool,
 ) -> anyhow::Result<Sent> {
-    let id = p.client.queue_text(name, text, now_ms(), allow_pid)?;
+    let id = match p.client.queue_text(name, text, now_ms(), allow_pid) {
+        Err(sitrep_core::Error::UnknownConversation(_)) => {
+            // Perhaps added since the last sync: catch up, if the server
+            // can be reached, and look again.
+            if let Err(e) = sync(p).await
+                && is_wiped(&e)
+            {
+                return Err(e);
+            }
+            p.client.queue_text(name, text, now_ms(), allow_pid)?
+        }
+        r => r?,
+    };
     p.save()?;
     let waiting = |p: &Profile| p.client.waiting().iter().any(|w| w.id == id);
     match sync(p).await {

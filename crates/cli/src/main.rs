@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use sitrep_cli::{Profile, now_ms};
 use sitrep_core::Event;
 
+mod watch;
+
 #[derive(Parser)]
 #[command(
     name = "sitrep",
@@ -90,6 +92,22 @@ enum Cmd {
     },
     /// Fetch and process everything pending, and send what waits in the outbox.
     Sync,
+    /// Stay connected: show messages, alerts and incident levels as they
+    /// arrive (reconnecting when the network drops), and send what you type.
+    /// Other commands (e.g. `send` from another terminal) work meanwhile.
+    Watch {
+        /// Conversation that typed lines go to (all conversations are shown).
+        name: Option<String>,
+        /// Stop after this many seconds (for scripts; default: until Ctrl-C
+        /// or end of input).
+        #[arg(long)]
+        for_secs: Option<u64>,
+    },
+    /// The passcode that unlocks this device's data.
+    Passcode {
+        #[command(subcommand)]
+        cmd: PasscodeCmd,
+    },
     /// Messages written and not yet stored by the server (the server could
     /// not be reached): they go out at the next `sync`.
     Outbox {
@@ -196,6 +214,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sitrep_cli::bench::BenchCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum PasscodeCmd {
+    /// Choose a new passcode (asked twice; scripts set SITREP_NEW_PASSCODE).
+    /// The local data is sealed again under it.
+    Change,
 }
 
 #[derive(Subcommand)]
@@ -729,23 +754,56 @@ fn passcode() -> anyhow::Result<String> {
     Ok(rpassword::prompt_password("Passcode: ")?)
 }
 
-/// Unlock the profile: the passcode, and a TOTP code when the organisation
-/// requires two-step verification (from SITREP_TOTP or a prompt).
-fn open_profile(dir: &std::path::Path) -> anyhow::Result<Profile> {
-    let pass = passcode()?;
-    match Profile::open(dir, &pass) {
-        Err(e)
-            if std::io::stdin().is_terminal()
-                && std::env::var("SITREP_TOTP").is_err()
-                && matches!(
-                    e.downcast_ref::<sitrep_core::UnlockError>(),
-                    Some(sitrep_core::UnlockError::TwoStepRequired { .. })
-                ) =>
-        {
-            let code = rpassword::prompt_password("Authenticator code: ")?;
-            Profile::open_with_code(dir, &pass, Some(&code))
+/// A new passcode: from `env` (scripts), or typed twice at a terminal.
+fn new_passcode(env: &str, what: &str) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var(env) {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("set {env} or run in a terminal to be asked for the {what}");
+    }
+    for _ in 0..3 {
+        let first = rpassword::prompt_password(format!("Choose a {what}: "))?;
+        let again = rpassword::prompt_password(format!("Type the {what} again: "))?;
+        if first == again {
+            return Ok(first);
         }
-        other => other,
+        eprintln!("The two did not match; try again.");
+    }
+    bail!("the {what} was not confirmed: nothing was changed")
+}
+
+/// Unlock the profile: the passcode, and a TOTP code when the organisation
+/// requires two-step verification (from SITREP_TOTP or a prompt). At a
+/// terminal a wrong passcode or code may be typed again; every try counts
+/// towards the organisation's limit, and the message says how many are left.
+fn open_profile(dir: &std::path::Path) -> anyhow::Result<Profile> {
+    use sitrep_core::UnlockError;
+    let interactive = std::io::stdin().is_terminal();
+    let from_env = std::env::var("SITREP_PASSCODE").is_ok();
+    let mut pass = passcode()?;
+    let mut code = std::env::var("SITREP_TOTP").ok();
+    loop {
+        let err = match Profile::open_with_code(dir, &pass, code.as_deref()) {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        if !interactive {
+            return Err(err);
+        }
+        match err.downcast_ref::<UnlockError>() {
+            Some(UnlockError::WrongPasscode { .. }) if !from_env => {
+                eprintln!("{err}");
+                pass = rpassword::prompt_password("Passcode: ")?;
+            }
+            Some(UnlockError::TwoStepRequired { .. }) if std::env::var("SITREP_TOTP").is_err() => {
+                if code.is_some() {
+                    eprintln!("{err}");
+                }
+                code = Some(rpassword::prompt_password("Authenticator code: ")?);
+            }
+            _ => return Err(err),
+        }
     }
 }
 
@@ -929,9 +987,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(c) => Some(sitrep_core::parse_ciphersuite(&c).context("unknown ciphersuite")?),
                 None => None,
             };
-            let p = sitrep_cli::enrol(&cli.profile, &server, &code, &passcode()?, cs).await?;
+            let pass = new_passcode("SITREP_PASSCODE", "passcode")?;
+            let p = sitrep_cli::enrol(&cli.profile, &server, &code, &pass, cs).await?;
             if let Some(uri) = p.client.totp_uri() {
-                println!("two-step verification: add this to an authenticator app");
+                println!(
+                    "two-step verification: add this to an authenticator app; every unlock then asks for its 6-digit code (scripts set SITREP_TOTP)"
+                );
                 println!("{uri}");
                 if let Ok(qr) = qrcode::QrCode::new(uri.as_bytes()) {
                     println!(
@@ -995,8 +1056,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("keys refreshed in {name}");
                 }
                 ChatCmd::List => {
-                    for c in p.client.conversations() {
-                        println!("{}\t{}", c.name, if c.active { "active" } else { "left" });
+                    let own = p.client.user_id().to_string();
+                    let rows: Vec<(String, usize, &str, String, usize)> = p
+                        .client
+                        .conversations()
+                        .map(|c| {
+                            let hex = sitrep_core::records::group_hex_of(c);
+                            let status = if c.active {
+                                "active"
+                            } else if c
+                                .history
+                                .iter()
+                                .rev()
+                                .find(|h| h.kind == "system")
+                                .is_some_and(|h| h.body.contains("you left"))
+                            {
+                                "left"
+                            } else {
+                                "ended"
+                            };
+                            let members =
+                                p.client
+                                    .members(&sitrep_core::short_id(&hex))
+                                    .map_or(0, |m| {
+                                        let mut u: Vec<String> =
+                                            m.into_iter().map(|m| m.user_id).collect();
+                                        u.sort();
+                                        u.dedup();
+                                        u.len()
+                                    });
+                            (
+                                c.name.clone(),
+                                sitrep_core::unread_in(c, &own),
+                                status,
+                                sitrep_core::short_id(&hex),
+                                members,
+                            )
+                        })
+                        .collect();
+                    if rows.is_empty() {
+                        println!("No conversations yet.");
+                    } else {
+                        let w = rows
+                            .iter()
+                            .map(|r| r.0.chars().count())
+                            .max()
+                            .unwrap_or(0)
+                            .max(12);
+                        println!(
+                            "{:w$}  {:>6}  {:7}  {:>7}  ID",
+                            "CONVERSATION", "UNREAD", "STATUS", "MEMBERS"
+                        );
+                        for (name, unread, status, id, members) in &rows {
+                            let dup = rows.iter().filter(|r| &r.0 == name).count() > 1;
+                            println!(
+                                "{name:w$}  {unread:>6}  {status:7}  {members:>7}  {id}{}",
+                                if dup {
+                                    "  (name shared: use the id)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
                     }
                 }
                 ChatCmd::Info { name } => {
@@ -1131,6 +1252,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Passcode {
+            cmd: PasscodeCmd::Change,
+        } => {
+            let mut p = open_profile(&cli.profile)?;
+            let new = new_passcode("SITREP_NEW_PASSCODE", "new passcode")?;
+            p.change_passcode(&new)?;
+            println!("passcode changed: this device now unlocks with the new passcode only");
+        }
+        Cmd::Watch { name, for_secs } => {
+            let p = open_profile(&cli.profile)?;
+            watch::run(p, name, for_secs).await?;
+        }
         Cmd::Sync => {
             let mut p = open_profile(&cli.profile)?;
             let events = sitrep_cli::sync(&mut p).await?;
@@ -1144,6 +1277,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             shown.sort();
             shown.dedup();
+            for name in &shown {
+                let _ = p.client.mark_shown(name);
+            }
+            if !shown.is_empty() {
+                p.save()?;
+            }
             // Everything is fetched and kept; a marker not sent now goes
             // with the next one.
             if let Err(e) = sitrep_cli::mark_read(&p, &shown).await {
@@ -1181,25 +1320,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::History { name, json } => {
-            let p = open_profile(&cli.profile)?;
+            let mut p = open_profile(&cli.profile)?;
             // Shown now: tell the server, if it can be reached (the history
             // itself is local and shown either way).
             if let Err(e) = sitrep_cli::mark_read(&p, std::slice::from_ref(&name)).await {
                 tracing::debug!(error = %e, "read marker not sent");
             }
             let conv = p.client.conversation(&name)?;
+            let mut day = String::new();
             for h in &conv.history {
                 if json {
                     println!("{}", serde_json::to_string(h)?);
-                } else {
-                    println!(
-                        "{} {}: {}",
-                        fmt_time(h.sent_at),
-                        h.sender_name,
-                        sitrep_core::incident::summary(&h.kind, &h.body)
-                    );
+                    continue;
                 }
+                let d = fmt_day(h.sent_at);
+                if d != day {
+                    if !day.is_empty() {
+                        println!();
+                    }
+                    println!("-- {d} --");
+                    day = d;
+                }
+                println!(
+                    "{} {}: {}",
+                    fmt_clock(h.sent_at),
+                    h.sender_name,
+                    sitrep_core::incident::summary(&h.kind, &h.body)
+                );
             }
+            if !json && conv.history.is_empty() {
+                println!("No messages in {name} yet.");
+            }
+            p.client.mark_shown(&name)?;
+            p.save()?;
         }
         Cmd::Bench { cmd } => sitrep_cli::bench::run(cmd).await?,
         Cmd::Drill { staff } => sitrep_cli::drill::run(staff).await?,
@@ -1251,9 +1404,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         if json {
                             println!("{}", serde_json::to_string(i)?);
                         } else {
-                            println!("{}\t{:?}", i.id, i.level);
+                            println!("{}  {}", i.id, i.level);
                             for (l, at, by) in &i.timeline {
-                                println!("  {} {:?} by {by}", fmt_time(*at), l);
+                                println!("  {}  {} by {by}", fmt_time(*at), l);
                             }
                         }
                     }
@@ -1357,7 +1510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .client
                         .conversations()
                         .find(|c| sitrep_core::records::group_hex_of(c) == st.group)
-                        .map(|c| c.name.clone());
+                        .map(sitrep_core::records::group_hex_of);
                     let delivered: std::collections::BTreeSet<String> = match conv {
                         Some(c) => sitrep_cli::message_status(&p, &c, &id)
                             .await
@@ -1374,7 +1527,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{v}");
                     } else {
                         println!(
-                            "{:?} to {:?}: {}",
+                            "{} alert to {}: {}",
                             st.alert.priority, st.alert.to, st.alert.text
                         );
                         // The recipients, then whoever each escalation step reached.
@@ -1424,7 +1577,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             ""
                         };
                         println!(
-                            "{id}\t{:?}{bt}\tfrom {}\t{}",
+                            "{id}\t{}{bt}\tfrom {}\t{}",
                             a.alert.priority, a.sender, a.alert.text
                         );
                     }
@@ -1499,7 +1652,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             );
                         } else {
                             println!(
-                                "{}\t{:?}\t{}\t{}\t{} by {by}",
+                                "{}\t{}\t{}\t{}\t{} by {by}",
                                 c.mi,
                                 c.triage,
                                 c.location,
@@ -1844,10 +1997,37 @@ fn ask(prompt: &str) -> anyhow::Result<bool> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
+/// The local time zone (`TZ`, else the system's), looked up once.
+fn zone() -> &'static jiff::tz::TimeZone {
+    static ZONE: std::sync::OnceLock<jiff::tz::TimeZone> = std::sync::OnceLock::new();
+    ZONE.get_or_init(|| jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC))
+}
+
+fn local(ms: u64) -> jiff::ZonedDateTime {
+    let ts = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.to_zoned_datetime(zone().clone())
+}
+
+/// A moment in local time with its date: "Wed 2 Dec 2026 18:34:07 GMT".
 fn fmt_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    format!("{h:02}:{m:02}:{s:02}Z")
+    local(ms).strftime("%a %-d %b %Y %H:%M:%S %Z").to_string()
+}
+
+/// The time of day only, for lines under a day heading: "18:34".
+fn fmt_clock(ms: u64) -> String {
+    local(ms).strftime("%H:%M").to_string()
+}
+
+/// A day heading: "Wednesday 2 December 2026".
+fn fmt_day(ms: u64) -> String {
+    local(ms).strftime("%A %-d %B %Y").to_string()
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// "30d", "12h", "90m", "45s" or plain seconds.

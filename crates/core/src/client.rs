@@ -258,6 +258,22 @@ pub struct Waiting {
     pub encrypted: bool,
 }
 
+/// Messages from others received after the conversation was last shown.
+pub fn unread_in(c: &Conversation, own_user: &str) -> usize {
+    c.history
+        .iter()
+        .filter(|h| h.received_at > c.shown_through && h.sender != own_user && h.kind != "system")
+        .count()
+}
+
+/// Characters of a group id that name a conversation to people.
+pub const SHORT_ID_LEN: usize = 8;
+
+/// The short id of a conversation: the start of its group id.
+pub fn short_id(group_hex: &str) -> String {
+    group_hex.chars().take(SHORT_ID_LEN).collect()
+}
+
 fn hex_id(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
@@ -548,36 +564,50 @@ impl Client {
             .build()
     }
 
-    fn unique_name(&self, name: &str) -> String {
-        let taken = |n: &str| {
-            self.state
-                .conversations
-                .values()
-                .any(|c| c.active && c.name == n)
-        };
-        if !taken(name) {
-            return name.to_string();
-        }
-        (2..)
-            .map(|i| format!("{name} ({i})"))
-            .find(|n| !taken(n))
-            .expect("some suffix is free")
-    }
-
+    /// The group of conversation `name`: the active one of that name, else
+    /// the one that has ended; when several of one kind share the name, an
+    /// error naming their short ids. A short id (or the whole group id) is
+    /// taken where no conversation has that name.
     fn group_hex_by_name(&self, name: &str) -> Result<String, Error> {
-        self.state
+        let named: Vec<(&String, &Conversation)> = self
+            .state
             .conversations
             .iter()
-            .rev()
-            .find(|(_, c)| c.name == name && c.active)
-            .or_else(|| {
-                self.state
-                    .conversations
-                    .iter()
-                    .find(|(_, c)| c.name == name)
-            })
-            .map(|(k, _)| k.clone())
-            .ok_or_else(|| Error::UnknownConversation(name.to_string()))
+            .filter(|(_, c)| c.name == name)
+            .collect();
+        let active: Vec<&String> = named
+            .iter()
+            .filter(|(_, c)| c.active)
+            .map(|(k, _)| *k)
+            .collect();
+        let pick: Vec<&String> = if active.is_empty() {
+            named.iter().map(|(k, _)| *k).collect()
+        } else {
+            active
+        };
+        match pick.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [] => {}
+            many => {
+                return Err(Error::AmbiguousConversation {
+                    name: name.to_string(),
+                    ids: many.iter().map(|k| short_id(k)).collect(),
+                });
+            }
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower.len() >= SHORT_ID_LEN && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let by_id: Vec<&String> = self
+                .state
+                .conversations
+                .keys()
+                .filter(|k| k.starts_with(&lower))
+                .collect();
+            if let [one] = by_id.as_slice() {
+                return Ok((*one).clone());
+            }
+        }
+        Err(Error::UnknownConversation(name.to_string()))
     }
 
     /// Take a group out of the cache (or load it); put it back with
@@ -718,6 +748,7 @@ impl Client {
                 decision_seqs: BTreeMap::new(),
                 casualties: BTreeMap::new(),
                 receipts_through: 0,
+                shown_through: 0,
                 out_of_step: false,
                 rejoin_requested: false,
                 unreadable: 0,
@@ -968,7 +999,8 @@ impl Client {
         events
     }
 
-    /// Names of active conversations holding proposals that still need a commit.
+    /// Active conversations (by group id, which every method taking a
+    /// conversation name also takes) holding proposals that still need a commit.
     pub fn pending_proposals(&mut self) -> Vec<String> {
         let hexes: Vec<String> = self
             .state
@@ -982,7 +1014,8 @@ impl Client {
             let removals = !self.state.conversations[&h].pending_removals.is_empty();
             if let Ok(g) = self.take_group(&h) {
                 if removals || g.pending_proposals().next().is_some() {
-                    names.push(self.state.conversations[&h].name.clone());
+                    // By group id: names need not be unique.
+                    names.push(h.clone());
                 }
                 self.put_group(&h, g);
             }
@@ -1145,7 +1178,7 @@ impl Client {
         let summary = match group.pending_commit() {
             Some(staged) => {
                 self.readded(group_hex, staged);
-                self.describe(&group, staged)
+                self.describe(&group, staged, group.own_leaf_index())
             }
             None => return Err(Error::Invalid("no commit is pending".into())),
         };
@@ -1177,34 +1210,84 @@ impl Client {
         Ok(())
     }
 
-    fn describe(&self, group: &MlsGroup, staged: &StagedCommit) -> String {
-        let mut parts = Vec::new();
+    /// What a commit changed, for people. `committer` is the leaf that made
+    /// it (this device's own for a commit it made).
+    fn describe(
+        &self,
+        group: &MlsGroup,
+        staged: &StagedCommit,
+        committer: LeafNodeIndex,
+    ) -> String {
+        let own = group.own_leaf_index();
+        let who = |idx: LeafNodeIndex| {
+            group
+                .member_at(idx)
+                .and_then(|m| self.verify_leaf(&m.credential, &m.signature_key).ok())
+        };
+        let mut parts: Vec<String> = Vec::new();
+        let mut push = |line: String| {
+            if !parts.contains(&line) {
+                parts.push(line);
+            }
+        };
         for add in staged.add_proposals() {
             let leaf = add.add_proposal().key_package().leaf_node();
             if let Ok(c) = self.verify_leaf(leaf.credential(), leaf.signature_key().as_slice()) {
                 if self.is_records_user(&c.user_id) {
-                    parts.push(format!(
+                    push(format!(
                         "{} Records ({}) joined: this conversation is now recorded by {} Records",
                         self.state.device.org_name, c.user_id, self.state.device.org_name
                     ));
                 } else {
-                    parts.push(format!("{} ({}) joined", c.display_name, c.user_id));
+                    push(format!("{} ({}) joined", c.display_name, c.user_id));
                 }
             }
         }
         for rem in staged.remove_proposals() {
             let idx = rem.remove_proposal().removed();
-            if let Some(m) = group.member_at(idx)
-                && let Ok(c) = self.verify_leaf(&m.credential, &m.signature_key)
-            {
-                if self.is_records_user(&c.user_id) {
-                    parts.push(format!(
-                        "{} Records ({}) left: this conversation is no longer recorded",
-                        self.state.device.org_name, c.user_id
-                    ));
+            let by = match rem.sender() {
+                Sender::Member(i) => *i,
+                _ => committer,
+            };
+            let Some(c) = who(idx) else { continue };
+            let remover = who(by);
+            // A device of the same user removing it is that user leaving
+            // (a leave is a proposal the others commit).
+            let left = by == idx
+                || remover
+                    .as_ref()
+                    .is_some_and(|r| r.user_id == c.user_id && by != own);
+            let by_name = match &remover {
+                _ if by == own => "you".to_string(),
+                Some(r) => format!("{} ({})", r.display_name, r.user_id),
+                None => "a member".to_string(),
+            };
+            if self.is_records_user(&c.user_id) {
+                push(format!(
+                    "{} Records ({}) {}: this conversation is no longer recorded",
+                    self.state.device.org_name,
+                    c.user_id,
+                    if left {
+                        "left".to_string()
+                    } else {
+                        format!("was removed by {by_name}")
+                    }
+                ));
+            } else if idx == own {
+                push(if left {
+                    "you left".to_string()
                 } else {
-                    parts.push(format!("{} ({}) left", c.display_name, c.user_id));
-                }
+                    format!("you were removed by {by_name}")
+                });
+            } else if left {
+                push(format!("{} ({}) left", c.display_name, c.user_id));
+            } else if by == own {
+                push(format!("you removed {} ({})", c.display_name, c.user_id));
+            } else {
+                push(format!(
+                    "{} ({}) was removed by {by_name}",
+                    c.display_name, c.user_id
+                ));
             }
         }
         parts.join("; ")
@@ -1386,8 +1469,9 @@ impl Client {
             if hex::decode_to_slice(&q.id, &mut id).is_err() {
                 continue;
             }
+            // By group id: two conversations may share a name.
             if let Err(e) =
-                self.encrypt_content_as(&name, Kind::Text, &q.body, None, id, q.written_at)
+                self.encrypt_content_as(&q.group_hex, Kind::Text, &q.body, None, id, q.written_at)
             {
                 events.push(Event::Refused {
                     reason: format!("a message queued for {name:?} could not be sent: {e}"),
@@ -1560,6 +1644,25 @@ impl Client {
         Ok(&self.state.conversations[&hex])
     }
 
+    /// Messages from others in conversation `name` not yet shown to the user.
+    pub fn unread(&self, name: &str) -> Result<usize, Error> {
+        let c = self.conversation(name)?;
+        Ok(unread_in(c, &self.state.device.user_id))
+    }
+
+    /// Everything in conversation `name` has now been shown to the user.
+    pub fn mark_shown(&mut self, name: &str) -> Result<(), Error> {
+        let hex = self.group_hex_by_name(name)?;
+        let c = self
+            .state
+            .conversations
+            .get_mut(&hex)
+            .expect("found by name");
+        let last = c.history.iter().map(|h| h.received_at).max().unwrap_or(0);
+        c.shown_through = c.shown_through.max(last);
+        Ok(())
+    }
+
     /// Process one inbox entry. Entries at or below [`Client::last_seq`] were
     /// processed before and are skipped, so redelivery after a crash is harmless.
     /// Bad entries never fail the sync: they come back as [`Event::Refused`].
@@ -1713,7 +1816,7 @@ impl Client {
         }
     }
 
-    /// Conversations with members waiting to be re-added: (name, their
+    /// Conversations with members waiting to be re-added: (group id, their
     /// (user, device)).
     pub fn pending_readds(&mut self) -> Vec<(String, Vec<(String, String)>)> {
         let hexes: Vec<String> = self
@@ -1741,7 +1844,8 @@ impl Client {
                 .map(|m| (m.user_id.clone(), m.device_id.clone()))
                 .collect();
             if !devs.is_empty() {
-                out.push((conv.name.clone(), devs));
+                // By group id: names need not be unique.
+                out.push((h.clone(), devs));
             }
         }
         out
@@ -1842,9 +1946,11 @@ impl Client {
             .get(&group_hex)
             .filter(|c| c.out_of_step)
             .map(|c| (c.name.clone(), c.unreadable));
+        // One name for all members; two of this user's conversations may
+        // share it (the front end then asks for the short id).
         let name = match &rejoined {
             Some((n, _)) => n.clone(),
-            None => self.unique_name(&meta.name),
+            None => meta.name.clone(),
         };
         let conv = self
             .state
@@ -1866,6 +1972,7 @@ impl Client {
                 decision_seqs: BTreeMap::new(),
                 casualties: BTreeMap::new(),
                 receipts_through: 0,
+                shown_through: 0,
                 out_of_step: false,
                 rejoin_requested: false,
                 unreadable: 0,
@@ -1975,11 +2082,11 @@ impl Client {
             }
         }
         let sender_leaf = match processed.sender() {
-            Sender::Member(idx) => Some(idx),
+            Sender::Member(idx) => Some(*idx),
             _ => None,
         };
         let sender_cred = sender_leaf
-            .and_then(|idx| group.member_at(*idx))
+            .and_then(|idx| group.member_at(idx))
             .map(|m| self.verify_leaf(&m.credential, &m.signature_key));
         let epoch = processed.epoch().as_u64();
         match processed.into_content() {
@@ -2041,7 +2148,11 @@ impl Client {
                 if let Some(Err(e)) = sender_cred {
                     return self.refuse_group(&group_hex, group, e);
                 }
-                let summary = self.describe(&group, &staged);
+                let summary = self.describe(
+                    &group,
+                    &staged,
+                    sender_leaf.unwrap_or(LeafNodeIndex::new(u32::MAX)),
+                );
                 self.readded(&group_hex, &staged);
                 let removed = staged.self_removed();
                 group

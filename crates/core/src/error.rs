@@ -16,6 +16,17 @@ pub enum Error {
     /// No conversation by that name.
     #[error("no conversation named {0:?}")]
     UnknownConversation(String),
+    /// More than one of this user's conversations has that name.
+    #[error(
+        "you have more than one conversation named {name:?}: give its short id instead ({})",
+        .ids.join(" or ")
+    )]
+    AmbiguousConversation {
+        /// The name asked for.
+        name: String,
+        /// The short ids of those conversations.
+        ids: Vec<String>,
+    },
     /// A conversation by that name exists already.
     #[error("a conversation named {0:?} exists already")]
     ConversationExists(String),

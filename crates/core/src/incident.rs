@@ -804,7 +804,7 @@ pub fn summary(kind: &str, body: &str) -> String {
     };
     match Structured::decode(&k, body) {
         Ok(Some(Structured::Incident(m))) => {
-            let mut s = format!("{:?} incident {}", m.level, m.incident).to_uppercase();
+            let mut s = format!("{} {}", m.level, m.incident).to_uppercase();
             if let Some(me) = m.methane {
                 s.push_str(&format!(
                     " | M: {} E: {} T: {} H: {} A: {} N: {} (P1 {} P2 {} P3 {} dead {}) E: {}",
@@ -828,13 +828,21 @@ pub fn summary(kind: &str, body: &str) -> String {
             s
         }
         Ok(Some(Structured::Callin(c))) => {
-            format!("call-in {}: {:?} as {}", c.incident, c.availability, c.role)
+            format!("call-in {}: {} as {}", c.incident, c.availability, c.role)
         }
         Ok(Some(Structured::Alert(a))) => {
-            format!("{:?} ALERT to {:?}: {}", a.priority, a.to, a.text)
+            format!(
+                "{} ALERT to {}: {}",
+                a.priority.to_string().to_uppercase(),
+                a.to,
+                a.text
+            )
         }
         Ok(Some(Structured::Ack(a))) => format!("acknowledged alert {}", &a.alert[..8]),
-        Ok(Some(Structured::Receipt(r))) => format!("read {} item(s)", r.read.len()),
+        Ok(Some(Structured::Receipt(r))) => match r.read.len() {
+            1 => "read 1 item".to_string(),
+            n => format!("read {n} items"),
+        },
         Ok(Some(Structured::Decision(d))) => {
             let k = match d.entry.kind {
                 DecisionKind::Decision => "DECISION",
@@ -843,7 +851,7 @@ pub fn summary(kind: &str, body: &str) -> String {
             format!("{k}: {}", d.entry.text)
         }
         Ok(Some(Structured::Casualty(c))) => format!(
-            "casualty {} {:?} at {} {}",
+            "casualty {} {} at {} {}",
             c.mi, c.triage, c.location, c.note
         ),
         _ => "(unreadable structured item)".into(),

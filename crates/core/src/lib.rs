@@ -25,7 +25,8 @@ pub mod store;
 pub mod vault;
 
 pub use client::{
-    Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit, Skipped, Waiting,
+    Client, Event, MemberInfo, Outgoing, PendingEnrolment, PreparedCommit, SHORT_ID_LEN, Skipped,
+    Waiting, short_id, unread_in,
 };
 pub use error::Error;
 pub use lock::{Locked, Session, UnlockError};

@@ -22,7 +22,7 @@ pub enum UnlockError {
     Wiped,
     /// The policy requires a TOTP code and none (or a wrong one) was given.
     #[error(
-        "two-step verification: enter the code from your authenticator app ({remaining} tries left)"
+        "two-step verification: enter the code from your authenticator app (at a prompt, or in SITREP_TOTP; {remaining} tries left)"
     )]
     TwoStepRequired {
         /// Tries left before the local data is wiped.

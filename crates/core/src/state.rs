@@ -99,6 +99,10 @@ pub struct Conversation {
     /// Casualty board: MI number to (latest entry, ms, by whom).
     #[serde(default)]
     pub casualties: BTreeMap<String, (sitrep_wire::incident::Casualty, u64, String)>,
+    /// Entries received up to this time (ms, this device's clock) have been
+    /// shown to the user; later ones from others are unread.
+    #[serde(default)]
+    pub shown_through: u64,
     /// History entries already covered by a read receipt.
     #[serde(default)]
     pub receipts_through: usize,

@@ -106,6 +106,16 @@ impl Vault {
         Ok((vault, plain))
     }
 
+    /// Open sealed bytes with this vault's key, as written again by another
+    /// process holding the same key (the CLI's `watch` beside a `send`). A
+    /// store re-keyed meanwhile (a passcode change) is refused.
+    pub fn unseal(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        if sealed.len() < HEADER_LEN + NONCE_LEN + 16 || sealed[..HEADER_LEN] != self.header {
+            return Err(Error::WrongPasscode);
+        }
+        self.decrypt(&sealed[HEADER_LEN..])
+    }
+
     fn decrypt(&self, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
         let (nonce, ct) = body.split_at(NONCE_LEN);

@@ -417,6 +417,60 @@ impl Structured {
     }
 }
 
+/// Plain English for people (never `Debug`).
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Standby => "standby",
+            Self::Declared => "major incident declared",
+            Self::Cancelled => "cancelled",
+            Self::StandDown => "stood down",
+        })
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Routine => "routine",
+            Self::Urgent => "urgent",
+            Self::Emergency => "emergency",
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(u) => write!(f, "{u}"),
+            Self::Role(r) => write!(f, "whoever holds {r}"),
+            Self::Team(t) => write!(f, "team {t}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Triage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::P1 => "P1 immediate",
+            Self::P2 => "P2 urgent",
+            Self::P3 => "P3 delayed",
+            Self::Dead => "dead",
+        })
+    }
+}
+
+impl std::fmt::Display for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Now => f.write_str("coming now"),
+            Self::In(1) => f.write_str("coming in 1 minute"),
+            Self::In(m) => write!(f, "coming in {m} minutes"),
+            Self::Unavailable => f.write_str("not available"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,611 @@
+//! `sitrep watch`: the live client at a terminal.
+//!
+//! A loop of two phases. **Work**, holding the profile lock: read the state
+//! as other commands left it, sync (which also sends the outbox), run what
+//! the user typed, show what is new, save, release the lock. **Wait**,
+//! without the lock (so `send` from another terminal works): for a push on
+//! the WebSocket, a typed line, the profile changing on disk, a timer
+//! (retention, alert escalation, the fallback poll), or the retry after a
+//! network failure, which backs off exponentially with jitter.
+//!
+//! The WebSocket is only a wake-up: every entry is fetched, processed and
+//! acknowledged by the same sync as `sitrep sync`, so a dropped connection
+//! or a crash between a push and its processing loses nothing.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use sitrep_cli::{Profile, now_ms};
+use sitrep_core::Event;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{fmt_clock, fmt_day};
+
+/// Fallback poll while the WebSocket is up (a push can only be missed if
+/// the server restarted between a commit and its push).
+const POLL: Duration = Duration::from_secs(30);
+/// How often the wait phase looks at the profile file and the clock.
+const TICK: Duration = Duration::from_millis(250);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+struct Style {
+    colour: bool,
+}
+
+impl Style {
+    fn new() -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Self {
+            colour: std::io::stdout().is_terminal() && !no_color,
+        }
+    }
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(p: &Profile) -> anyhow::Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let base = p.client.server();
+    let url = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}/v1/ws")
+    } else {
+        format!("ws://{}/v1/ws", base.trim_start_matches("http://"))
+    };
+    let mut req = url.as_str().into_client_request()?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", p.client.token()).parse()?,
+    );
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .context("timed out")??;
+    Ok(ws)
+}
+
+/// What the user typed, parsed.
+enum Typed {
+    Text(String),
+    Ack(Option<String>),
+    Reply(Option<String>, String),
+    Help,
+    Quit,
+}
+
+fn parse(line: &str) -> Option<Typed> {
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    let mut words = line.split_whitespace();
+    Some(match words.next() {
+        Some("/quit" | "/exit") => Typed::Quit,
+        Some("/help" | "/?") => Typed::Help,
+        Some("/ack") => Typed::Ack(words.next().map(str::to_string)),
+        Some("/reply") => {
+            let rest: Vec<&str> = words.collect();
+            match rest.as_slice() {
+                [answer] => Typed::Reply(None, (*answer).to_string()),
+                [id, answer] => Typed::Reply(Some((*id).to_string()), (*answer).to_string()),
+                _ => Typed::Help,
+            }
+        }
+        Some(w) if w.starts_with("//") => Typed::Text(line[1..].to_string()),
+        Some(w) if w.starts_with('/') => Typed::Help,
+        _ => Typed::Text(line.to_string()),
+    })
+}
+
+const HELP: &str = "type a message and press Enter to send it; /ack [ALERT] acknowledges an \
+alert (the latest if none given); /reply [INCIDENT] now|MINUTES|no answers a call-in; \
+/quit stops (so does Ctrl-C or Ctrl-D)";
+
+struct Watch {
+    p: Profile,
+    target: Option<String>,
+    style: Style,
+    /// (group, entry id) already shown or there before the watch began.
+    seen: HashSet<(String, String)>,
+    /// Alerts announced (by id).
+    announced: HashSet<String>,
+    /// Incident levels shown, by incident id.
+    levels: std::collections::HashMap<String, sitrep_wire::incident::Level>,
+    day: String,
+    offline_since: Option<Instant>,
+}
+
+/// Run until Ctrl-C, end of input, `/quit`, or `for_secs`.
+pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> anyhow::Result<()> {
+    if let Some(t) = &target {
+        p.client.conversation(t)?;
+    }
+    let mut w = Watch {
+        seen: HashSet::new(),
+        announced: HashSet::new(),
+        levels: p
+            .client
+            .incidents()
+            .map(|i| (i.id.clone(), i.level))
+            .collect(),
+        p,
+        target,
+        style: Style::new(),
+        day: String::new(),
+        offline_since: None,
+    };
+    // What was there before is not news, except what is still unread.
+    let own = w.p.client.user_id().to_string();
+    for c in w.p.client.conversations() {
+        let hex = sitrep_core::records::group_hex_of(c);
+        for h in &c.history {
+            if h.received_at <= c.shown_through || h.sender == own || h.kind == "system" {
+                w.seen.insert((hex.clone(), h.id.clone()));
+            }
+        }
+    }
+    let n = w.p.client.conversations().filter(|c| c.active).count();
+    eprintln!(
+        "watching {} as {} ({}); {HELP}",
+        crate::plural(n, "conversation", "conversations"),
+        w.p.client.display_name(),
+        match &w.target {
+            Some(t) => format!("typed messages go to {t}"),
+            None => "give a conversation name to send from here".into(),
+        }
+    );
+    // Typed lines, read on their own thread (stdin blocks).
+    let (tx, mut typed) = tokio::sync::mpsc::channel::<Option<String>>(64);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        loop {
+            let mut line = String::new();
+            match stdin.read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.blocking_send(None);
+                    return;
+                }
+                Ok(_) => {
+                    if tx.blocking_send(Some(line)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let deadline = for_secs.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut pending: Vec<Typed> = Vec::new();
+    let mut ws: Option<Ws> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut retry_at = Instant::now();
+    let mut last_poll;
+    let mut input_open = true;
+    let mut quit = false;
+    let store_path = w.p.store_path();
+    loop {
+        // Work.
+        w.p.reacquire()?;
+        let outcome = w.work(&mut pending, &mut quit).await;
+        let mtime = modified(&store_path);
+        w.p.release();
+        last_poll = Instant::now();
+        match outcome {
+            Ok(()) => {
+                if w.offline_since.take().is_some() {
+                    eprintln!("{}", w.style.paint("32", "connected again"));
+                }
+                backoff = BACKOFF_MIN;
+            }
+            Err(e) if sitrep_cli::is_wiped(&e) => return Err(e),
+            Err(e) => {
+                if w.offline_since.is_none() {
+                    w.offline_since = Some(Instant::now());
+                    eprintln!(
+                        "{}",
+                        w.style.paint(
+                            "33",
+                            &format!(
+                                "offline: {e:#}; retrying (what you type is kept and sent when the server is back)"
+                            )
+                        )
+                    );
+                }
+                ws = None;
+                retry_at = Instant::now() + jitter(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        if quit || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(());
+        }
+        if !input_open && pending.is_empty() && deadline.is_none() {
+            return Ok(());
+        }
+        // Connect the push channel when online.
+        if ws.is_none() && w.offline_since.is_none() {
+            match connect(&w.p).await {
+                Ok(s) => ws = Some(s),
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket not connected");
+                    retry_at = Instant::now() + jitter(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        // Wait.
+        loop {
+            let tick = tokio::time::sleep(TICK);
+            let ws_next = async {
+                match ws.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                frame = ws_next => match frame {
+                    Some(Ok(Message::Binary(_))) => break,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Text(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        // Reconnect after the backoff; sync on the way, in
+                        // case the server restarted.
+                        ws = None;
+                        retry_at = Instant::now() + jitter(backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                },
+                line = typed.recv(), if input_open => match line.flatten() {
+                    Some(l) => {
+                        if let Some(t) = parse(&l) {
+                            pending.push(t);
+                            break;
+                        }
+                    }
+                    None => {
+                        input_open = false;
+                        if deadline.is_none() {
+                            break;
+                        }
+                    }
+                },
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tick => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return Ok(());
+                    }
+                    // Another command on this profile wrote it (a `send`).
+                    if modified(&store_path) != mtime {
+                        break;
+                    }
+                    if w.alert_due() {
+                        break;
+                    }
+                    let reconnecting = ws.is_none() || w.offline_since.is_some();
+                    if reconnecting && now >= retry_at {
+                        break;
+                    }
+                    if now.duration_since(last_poll) >= POLL {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// `d` plus up to a quarter more, so clients cut off together do not all
+/// come back in the same instant.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+impl Watch {
+    /// One round with the lock held. Shown output is printed even when the
+    /// network part fails (what was stored locally is still news).
+    async fn work(&mut self, pending: &mut Vec<Typed>, quit: &mut bool) -> anyhow::Result<()> {
+        self.p.purge()?;
+        let result = sitrep_cli::sync(&mut self.p).await;
+        let mut failed = None;
+        let events = match result {
+            Ok(e) => e,
+            Err(e) => {
+                failed = Some(e);
+                Vec::new()
+            }
+        };
+        // Typed lines: messages go to the outbox whether or not the server
+        // answers; acks and replies need the server.
+        let mut keep = Vec::new();
+        for t in pending.drain(..) {
+            match t {
+                Typed::Quit => *quit = true,
+                Typed::Help => eprintln!("{HELP}"),
+                Typed::Text(text) => self.send(&text).await,
+                t @ (Typed::Ack(_) | Typed::Reply(..)) if failed.is_some() => keep.push(t),
+                Typed::Ack(id) => self.ack(id.as_deref()).await,
+                Typed::Reply(id, answer) => self.reply(id.as_deref(), &answer).await,
+            }
+        }
+        *pending = keep;
+        let shown = self.show(&events);
+        if failed.is_none() && !shown.is_empty() {
+            // Read receipts; one not sent now goes with the next.
+            if let Err(e) = sitrep_cli::mark_read(&self.p, &shown).await {
+                tracing::debug!(error = %e, "read marker not sent");
+            }
+        }
+        if let Some(e) = failed {
+            self.p.save()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, text: &str) {
+        let Some(target) = self.target.clone() else {
+            eprintln!("not sent: start `sitrep watch NAME` to send to conversation NAME");
+            return;
+        };
+        if let Err(sitrep_core::Error::PidNeedsConfirmation(f)) =
+            self.p.client.pid_check(&target, text, false)
+        {
+            let kinds: Vec<&str> = f.iter().map(|f| f.kind.as_str()).collect();
+            eprintln!(
+                "not sent: the message may contain patient-identifiable data ({}); send it with `sitrep send {target} ... --allow-pid` if it must go",
+                kinds.join(", ")
+            );
+            return;
+        }
+        match sitrep_cli::send_queued(&mut self.p, &target, text, false).await {
+            Ok(s) => {
+                if let Some(why) = s.queued {
+                    eprintln!(
+                        "{}",
+                        self.style
+                            .paint("33", &format!("queued: it goes out when it can ({why})"))
+                    );
+                }
+            }
+            Err(e) => eprintln!("not sent: {e:#}"),
+        }
+    }
+
+    async fn ack(&mut self, id: Option<&str>) {
+        let now = now_ms();
+        let mine: Vec<(String, u64)> = self
+            .p
+            .client
+            .alerts_for_me(now)
+            .into_iter()
+            .map(|(id, a)| (id.clone(), a.sent_at))
+            .collect();
+        let found = match id {
+            Some(prefix) => {
+                let m: Vec<&(String, u64)> =
+                    mine.iter().filter(|(i, _)| i.starts_with(prefix)).collect();
+                match m.as_slice() {
+                    [one] => Some(one.0.clone()),
+                    [] => None,
+                    _ => {
+                        eprintln!("more than one alert starts with {prefix}: give more of its id");
+                        return;
+                    }
+                }
+            }
+            None => mine
+                .iter()
+                .max_by_key(|(_, at)| *at)
+                .map(|(i, _)| i.clone()),
+        };
+        let Some(alert) = found else {
+            eprintln!(
+                "no unacknowledged alert for you{}",
+                match id {
+                    Some(i) => format!(" with id {i}"),
+                    None => String::new(),
+                }
+            );
+            return;
+        };
+        match sitrep_cli::incident::ack(&mut self.p, &alert).await {
+            Ok(()) => eprintln!("acknowledged alert {}", &alert[..alert.len().min(8)]),
+            Err(e) => eprintln!("not acknowledged: {e:#}"),
+        }
+    }
+
+    async fn reply(&mut self, id: Option<&str>, answer: &str) {
+        use sitrep_wire::incident::{Availability, Level};
+        let availability = match answer {
+            "now" | "yes" => Availability::Now,
+            "no" | "unavailable" => Availability::Unavailable,
+            m => match m.trim_end_matches('m').parse::<u32>() {
+                Ok(n) if (1..=720).contains(&n) => Availability::In(n),
+                _ => {
+                    eprintln!("answer now, a number of minutes (1 to 720), or no");
+                    return;
+                }
+            },
+        };
+        let incident = match id {
+            Some(i) => i.to_string(),
+            None => {
+                let open: Vec<&sitrep_core::incident::IncidentState> = self
+                    .p
+                    .client
+                    .incidents()
+                    .filter(|i| matches!(i.level, Level::Standby | Level::Declared))
+                    .collect();
+                match open.as_slice() {
+                    [one] => one.id.clone(),
+                    [] => {
+                        eprintln!("no incident is open: nothing to reply to");
+                        return;
+                    }
+                    many => {
+                        let ids: Vec<&str> = many.iter().map(|i| i.id.as_str()).collect();
+                        eprintln!(
+                            "more than one incident is open ({}): /reply INCIDENT {answer}",
+                            ids.join(", ")
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        match sitrep_cli::incident::callin_reply_synced(&mut self.p, &incident, availability, None)
+            .await
+        {
+            Ok(()) => eprintln!("replied to the call-in for {incident}: {availability}"),
+            Err(e) => eprintln!("not replied: {e:#}"),
+        }
+    }
+
+    /// An alert that has reached this user (directly or by an escalation
+    /// falling due) and has not been announced.
+    fn alert_due(&self) -> bool {
+        self.p
+            .client
+            .alerts_for_me(now_ms())
+            .iter()
+            .any(|(id, _)| !self.announced.contains(*id))
+    }
+
+    /// Print what is new; the conversations it showed messages of.
+    fn show(&mut self, events: &[Event]) -> Vec<String> {
+        let mut out = std::io::stdout().lock();
+        let own = self.p.client.user_id().to_string();
+        for e in events {
+            match e {
+                Event::Joined { conversation } => {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        self.style.paint("1", &format!("you joined {conversation}"))
+                    );
+                }
+                Event::Removed { conversation } => {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        self.style
+                            .paint("1", &format!("you are no longer in {conversation}"))
+                    );
+                }
+                Event::Refused { reason } => {
+                    eprintln!("{}", self.style.paint("33", &format!("refused: {reason}")))
+                }
+                _ => {}
+            }
+        }
+        // Everything new in the history, whichever command stored it.
+        let mut fresh: Vec<(String, String, sitrep_core::HistoryEntry)> = Vec::new();
+        for c in self.p.client.conversations() {
+            let hex = sitrep_core::records::group_hex_of(c);
+            for h in &c.history {
+                if !self.seen.contains(&(hex.clone(), h.id.clone())) {
+                    fresh.push((hex.clone(), c.name.clone(), h.clone()));
+                }
+            }
+        }
+        fresh.sort_by_key(|(_, _, h)| h.received_at);
+        let mut names = Vec::new();
+        for (hex, name, h) in fresh {
+            self.seen.insert((hex, h.id.clone()));
+            let day = fmt_day(h.sent_at);
+            if day != self.day {
+                let _ = writeln!(out, "-- {day} --");
+                self.day = day;
+            }
+            let text = sitrep_core::incident::summary(&h.kind, &h.body);
+            let who = if h.sender == own {
+                "you".to_string()
+            } else {
+                h.sender_name.clone()
+            };
+            let line = match h.kind.as_str() {
+                "system" => self
+                    .style
+                    .paint("2", &format!("{} [{name}] {text}", fmt_clock(h.sent_at))),
+                "incident" => self.style.paint(
+                    "1;41;97",
+                    &format!("{} [{name}] {who}: {text}", fmt_clock(h.sent_at)),
+                ),
+                "alert" => self.style.paint(
+                    "1;31",
+                    &format!("{} [{name}] {who}: {text}", fmt_clock(h.sent_at)),
+                ),
+                _ => format!(
+                    "{} {} {}: {text}",
+                    fmt_clock(h.sent_at),
+                    self.style.paint("36", &format!("[{name}]")),
+                    self.style.paint("1", &who)
+                ),
+            };
+            let _ = writeln!(out, "{line}");
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        // Incident levels, as a banner when they change.
+        for i in self.p.client.incidents() {
+            if self.levels.get(&i.id) != Some(&i.level) {
+                self.levels.insert(i.id.clone(), i.level);
+                let banner = format!("*** {} {} ***", i.id, i.level.to_string().to_uppercase());
+                let _ = writeln!(out, "{}", self.style.paint("1;41;97", &banner));
+            }
+        }
+        // Alerts that reach this user, once each, with a bell when urgent.
+        let now = now_ms();
+        for (id, a) in self.p.client.alerts_for_me(now) {
+            if !self.announced.insert(id.clone()) {
+                continue;
+            }
+            let urgent = !matches!(a.alert.priority, sitrep_wire::incident::Priority::Routine);
+            let bell = if urgent && std::io::stdout().is_terminal() {
+                "\x07"
+            } else {
+                ""
+            };
+            let banner = format!(
+                "!!! {} ALERT from {}: {} (acknowledge: /ack {}) !!!",
+                a.alert.priority.to_string().to_uppercase(),
+                a.sender,
+                a.alert.text,
+                &id[..id.len().min(8)]
+            );
+            let _ = writeln!(out, "{bell}{}", self.style.paint("1;5;31", &banner));
+        }
+        let _ = out.flush();
+        drop(out);
+        if names.is_empty() {
+            return names;
+        }
+        for n in &names {
+            let _ = self.p.client.mark_shown(n);
+        }
+        if let Err(e) = self.p.save() {
+            eprintln!("could not save: {e:#}");
+        }
+        names
+    }
+}
