@@ -118,8 +118,8 @@ struct Watch {
     p: Profile,
     target: Option<String>,
     style: Style,
-    /// (group, entry id) already shown or there before the watch began.
-    seen: HashSet<(String, String)>,
+    /// Entry ids by group, already shown or there before the watch began.
+    seen: std::collections::HashMap<String, HashSet<String>>,
     /// Alerts announced (by id).
     announced: HashSet<String>,
     /// Incident levels shown, by incident id.
@@ -134,7 +134,7 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
         p.client.conversation(t)?;
     }
     let mut w = Watch {
-        seen: HashSet::new(),
+        seen: std::collections::HashMap::new(),
         announced: HashSet::new(),
         levels: p
             .client
@@ -153,7 +153,7 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
         let hex = sitrep_core::records::group_hex_of(c);
         for h in &c.history {
             if h.received_at <= c.shown_through || h.sender == own || h.kind == "system" {
-                w.seen.insert((hex.clone(), h.id.clone()));
+                w.seen.entry(hex.clone()).or_default().insert(h.id.clone());
             }
         }
     }
@@ -522,7 +522,7 @@ impl Watch {
         for c in self.p.client.conversations() {
             let hex = sitrep_core::records::group_hex_of(c);
             for h in &c.history {
-                if !self.seen.contains(&(hex.clone(), h.id.clone())) {
+                if !self.seen.get(&hex).is_some_and(|s| s.contains(&h.id)) {
                     fresh.push((hex.clone(), c.name.clone(), h.clone()));
                 }
             }
@@ -530,7 +530,7 @@ impl Watch {
         fresh.sort_by_key(|(_, _, h)| h.received_at);
         let mut names = Vec::new();
         for (hex, name, h) in fresh {
-            self.seen.insert((hex, h.id.clone()));
+            self.seen.entry(hex).or_default().insert(h.id.clone());
             let day = fmt_day(h.sent_at);
             if day != self.day {
                 let _ = writeln!(out, "-- {day} --");

@@ -6,9 +6,8 @@ mod common;
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use common::TempDir;
+use common::{Served, TempDir, free_port, serve_on};
 
 fn sitrep(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sitrep"))
@@ -31,42 +30,9 @@ fn ok(args: &[&str]) -> String {
 }
 
 /// `sitrep serve` on a free loopback port; killed on drop.
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(d: &str) -> (Served, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
-        .args([
-            "serve",
-            "--data",
-            d,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("SITREP_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let served = Served(server);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (served, format!("http://127.0.0.1:{port}"));
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("server did not start");
+    let port = free_port();
+    (serve_on(d, port), format!("http://127.0.0.1:{port}"))
 }
 
 fn enrol(d: &str, url: &str, profile: &str, user: &str) {

@@ -9,14 +9,6 @@ use std::time::Duration;
 use common::*;
 use sitrep_core::INTEROP_CIPHERSUITE;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[allow(clippy::zombie_processes)] // the caller kills and waits for the returned child
 async fn spawn_server(data: &std::path::Path, port: u16) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_sitrep"))

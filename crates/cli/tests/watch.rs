@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{TempDir, free_port, serve_on};
 
 const PASS: &str = "watch-test-passcode";
 
@@ -37,47 +37,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf8")
-}
-
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn serve_on(d: &str, port: u16) -> Served {
-    let server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
-        .args([
-            "serve",
-            "--data",
-            d,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("SITREP_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let served = Served(server);
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return served;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("server did not start");
 }
 
 fn enrol(d: &str, url: &str, profile: &str, user: &str) {

@@ -144,3 +144,48 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A `sitrep serve` process; killed on drop.
+pub struct Served(pub std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sitrep serve --data d` on `port`, once it accepts connections.
+pub fn serve_on(d: &str, port: u16) -> Served {
+    use std::process::{Command, Stdio};
+    let server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
+        .args([
+            "serve",
+            "--data",
+            d,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("SITREP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let served = Served(server);
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return served;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("server did not start");
+}
