@@ -23,9 +23,12 @@ pub enum BenchCmd {
         /// Messages through the bare API (pre-encrypted).
         #[arg(long, default_value_t = 2000)]
         count: usize,
-        /// Messages through the whole client (`sitrep send`: encrypt, seal the profile, POST).
+        /// Messages through the whole client (encrypt, write the sealed store, POST).
         #[arg(long, default_value_t = 200)]
         client_count: usize,
+        /// Sizes of history the whole-client sends are measured at.
+        #[arg(long, value_delimiter = ',', default_values_t = [100usize, 100_000])]
+        history: Vec<usize>,
     },
     /// (b) One sender to a group of devices all connected over WebSocket.
     Fanout {
@@ -90,7 +93,8 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Send {
             count,
             client_count,
-        } => bench_send(count, client_count).await,
+            history,
+        } => bench_send(count, client_count, &history).await,
         BenchCmd::Fanout {
             devices,
             messages,
@@ -236,11 +240,11 @@ fn summary(label: &str, mut ms: Vec<f64>) {
     );
 }
 
-async fn bench_send(count: usize, client_count: usize) -> anyhow::Result<()> {
+async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> anyhow::Result<()> {
     let server = start_server(|_| {}).await?;
     let cs = sitrep_core::DEFAULT_CIPHERSUITE;
     let mut a = device(&server, "alice", cs, 2).await?;
-    let _b = device(&server, "bob", cs, 2).await?;
+    let _b = device(&server, "bob", cs, 2 + history.len()).await?;
     let gid = conversation(&server, &mut a, "bench", &["bob".to_string()]).await?;
     let r = Remote::new(&server.url, Some(a.token()));
     let path = format!("/v1/groups/{gid}/messages");
@@ -271,33 +275,124 @@ async fn bench_send(count: usize, client_count: usize) -> anyhow::Result<()> {
         count as f64 / total
     );
 
-    // The whole client path: encrypt, seal the profile to disk, POST, seal again.
-    let dir = server.dir.join("profile-alice2");
-    let code = sitrep_server::create_invite(&server.dir, "alice2", "alice2", "bench", 3600)?;
-    let mut p = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
-    crate::chat_create(&mut p, "bench2", &["bob".to_string()], "off").await?;
-    let mut lat = Vec::with_capacity(client_count);
-    let t0 = Instant::now();
-    for i in 0..client_count {
-        let t = Instant::now();
-        let out = p
-            .client
-            .encrypt_text("bench2", &format!("update {i}"), crate::now_ms())?;
+    // The whole client path, at two sizes of history: encrypt, write what
+    // changed to the sealed store (one SQLite transaction, fsync), POST. The
+    // acknowledgement is written with the next change: until then the
+    // message is still in the outbox, and a crash re-posts it under the same
+    // client id, which the server answers with its first outcome.
+    for (k, history) in history.iter().enumerate() {
+        let user = format!("alice{}", k + 2);
+        let dir = server.dir.join(format!("profile-{user}"));
+        let code = sitrep_server::create_invite(&server.dir, &user, &user, "bench", 3600)?;
+        let mut p = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+        let name = format!("bench-{history}");
+        crate::chat_create(&mut p, &name, &["bob".to_string()], "off").await?;
+        let gid = p.client.group_hex(&name)?;
+        // History this device wrote earlier (encrypted and kept, not posted:
+        // the server never sees them, the store holds them all).
+        let t_fill = Instant::now();
+        while p.client.conversation(&name)?.history.len() < *history {
+            let o = p.client.encrypt_text(
+                &name,
+                "observation update: BP 120/80 HR 88, reviewed, plan unchanged",
+                crate::now_ms(),
+            )?;
+            p.client.sent(&o.request.client_id);
+        }
         p.save()?;
-        let _: api::SendResponse = r_for(&p)
-            .post(
-                &format!("/v1/groups/{}/messages", out.group_hex),
-                &out.request,
-            )
-            .await?;
-        p.client.sent(&out.request.client_id);
+        let fill = t_fill.elapsed().as_secs_f64();
+        let db = std::fs::metadata(dir.join("profile.db"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut lat = Vec::with_capacity(client_count);
+        let mut written = Vec::with_capacity(client_count);
+        let mut parts: [Vec<f64>; 4] = Default::default();
+        let r = r_for(&p);
+        let path = format!("/v1/groups/{gid}/messages");
+        let t0 = Instant::now();
+        for i in 0..client_count {
+            let t = Instant::now();
+            let out = p
+                .client
+                .encrypt_text(&name, &format!("update {i}"), crate::now_ms())?;
+            let t1 = Instant::now();
+            let ch = p.changes();
+            let t2 = Instant::now();
+            written.push(ch.bytes() as f64);
+            p.write(&ch)?;
+            let t3 = Instant::now();
+            let resp: api::SendResponse = r.post(&path, &out.request).await?;
+            p.client.sent_at_seq(&out.request.client_id, resp.seq);
+            let t4 = Instant::now();
+            lat.push((t4 - t).as_secs_f64() * 1e3);
+            for (v, d) in parts.iter_mut().zip([t1 - t, t2 - t1, t3 - t2, t4 - t3]) {
+                v.push(d.as_secs_f64() * 1e3);
+            }
+        }
+        let total = t0.elapsed().as_secs_f64();
+        written.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "    whole client with {history} messages of history (store {:.1} MB, filled in {fill:.1} s): \
+             encrypt + write changes (fsync) + POST, one at a time:",
+            db as f64 / 1e6
+        );
+        summary("    client send latency", lat);
+        for (label, mut v) in ["encrypt", "seal changes", "write (fsync)", "POST"]
+            .into_iter()
+            .zip(parts)
+        {
+            v.sort_by(|a, b| a.total_cmp(b));
+            println!("      {label}: p50 {:.3} ms", pct(&v, 0.5));
+        }
+        println!(
+            "    sealed bytes written per send: median {:.0}",
+            pct(&written, 0.5)
+        );
+        println!("    throughput: {:.0} msgs/s", client_count as f64 / total);
+
+        // The same, as the outbox drains: the next message is encrypted and
+        // written while the previous one's POST is in flight (still sealed
+        // before it is posted, still one POST at a time, in order).
+        let mut lat = Vec::with_capacity(client_count);
+        let mut inflight: Option<(
+            tokio::task::JoinHandle<anyhow::Result<api::SendResponse>>,
+            String,
+            Instant,
+        )> = None;
+        let t0 = Instant::now();
+        for i in 0..=client_count {
+            let next = if i < client_count {
+                let t = Instant::now();
+                let out =
+                    p.client
+                        .encrypt_text(&name, &format!("pipelined {i}"), crate::now_ms())?;
+                let ch = p.changes();
+                p.write(&ch)?;
+                Some((out, t))
+            } else {
+                None
+            };
+            if let Some((h, id, t)) = inflight.take() {
+                let resp = h.await??;
+                p.client.sent_at_seq(&id, resp.seq);
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            if let Some((out, t)) = next {
+                let r = r.clone();
+                let path = path.clone();
+                let id = out.request.client_id.clone();
+                let h = tokio::spawn(async move {
+                    r.post::<_, api::SendResponse>(&path, &out.request).await
+                });
+                inflight = Some((h, id, t));
+            }
+        }
+        let total = t0.elapsed().as_secs_f64();
         p.save()?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        println!("    the same, pipelined (next one sealed while the last POST is in flight):");
+        summary("    client send latency", lat);
+        println!("    throughput: {:.0} msgs/s", client_count as f64 / total);
     }
-    let total = t0.elapsed().as_secs_f64();
-    println!("    whole client (encrypt + seal profile + POST + seal), one at a time:");
-    summary("    client send latency", lat);
-    println!("    throughput: {:.0} msgs/s", client_count as f64 / total);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use sitrep_core::store::{FileStore, ProfileStore as _};
+use sitrep_core::store::{ProfileStore as _, SqliteStore};
 use sitrep_core::vault::Vault;
 use sitrep_core::{Ciphersuite, Client, Event, PendingEnrolment, Session, UnlockError};
 use sitrep_wire::api;
@@ -34,12 +34,14 @@ pub fn now_ms() -> u64 {
 /// command (`watch`) holds the lock only while it works: see
 /// [`Profile::release`] and [`Profile::reacquire`].
 pub struct Profile {
-    store: FileStore,
+    store: SqliteStore,
     vault: Vault,
     /// The device.
     pub client: Client,
     dir: PathBuf,
     lock: Option<std::fs::File>,
+    /// The store's `data_version` when this process last had it current.
+    version: u64,
 }
 
 /// How long a command waits for another one on the same profile to finish.
@@ -86,7 +88,7 @@ impl Profile {
     /// policy may require.
     pub fn open_with_code(dir: &Path, passcode: &str, code: Option<&str>) -> anyhow::Result<Self> {
         let l = lock(dir)?;
-        let mut session = Session::new(FileStore::new(dir)?);
+        let mut session = Session::new(SqliteStore::new(dir)?);
         match session.unlock_with_code(passcode, code, now_ms()) {
             Ok(()) => {}
             Err(UnlockError::NoProfile) => {
@@ -95,12 +97,14 @@ impl Profile {
             Err(e) => return Err(e.into()),
         }
         let (vault, client, store) = session.into_parts().ok_or_else(|| anyhow!("locked"))?;
+        let version = store.data_version()?;
         let mut p = Self {
             store,
             vault,
             client,
             dir: dir.to_path_buf(),
             lock: Some(l),
+            version,
         };
         p.purge()?;
         Ok(p)
@@ -118,18 +122,20 @@ impl Profile {
 
     fn create(dir: &Path, passcode: &str, client: Client) -> anyhow::Result<Self> {
         let l = lock(dir)?;
-        let store = FileStore::new(dir)?;
-        if store.load()?.is_some() {
+        let store = SqliteStore::new(dir)?;
+        if store.load()?.is_some() || store.load_legacy()?.is_some() {
             bail!("{} already holds a profile", dir.display());
         }
         let session = Session::create(store, client, passcode, now_ms())?;
         let (vault, client, store) = session.into_parts().ok_or_else(|| anyhow!("locked"))?;
+        let version = store.data_version()?;
         Ok(Self {
             store,
             vault,
             client,
             dir: dir.to_path_buf(),
             lock: Some(l),
+            version,
         })
     }
 
@@ -139,32 +145,45 @@ impl Profile {
         Ok(())
     }
 
-    /// The sealed store file (its modification time tells a long-running
-    /// command that another one wrote it).
-    pub fn store_path(&self) -> PathBuf {
-        self.store.path()
+    /// Whether another command wrote the profile since this one last had
+    /// it current (a `send` beside a `watch`).
+    pub fn changed_elsewhere(&self) -> bool {
+        self.store
+            .data_version()
+            .map_or(true, |v| v != self.version)
     }
 
     /// Let other commands use the profile. The client stays in memory but
     /// may go stale: [`Profile::reacquire`] before using it again.
     pub fn release(&mut self) {
+        if let Ok(v) = self.store.data_version() {
+            self.version = v;
+        }
         self.lock = None;
     }
 
-    /// Take the lock again (waiting for another command to finish) and read
-    /// the state as that command left it.
+    /// Take the lock again (waiting for another command to finish) and, if
+    /// another command wrote the profile meanwhile, read it as that command
+    /// left it.
     pub fn reacquire(&mut self) -> anyhow::Result<()> {
         if self.lock.is_some() {
             return Ok(());
         }
         let l = lock(&self.dir)?;
-        let Some(sealed) = self.store.load()? else {
+        if !self.changed_elsewhere() {
+            self.lock = Some(l);
+            return Ok(());
+        }
+        let Some(records) = self.store.load()? else {
             bail!("this device's Sitrep data is gone (wiped)");
         };
-        let plain = self.vault.unseal(&sealed).map_err(|_| {
-            anyhow!("the profile was re-sealed by another command (passcode changed): start again")
+        self.client = Client::from_records(&self.vault, &records).map_err(|e| match e {
+            sitrep_core::Error::WrongPasscode => anyhow!(
+                "the profile was re-sealed by another command (passcode changed): start again"
+            ),
+            e => e.into(),
         })?;
-        self.client = Client::from_bytes(&plain)?;
+        self.version = self.store.data_version()?;
         self.lock = Some(l);
         Ok(())
     }
@@ -183,17 +202,33 @@ impl Profile {
             sitrep_core::vault::KdfParams { m_kib, t, p },
             self.client.random::<16>(),
         )?;
+        self.client.persist_unknown();
         self.save()
     }
 
-    /// Seal and write the whole state.
+    /// Seal and write what changed, in one transaction (durable when this
+    /// returns).
     pub fn save(&mut self) -> anyhow::Result<()> {
+        let changes = self.changes();
+        self.write(&changes)
+    }
+
+    /// What changed since the last write, sealed ([`Client::changes`]).
+    pub fn changes(&mut self) -> sitrep_core::persist::Changes {
+        self.client.changes(&self.vault)
+    }
+
+    /// Write changes taken from the client ([`Client::changes`]) in one
+    /// transaction; on failure the next write is a complete one.
+    pub fn write(&mut self, changes: &sitrep_core::persist::Changes) -> anyhow::Result<()> {
         if self.lock.is_none() {
+            self.client.persist_unknown();
             bail!("internal: the profile was saved without its lock");
         }
-        let plain = self.client.to_bytes();
-        let sealed = self.vault.seal(&plain, self.client.random::<12>());
-        self.store.save(&sealed)?;
+        if let Err(e) = self.store.write(changes) {
+            self.client.persist_unknown();
+            return Err(e.into());
+        }
         Ok(())
     }
 

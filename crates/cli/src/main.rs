@@ -855,7 +855,7 @@ fn main() -> anyhow::Result<()> {
         && sitrep_cli::is_wiped(e)
     {
         // Any command that learns the device was revoked destroys its data.
-        let _ = sitrep_core::store::FileStore::new(&profile)
+        let _ = sitrep_core::store::SqliteStore::new(&profile)
             .and_then(|s| sitrep_core::store::ProfileStore::destroy(&s));
         anyhow::bail!("{}", sitrep_cli::WIPED);
     }

@@ -194,12 +194,10 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
     let mut last_poll;
     let mut input_open = true;
     let mut quit = false;
-    let store_path = w.p.store_path();
     loop {
         // Work.
         w.p.reacquire()?;
         let outcome = w.work(&mut pending, &mut quit).await;
-        let mtime = modified(&store_path);
         w.p.release();
         last_poll = Instant::now();
         match outcome {
@@ -287,7 +285,7 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
                         return Ok(());
                     }
                     // Another command on this profile wrote it (a `send`).
-                    if modified(&store_path) != mtime {
+                    if w.p.changed_elsewhere() {
                         break;
                     }
                     if w.alert_due() {
@@ -304,10 +302,6 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
             }
         }
     }
-}
-
-fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// `d` plus up to a quarter more, so clients cut off together do not all

@@ -551,7 +551,8 @@ async fn an_out_of_step_device_is_readded_and_says_what_it_missed() {
         .expect("create");
     sitrep_cli::sync(&mut bob).await.expect("bob joins");
     drop(bob);
-    let sealed = db.path().join("profile.sealed");
+    // Closed, so the whole store is in its one file.
+    let sealed = db.path().join("profile.db");
     let old = std::fs::read(&sealed).expect("copy");
 
     // Alice moves the group on; Bob's device follows and acknowledges.
@@ -563,6 +564,9 @@ async fn an_out_of_step_device_is_readded_and_says_what_it_missed() {
     drop(bob);
     // ... and then Bob's profile is rolled back to before that commit.
     std::fs::write(&sealed, &old).expect("restore");
+    for f in ["profile.db-wal", "profile.db-shm"] {
+        let _ = std::fs::remove_file(db.path().join(f));
+    }
     let mut bob = sitrep_cli::Profile::open(db.path(), PASSCODE).expect("open");
 
     sitrep_cli::send(&mut alice, "ward", "lost 1")

@@ -733,14 +733,21 @@ async fn remote_wipe_revokes_removes_from_groups_and_destroys_local_data() {
         "{ev:?}"
     );
     // Its next sync fails clearly and destroys its keys and history.
-    let store_file = d[2].0.path().join("profile.sealed");
-    assert!(store_file.exists());
+    let dir = d[2].0.path().to_path_buf();
+    let records = || {
+        use sitrep_core::store::ProfileStore as _;
+        sitrep_core::store::SqliteStore::new(&dir)
+            .expect("store")
+            .load()
+            .expect("load")
+    };
+    assert!(records().is_some());
     let err = sitrep_cli::sync(&mut d[2].1).await.expect_err("wiped");
     assert!(
         format!("{err:#}").contains("wiped by the organisation"),
         "{err:#}"
     );
-    assert!(!store_file.exists(), "local store destroyed");
+    assert!(records().is_none(), "local store destroyed");
     server.stop().await;
 }
 

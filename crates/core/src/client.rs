@@ -124,6 +124,7 @@ impl PendingEnrolment {
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
             skipped: HashMap::new(),
+            persisted: Default::default(),
         })
     }
 }
@@ -241,6 +242,8 @@ pub struct Client {
     pub(crate) verified_directory: RefCell<Option<sitrep_wire::directory::Directory>>,
     /// Devices the pending add of each group left out (shown once it is accepted).
     pub(crate) skipped: HashMap<String, Vec<Skipped>>,
+    /// What the sealed store holds, to write only what changed.
+    pub(crate) persisted: crate::persist::Persisted,
 }
 
 /// A message waiting to go out (see [`Client::waiting`]).
@@ -279,20 +282,29 @@ fn hex_id(bytes: &[u8]) -> String {
 }
 
 impl Client {
-    /// Restore from the plaintext of a sealed profile.
+    /// Restore from the plaintext of a sealed profile (one snapshot, as
+    /// profiles were sealed before records; see [`crate::persist`]).
     pub fn from_bytes(plain: &[u8]) -> Result<Self, Error> {
-        let state: State =
+        let mut state: State =
             ciborium::from_reader(plain).map_err(|_| Error::BadStore("state does not decode"))?;
+        let mls = std::mem::take(&mut state.mls)
+            .into_iter()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect();
+        Self::from_parts(state, mls)
+    }
+
+    /// A client from its state and its openmls storage values.
+    pub(crate) fn from_parts(
+        mut state: State,
+        mls: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, Error> {
         if state.v != 1 {
             return Err(Error::BadStore("unknown state version"));
         }
         let cs = Ciphersuite::try_from(state.device.ciphersuite)
             .map_err(|_| Error::BadStore("ciphersuite"))?;
-        let values: HashMap<Vec<u8>, Vec<u8>> = state
-            .mls
-            .iter()
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
+        let values: HashMap<Vec<u8>, Vec<u8>> = mls.into_iter().collect();
         let provider = Provider::from_values(values);
         let signer = SignatureKeyPair::read(
             provider.storage(),
@@ -300,7 +312,6 @@ impl Client {
             cs.signature_algorithm(),
         )
         .ok_or(Error::BadStore("signature key missing"))?;
-        let mut state = state;
         state.mls = Vec::new();
         Ok(Self {
             provider,
@@ -313,6 +324,7 @@ impl Client {
             verified_policy: RefCell::default(),
             verified_directory: RefCell::default(),
             skipped: HashMap::new(),
+            persisted: Default::default(),
         })
     }
 
@@ -754,6 +766,8 @@ impl Client {
                 unreadable: 0,
                 pending_readds: Vec::new(),
                 rejoin_requested_at: 0,
+                history_base: 0,
+                dirty_from: None,
                 meta_key: Some(ByteBuf::from(meta_key.to_vec())),
             },
         );
@@ -1978,6 +1992,8 @@ impl Client {
                 unreadable: 0,
                 pending_readds: Vec::new(),
                 rejoin_requested_at: 0,
+                history_base: 0,
+                dirty_from: None,
                 meta_key: None,
             });
         conv.name = name.clone();
@@ -2352,4 +2368,39 @@ fn ser(kp: &KeyPackage) -> Result<Vec<u8>, Error> {
 
 fn ser_msg(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
     msg.tls_serialize_detached().map_err(Error::mls)
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use serde_bytes::ByteBuf;
+    use sitrep_wire::credential::{DeviceCredential, SignedCredential};
+
+    /// A device enrolled against a test organisation key, in one new
+    /// conversation: the client and the group hex.
+    pub(crate) fn client_with_conversation(name: &str) -> (Client, String) {
+        let org = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let pending = PendingEnrolment::new(crate::INTEROP_CIPHERSUITE).expect("signer");
+        let cred = DeviceCredential {
+            v: 1,
+            org: "Test Trust".into(),
+            user_id: "alice".into(),
+            device_id: "alice-d1".into(),
+            display_name: "Dr Alice".into(),
+            role: "ED consultant".into(),
+            signature_key: ByteBuf::from(pending.signature_key()),
+            issued_at: 0,
+        };
+        let resp = EnrolResponse {
+            org_public_key: org.verifying_key().to_bytes().to_vec(),
+            org_name: "Test Trust".into(),
+            user_id: "alice".into(),
+            device_id: "alice-d1".into(),
+            credential: SignedCredential::sign(&cred, &org).encode(),
+            token: "t".into(),
+        };
+        let mut c = pending.finish("http://x", resp).expect("enrol");
+        let (hex, _) = c.create_conversation(name, "off").expect("create");
+        (c, hex)
+    }
 }

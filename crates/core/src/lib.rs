@@ -17,6 +17,7 @@ pub mod export;
 pub mod incident;
 pub mod lock;
 pub mod notify;
+pub mod persist;
 mod provider;
 pub mod records;
 pub mod sealed_meta;

@@ -107,11 +107,22 @@ impl<S: ProfileStore> Session<S> {
         code: Option<&str>,
         now_ms: u64,
     ) -> Result<(), UnlockError> {
-        let sealed = self.store.load()?.ok_or(UnlockError::NoProfile)?;
         let (failures, limit) = self.store.unlock_failures()?;
-        match Vault::open(passcode, &sealed) {
-            Ok((vault, plain)) => {
-                let client = Client::from_bytes(&plain)?;
+        let opened = match self.store.load()? {
+            Some(records) => {
+                let (id, sealed) = &records[0];
+                Vault::open_record(passcode, id, sealed).and_then(|(vault, _)| {
+                    Client::from_records(&vault, &records).map(|c| (vault, c, false))
+                })
+            }
+            None => {
+                let legacy = self.store.load_legacy()?.ok_or(UnlockError::NoProfile)?;
+                Vault::open(passcode, &legacy)
+                    .and_then(|(vault, plain)| Client::from_bytes(&plain).map(|c| (vault, c, true)))
+            }
+        };
+        match opened {
+            Ok((vault, client, migrated)) => {
                 let limit = client.policy().max_failed_unlocks as u32;
                 if client.policy().two_step_required
                     && !code.is_some_and(|c| client.check_totp(c, now_ms / 1000))
@@ -138,13 +149,20 @@ impl<S: ProfileStore> Session<S> {
                 } else {
                     vault
                 };
+                let mut client = client;
+                if resealed {
+                    client.persist_unknown();
+                }
                 self.unlocked = Some(Unlocked {
                     vault,
                     client,
                     last_active_ms: now_ms,
                 });
-                if resealed {
+                if resealed || migrated {
                     self.save()?;
+                }
+                if migrated {
+                    self.store.remove_legacy()?;
                 }
                 Ok(())
             }
@@ -190,12 +208,14 @@ impl<S: ProfileStore> Session<S> {
 
     /// Seal the current state into the store (when unlocked).
     pub fn save(&mut self) -> Result<(), Error> {
-        let Some(u) = &self.unlocked else {
+        let Some(u) = &mut self.unlocked else {
             return Err(Error::Invalid("locked".into()));
         };
-        let plain = u.client.to_bytes();
-        let sealed = u.vault.seal(&plain, u.client.random::<12>());
-        self.store.save(&sealed)?;
+        let changes = u.client.changes(&u.vault);
+        if let Err(e) = self.store.write(&changes) {
+            u.client.persist_unknown();
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -87,11 +87,20 @@ impl Provider {
         &self.storage
     }
 
-    pub(crate) fn values(&self) -> HashMap<Vec<u8>, Vec<u8>> {
-        // A deferred write never flushed would leave stale secrets (older
-        // keys, a ratchet behind) in what is sealed: drop them instead, so
-        // the group fails closed rather than keeping old keys. The client
-        // always flushes first; this is the backstop.
+    /// Look at the storage values in place (after the same backstop as
+    /// [`Provider::values`]).
+    pub(crate) fn with_values<R>(&self, f: impl FnOnce(&HashMap<Vec<u8>, Vec<u8>>) -> R) -> R {
+        self.drop_unflushed();
+        let v = self
+            .storage
+            .inner
+            .values
+            .read()
+            .expect("storage lock is never poisoned: no panics while held");
+        f(&v)
+    }
+
+    fn drop_unflushed(&self) {
         let dirty = std::mem::take(&mut *self.storage.dirty());
         debug_assert!(dirty.is_empty(), "message secrets not flushed");
         if !dirty.is_empty()
@@ -101,6 +110,14 @@ impl Provider {
                 v.remove(&k);
             }
         }
+    }
+
+    pub(crate) fn values(&self) -> HashMap<Vec<u8>, Vec<u8>> {
+        // A deferred write never flushed would leave stale secrets (older
+        // keys, a ratchet behind) in what is sealed: drop them instead, so
+        // the group fails closed rather than keeping old keys. The client
+        // always flushes first; this is the backstop.
+        self.drop_unflushed();
         self.storage
             .inner
             .values

@@ -312,13 +312,14 @@ impl Client {
         };
         let short = &message_id[..8.min(message_id.len())];
         let line = if delete {
-            conv.history.remove(pos);
+            conv.remove_entry(pos);
             self.unindex(group_hex, message_id);
             format!(
                 "{by} transferred message {short} to the patient's record; it was deleted from this conversation"
             )
         } else {
             conv.history[pos].transferred_at = Some(now_ms);
+            conv.touch_entry(pos);
             format!("{by} transferred message {short} to the patient's record")
         };
         let _ = self.system_line(group_hex, u64::MAX - 2, line, now_ms);
@@ -377,7 +378,7 @@ impl Client {
                 .get_mut(&hex)
                 .expect("key taken from the map");
             let mut gone = Vec::new();
-            conv.history.retain(|e| {
+            conv.retain_entries(|e| {
                 let keep = e.sent_at.min(e.received_at) > cutoff;
                 if !keep {
                     gone.push(e.id.clone());

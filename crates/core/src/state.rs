@@ -128,6 +128,60 @@ pub struct Conversation {
     /// the next member to sync swaps their leaves for fresh KeyPackages.
     #[serde(default)]
     pub pending_readds: Vec<String>,
+    /// Entries ever dropped from the front of `history` (retention): the
+    /// place of `history[0]` in the conversation, which numbers the sealed
+    /// history pages.
+    #[serde(default)]
+    pub history_base: u64,
+    /// The first place (as `history_base` counts) changed in memory since
+    /// the last write, other than appends; not sealed.
+    #[serde(skip)]
+    pub(crate) dirty_from: Option<u64>,
+}
+
+impl Conversation {
+    fn mark(&mut self, pos: usize) {
+        let at = self.history_base + pos as u64;
+        self.dirty_from = Some(self.dirty_from.map_or(at, |d| d.min(at)));
+    }
+
+    /// Note that `history[pos]` was changed in place.
+    pub(crate) fn touch_entry(&mut self, pos: usize) {
+        self.mark(pos);
+    }
+
+    /// Remove `history[pos]`.
+    pub(crate) fn remove_entry(&mut self, pos: usize) -> HistoryEntry {
+        if pos == 0 {
+            self.history_base += 1;
+            return self.history.remove(0);
+        }
+        self.mark(pos);
+        self.history.remove(pos)
+    }
+
+    /// Keep the entries `keep` says yes to. Entries dropped from the front
+    /// (the usual case with retention) only move `history_base`, so the
+    /// pages after them need not be written again.
+    pub(crate) fn retain_entries(&mut self, mut keep: impl FnMut(&HistoryEntry) -> bool) {
+        let mut lead = 0usize;
+        let mut first_gap: Option<usize> = None;
+        let mut kept = 0usize;
+        self.history.retain(|e| {
+            let k = keep(e);
+            if !k && kept == 0 {
+                lead += 1;
+            } else if !k && first_gap.is_none() {
+                first_gap = Some(kept);
+            }
+            kept += usize::from(k);
+            k
+        });
+        self.history_base += lead as u64;
+        if let Some(g) = first_gap {
+            self.mark(g);
+        }
+    }
 }
 
 /// A message encrypted and waiting for the server's acknowledgement.

@@ -57,6 +57,23 @@ pub struct Vault {
     header: [u8; HEADER_LEN],
 }
 
+/// Bytes of a record id.
+pub const RECORD_ID_LEN: usize = 16;
+
+/// A record's id in the store: a keyed hash of its name, so the backend's
+/// keys say nothing about what a record holds (no group ids on disk).
+pub type RecordId = [u8; RECORD_ID_LEN];
+
+/// Associated data of one record: the header, a domain tag and the id, so
+/// a record cannot be read back as another (or as a whole snapshot).
+fn record_aad(header: &[u8; HEADER_LEN], id: &RecordId) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(HEADER_LEN + 8 + RECORD_ID_LEN);
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(b"SITREP-R");
+    aad.extend_from_slice(id);
+    aad
+}
+
 fn derive(passcode: &str, salt: &[u8], params: KdfParams) -> Result<Zeroizing<[u8; 32]>, Error> {
     let p = argon2::Params::new(params.m_kib, params.t, params.p, Some(32))
         .map_err(|_| Error::BadStore("KDF parameters"))?;
@@ -104,6 +121,95 @@ impl Vault {
         let vault = Self { key, header };
         let plain = vault.decrypt(&sealed[HEADER_LEN..])?;
         Ok((vault, plain))
+    }
+
+    /// Open one sealed record with a passcode (the key is derived from the
+    /// record's header): the vault and the record's plaintext.
+    pub fn open_record(
+        passcode: &str,
+        id: &RecordId,
+        sealed: &[u8],
+    ) -> Result<(Self, Zeroizing<Vec<u8>>), Error> {
+        let (key, header) = Self::derive_from(passcode, sealed)?;
+        let vault = Self { key, header };
+        let plain = vault.unseal_record(id, sealed)?;
+        Ok((vault, plain))
+    }
+
+    fn derive_from(
+        passcode: &str,
+        sealed: &[u8],
+    ) -> Result<(Zeroizing<[u8; 32]>, [u8; HEADER_LEN]), Error> {
+        if sealed.len() < HEADER_LEN + NONCE_LEN + 16 || &sealed[..8] != MAGIC {
+            return Err(Error::BadStore("bad header"));
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&sealed[i..i + 4]);
+            u32::from_be_bytes(b)
+        };
+        let params = KdfParams {
+            m_kib: word(8),
+            t: word(12),
+            p: word(16),
+        }
+        .bounded()?;
+        let key = derive(passcode, &sealed[20..36], params)?;
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&sealed[..HEADER_LEN]);
+        Ok((key, header))
+    }
+
+    /// The id of the record called `name` under this key.
+    pub fn record_id(&self, name: &[u8]) -> RecordId {
+        use hmac::{Hmac, Mac};
+        let mut sub = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.key.as_ref())
+            .expect("HMAC takes any key length");
+        sub.update(b"sitrep record id v1");
+        let sub = Zeroizing::new(sub.finalize().into_bytes());
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&sub).expect("HMAC takes any key length");
+        mac.update(name);
+        let full = mac.finalize().into_bytes();
+        let mut id = [0u8; RECORD_ID_LEN];
+        id.copy_from_slice(&full[..RECORD_ID_LEN]);
+        id
+    }
+
+    /// Seal one record under this key, bound to its id.
+    pub fn seal_record(&self, id: &RecordId, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
+        let aad = record_aad(&self.header, id);
+        let ct = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ct.len());
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Open one record sealed under this key with this id. A record sealed
+    /// under another key (a passcode change meanwhile), moved to another
+    /// id, or altered is refused.
+    pub fn unseal_record(&self, id: &RecordId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        if sealed.len() < HEADER_LEN + NONCE_LEN + 16 || sealed[..HEADER_LEN] != self.header {
+            return Err(Error::WrongPasscode);
+        }
+        let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
+        let (nonce, ct) = sealed[HEADER_LEN..].split_at(NONCE_LEN);
+        let aad = record_aad(&self.header, id);
+        cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            .map(Zeroizing::new)
+            .map_err(|_| Error::WrongPasscode)
     }
 
     /// Open sealed bytes with this vault's key, as written again by another

@@ -233,8 +233,9 @@ fn two_step_policy_requires_the_totp_code_at_unlock() {
 fn a_new_argon2_cost_re_seals_the_store_at_the_next_unlock() {
     let org = SigningKey::from_bytes(&[7u8; 32]);
     let mut s = session(&org);
-    let header =
-        |s: &Session<MemoryStore>| s.store().load().expect("load").expect("sealed")[8..12].to_vec();
+    let header = |s: &Session<MemoryStore>| {
+        s.store().load().expect("load").expect("sealed")[0].1[8..12].to_vec()
+    };
     assert_eq!(header(&s), (19u32 * 1024).to_be_bytes());
     let p = OrgPolicy {
         serial: 2,

@@ -7,7 +7,7 @@ mod common;
 
 use common::enrol;
 use ed25519_dalek::SigningKey;
-use sitrep_core::store::{FileStore, ProfileStore as _};
+use sitrep_core::store::{ProfileStore as _, SqliteStore};
 use sitrep_core::vault::Vault;
 use sitrep_core::{Client, Event, INTEROP_CIPHERSUITE, Session};
 use sitrep_wire::api::EntryKind;
@@ -93,38 +93,66 @@ fn expired_messages_are_purged_on_schedule_and_gone_from_the_store_file() {
         t0 + 20 * HOUR,
     );
 
+    // Sealed in a real store before the purge.
+    let dir = std::env::temp_dir().join(format!("sitrep-ret-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let now = t0 + HOUR + DAY - 1;
+    let mut s = Session::create(
+        SqliteStore::new(&dir).expect("store"),
+        b,
+        "passcode-123",
+        now,
+    )
+    .expect("session");
+    let before = s.store().load().expect("load").expect("present");
+
     // Just before the old one's day is up: nothing goes.
+    let b = s.client(now).expect("unlocked");
     assert_eq!(b.purge_expired(t0 + HOUR + DAY - 1).expect("purge"), 0);
-    assert_eq!(texts(&b, "ward").len(), 2);
+    assert_eq!(texts(b, "ward").len(), 2);
     // At its expiry: the old one goes, on both sides; the new one stays.
     assert_eq!(b.purge_expired(t0 + HOUR + DAY).expect("purge"), 1);
     // Alice also loses the "bob joined" line from t0: system lines expire too.
     assert_eq!(a.purge_expired(t0 + HOUR + DAY).expect("purge"), 2);
-    assert_eq!(texts(&b, "ward"), vec!["new: theatre 2 ready"]);
+    assert_eq!(texts(b, "ward"), vec!["new: theatre 2 ready"]);
     assert_eq!(texts(&a, "ward"), vec!["new: theatre 2 ready"]);
-
-    // Gone from the sealed store file, checked in its decrypted form.
-    let dir = std::env::temp_dir().join(format!("sitrep-ret-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut s = Session::create(FileStore::new(&dir).expect("store"), b, "passcode-123", t0)
-        .expect("session");
     s.save().expect("save");
-    let sealed = FileStore::new(&dir)
-        .expect("store")
-        .load()
-        .expect("load")
-        .expect("present");
-    let (_, plain) = Vault::open("passcode-123", &sealed).expect("open");
-    assert!(!contains(&plain, b"old: bay 4 needs a porter"));
+
+    // Gone from the store, checked in its decrypted form...
+    let after = s.store().load().expect("load").expect("present");
+    let (vault, _) = Vault::open_record("passcode-123", &after[0].0, &after[0].1).expect("open");
+    let plains: Vec<_> = after
+        .iter()
+        .map(|(id, b)| vault.unseal_record(id, b).expect("opens"))
+        .collect();
     assert!(
-        contains(&plain, b"new: theatre 2 ready"),
+        !plains
+            .iter()
+            .any(|p| contains(p, b"old: bay 4 needs a porter"))
+    );
+    assert!(
+        plains.iter().any(|p| contains(p, b"new: theatre 2 ready")),
         "the check can see plaintext"
     );
-    assert!(
-        !contains(&sealed, b"new: theatre 2 ready"),
-        "sealed at rest"
-    );
+    // ...sealed at rest...
+    let mut files = Vec::new();
+    for f in ["profile.db", "profile.db-wal"] {
+        files.extend(std::fs::read(dir.join(f)).unwrap_or_default());
+    }
+    assert!(!contains(&files, b"new: theatre 2 ready"), "sealed at rest");
+    // ...and no sealed copy of a record the purge replaced is left in the
+    // files (SQLite's secure_delete, and its log truncated).
+    let mut replaced = 0;
+    for (id, sealed) in &before {
+        if !after.iter().any(|(i, b)| i == id && b == sealed) {
+            replaced += 1;
+            assert!(
+                !contains(&files, &sealed[48..80]),
+                "an old copy of a replaced record is still in the files"
+            );
+        }
+    }
+    assert!(replaced > 0, "the purge replaced a history page");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
