@@ -231,11 +231,7 @@ impl Client {
         ch
     }
 
-    fn history_changes(
-        &mut self,
-        vault: &Vault,
-        hex: &str,
-    ) -> (Vec<Sealed>, Vec<RecordId>, bool) {
+    fn history_changes(&mut self, vault: &Vault, hex: &str) -> (Vec<Sealed>, Vec<RecordId>, bool) {
         let prev = self.persisted.history.get(hex).cloned().unwrap_or_default();
         let Some(conv) = self.state.conversations.get_mut(hex) else {
             return (Vec::new(), Vec::new(), false);
