@@ -30,6 +30,26 @@ pub enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_values_t = [100usize, 100_000])]
         history: Vec<usize>,
     },
+    /// Catching up: a device (a real sealed profile, `sitrep sync`) that was
+    /// offline while messages arrived in many conversations.
+    Catchup {
+        /// Messages that arrive while it is offline, per round.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Conversations they are spread over.
+        #[arg(long, default_value_t = 20)]
+        conversations: usize,
+        /// Rounds (offline, then catch up), for a median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Live delivery to a `sitrep watch` process: from the sender's encrypt
+    /// to the line on the watcher's screen.
+    Watch {
+        /// Messages, one at a time.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
     /// (b) One sender to a group of devices all connected over WebSocket.
     Fanout {
         /// Devices in the group (sender included).
@@ -101,6 +121,12 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             burst,
         } => bench_fanout(devices, messages, burst).await,
         BenchCmd::Tally { replies } => bench_tally(replies).await,
+        BenchCmd::Watch { messages } => bench_watch(messages).await,
+        BenchCmd::Catchup {
+            messages,
+            conversations,
+            rounds,
+        } => bench_catchup(messages, conversations, rounds).await,
         BenchCmd::Status { members, queries } => bench_status(members, queries).await,
         BenchCmd::Commit {
             members,
@@ -393,6 +419,151 @@ async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> any
         summary("    client send latency", lat);
         println!("    throughput: {:.0} msgs/s", client_count as f64 / total);
     }
+    Ok(())
+}
+
+async fn bench_watch(messages: usize) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let server = start_server(|c| {
+        c.rate_per_sec = 1e6;
+        c.rate_burst = 1e6;
+    })
+    .await?;
+    let cs = sitrep_core::DEFAULT_CIPHERSUITE;
+    let mut a = device(&server, "alice", cs, 2).await?;
+    let dir = server.dir.join("profile-bob");
+    let code = sitrep_server::create_invite(&server.dir, "bob", "bob", "bench", 3600)?;
+    let mut bob = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+    let gid = conversation(&server, &mut a, "ward", &["bob".to_string()]).await?;
+    crate::sync(&mut bob).await?;
+    drop(bob);
+    // Bob's `sitrep watch`, a process of its own; its lines with the time
+    // each was read.
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--profile")
+        .arg(&dir)
+        .args(["watch", "ward", "--for-secs", "3600"])
+        .env("SITREP_PASSCODE", "bench-passcode")
+        .env("SITREP_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send((line, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |marker: &str| -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok((line, at)) if line.contains(marker) => return Ok(at),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        bail!("{marker:?} was not shown")
+    };
+    let r = Remote::new(&server.url, Some(a.token()));
+    let path = format!("/v1/groups/{gid}/messages");
+    let mut lat = Vec::with_capacity(messages);
+    for i in 0..=messages {
+        // Message 0 warms up (the watcher's first connection).
+        let marker = format!("live update {i:05} <end>");
+        let t = Instant::now();
+        let o = a.encrypt_text("ward", &marker, crate::now_ms())?;
+        let _: api::SendResponse = r.post(&path, &o.request).await?;
+        let shown = tokio::task::block_in_place(|| wait_for(&marker))?;
+        if i > 0 {
+            lat.push(shown.duration_since(t).as_secs_f64() * 1e3);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "live delivery to a `sitrep watch` process (its own sealed profile), one message at a time:"
+    );
+    summary(
+        "    send-to-display (encrypt, POST, push, fetch, decrypt, seal, print)",
+        lat,
+    );
+    Ok(())
+}
+
+async fn bench_catchup(messages: usize, convs: usize, rounds: usize) -> anyhow::Result<()> {
+    let server = start_server(|c| {
+        c.rate_per_sec = 1e6;
+        c.rate_burst = 1e6;
+    })
+    .await?;
+    let cs = sitrep_core::DEFAULT_CIPHERSUITE;
+    let mut a = device(&server, "alice", cs, 2).await?;
+    let dir = server.dir.join("profile-bob");
+    let code = sitrep_server::create_invite(&server.dir, "bob", "bob", "bench", 3600)?;
+    let mut bob = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+    let mut gids = Vec::new();
+    for c in 0..convs {
+        gids.push(conversation(&server, &mut a, &format!("ward {c}"), &["bob".to_string()]).await?);
+    }
+    crate::sync(&mut bob).await?;
+    let r = Remote::new(&server.url, Some(a.token()));
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        // Bob is offline: Alice writes round robin over the conversations,
+        // several posts in flight (each conversation's in order).
+        let outs: Vec<_> = (0..messages)
+            .map(|i| {
+                a.encrypt_text(
+                    &format!("ward {}", i % convs),
+                    &format!("round {round} update {i}: bed 4 ready, porter requested"),
+                    crate::now_ms(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        for chunk in outs.chunks(convs) {
+            let posts = chunk.iter().map(|o| {
+                let r = r.clone();
+                async move {
+                    r.post::<_, api::SendResponse>(
+                        &format!("/v1/groups/{}/messages", o.group_hex),
+                        &o.request,
+                    )
+                    .await
+                }
+            });
+            for res in futures_util::future::join_all(posts).await {
+                res?;
+            }
+        }
+        let before: usize = bob.client.conversations().map(|c| c.history.len()).sum();
+        let t = Instant::now();
+        crate::sync(&mut bob).await?;
+        let secs = t.elapsed().as_secs_f64();
+        let after: usize = bob.client.conversations().map(|c| c.history.len()).sum();
+        if after - before < messages {
+            bail!("caught up with {} of {messages}", after - before);
+        }
+        println!(
+            "    round {round}: {messages} messages in {convs} conversations: current in {secs:.2} s ({:.0} msgs/s), history now {after}",
+            messages as f64 / secs
+        );
+        times.push(secs);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "catch-up, median of {rounds}: {:.2} s for {messages} messages in {convs} conversations",
+        pct(&times, 0.5)
+    );
     Ok(())
 }
 

@@ -145,6 +145,11 @@ impl Profile {
         Ok(())
     }
 
+    /// The profile directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Whether another command wrote the profile since this one last had
     /// it current (a `send` beside a `watch`).
     pub fn changed_elsewhere(&self) -> bool {

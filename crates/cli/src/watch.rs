@@ -128,8 +128,180 @@ struct Watch {
     offline_since: Option<Instant>,
 }
 
-/// Run until Ctrl-C, end of input, `/quit`, or `for_secs`.
+/// How the watch ended, or that it locked.
+enum Exit {
+    Done,
+    /// Idle past the policy's time: the profile was dropped (its key
+    /// zeroised); the push channel stays open for content-free notices.
+    Locked(Option<Box<Ws>>),
+}
+
+/// The idle time after which the watch locks: the organisation's policy,
+/// or shorter where this device says so (`SITREP_IDLE_LOCK_SECS`: a ward PC
+/// may lock sooner, never later).
+fn idle_limit(p: &Profile) -> Duration {
+    let policy = u64::from(p.client.policy().lock_after_idle_secs);
+    let local = std::env::var("SITREP_IDLE_LOCK_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0);
+    Duration::from_secs(local.map_or(policy, |l| l.min(policy)))
+}
+
+/// Lines from the terminal, read on their own thread (stdin blocks). When
+/// `secret` is set, the next line is read without echo (a passcode).
+struct Input {
+    lines: tokio::sync::mpsc::Receiver<Option<String>>,
+    secret: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Input {
+    fn start() -> Self {
+        let (tx, lines) = tokio::sync::mpsc::channel::<Option<String>>(64);
+        let secret = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hidden = secret.clone();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            loop {
+                let tty = stdin.is_terminal();
+                let line = if hidden.swap(false, std::sync::atomic::Ordering::SeqCst) && tty {
+                    rpassword::read_password().map(|l| l + "\n")
+                } else {
+                    let mut line = String::new();
+                    stdin.read_line(&mut line).map(|_| line)
+                };
+                match line {
+                    Ok(l) if l.is_empty() => {
+                        let _ = tx.blocking_send(None);
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx.blocking_send(None);
+                        return;
+                    }
+                    Ok(l) => {
+                        if tx.blocking_send(Some(l)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self { lines, secret }
+    }
+}
+
+/// Run until Ctrl-C, end of input, `/quit`, or `for_secs`; lock when idle.
 pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> anyhow::Result<()> {
+    let dir = p.dir().to_path_buf();
+    let deadline = for_secs.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut input = Input::start();
+    let mut p = p;
+    loop {
+        match watch(p, &target, deadline, &mut input).await? {
+            Exit::Done => return Ok(()),
+            Exit::Locked(ws) => match locked(&dir, ws, deadline, &mut input).await? {
+                Some(unlocked) => p = unlocked,
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Locked: nothing is decrypted or shown; a push says only that something
+/// arrived. Enter, then the passcode (counted like any unlock), opens the
+/// profile again.
+async fn locked(
+    dir: &std::path::Path,
+    mut ws: Option<Box<Ws>>,
+    deadline: Option<Instant>,
+    input: &mut Input,
+) -> anyhow::Result<Option<Profile>> {
+    let style = Style::new();
+    eprintln!(
+        "{}",
+        style.paint(
+            "1",
+            "locked (idle): press Enter, then type your passcode, to continue"
+        )
+    );
+    let mut asking = false;
+    let mut arrived = 0usize;
+    loop {
+        let ws_next = async {
+            match ws.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = ws_next => match frame {
+                Some(Ok(Message::Binary(_))) => {
+                    arrived += 1;
+                    eprintln!(
+                        "{}",
+                        style.paint("1", &format!(
+                            "{}: new activity while locked ({arrived} so far); unlock to read",
+                            fmt_clock(now_ms())
+                        ))
+                    );
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => ws = None,
+            },
+            line = input.lines.recv() => match line.flatten() {
+                None => return Ok(None),
+                Some(_) if !asking => {
+                    asking = true;
+                    input.secret.store(true, std::sync::atomic::Ordering::SeqCst);
+                    if std::io::stderr().is_terminal() {
+                        eprint!("Passcode: ");
+                        let _ = std::io::stderr().flush();
+                    } else {
+                        eprintln!("Passcode:");
+                    }
+                }
+                Some(pass) => {
+                    asking = false;
+                    let pass = zeroize::Zeroizing::new(pass.trim_end_matches(['\r', '\n']).to_string());
+                    match Profile::open(dir, &pass) {
+                        Ok(p) => {
+                            eprintln!("{}", style.paint("32", "unlocked"));
+                            return Ok(Some(p));
+                        }
+                        Err(e) => {
+                            eprintln!("{e:#}");
+                            let gone = matches!(
+                                e.downcast_ref::<sitrep_core::UnlockError>(),
+                                Some(sitrep_core::UnlockError::Wiped)
+                            );
+                            if gone || sitrep_cli::is_wiped(&e) {
+                                return Err(e);
+                            }
+                            eprintln!("press Enter to try again");
+                        }
+                    }
+                }
+            },
+            _ = until_deadline => return Ok(None),
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+        }
+    }
+}
+
+async fn watch(
+    p: Profile,
+    target: &Option<String>,
+    deadline: Option<Instant>,
+    input: &mut Input,
+) -> anyhow::Result<Exit> {
+    let target = target.clone();
     if let Some(t) = &target {
         p.client.conversation(t)?;
     }
@@ -167,26 +339,9 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
             None => "give a conversation name to send from here".into(),
         }
     );
-    // Typed lines, read on their own thread (stdin blocks).
-    let (tx, mut typed) = tokio::sync::mpsc::channel::<Option<String>>(64);
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        loop {
-            let mut line = String::new();
-            match stdin.read_line(&mut line) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.blocking_send(None);
-                    return;
-                }
-                Ok(_) => {
-                    if tx.blocking_send(Some(line)).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let deadline = for_secs.map(|s| Instant::now() + Duration::from_secs(s));
+    let idle = idle_limit(&w.p);
+    let mut last_input = Instant::now();
+    let typed = &mut input.lines;
     let mut pending: Vec<Typed> = Vec::new();
     let mut ws: Option<Ws> = None;
     let mut backoff = BACKOFF_MIN;
@@ -227,10 +382,10 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
             }
         }
         if quit || deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(());
+            return Ok(Exit::Done);
         }
         if !input_open && pending.is_empty() && deadline.is_none() {
-            return Ok(());
+            return Ok(Exit::Done);
         }
         // Connect the push channel when online.
         if ws.is_none() && w.offline_since.is_none() {
@@ -266,6 +421,7 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
                 },
                 line = typed.recv(), if input_open => match line.flatten() {
                     Some(l) => {
+                        last_input = Instant::now();
                         if let Some(t) = parse(&l) {
                             pending.push(t);
                             break;
@@ -278,11 +434,11 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
                         }
                     }
                 },
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(Exit::Done),
                 _ = tick => {
                     let now = Instant::now();
                     if deadline.is_some_and(|d| now >= d) {
-                        return Ok(());
+                        return Ok(Exit::Done);
                     }
                     // Another command on this profile wrote it (a `send`).
                     if w.p.changed_elsewhere() {
@@ -290,6 +446,9 @@ pub async fn run(p: Profile, target: Option<String>, for_secs: Option<u64>) -> a
                     }
                     if w.alert_due() {
                         break;
+                    }
+                    if now.duration_since(last_input) >= idle && pending.is_empty() {
+                        return Ok(Exit::Locked(ws.map(Box::new)));
                     }
                     let reconnecting = ws.is_none() || w.offline_since.is_some();
                     if reconnecting && now >= retry_at {

@@ -148,7 +148,7 @@ fn kill_9_of_the_client_at_random_points_loses_nothing_and_duplicates_nothing() 
     let mut from_bob = Vec::new();
     let mut killed = [0usize; 3];
     for run in 0..RUNS {
-        let op = (run % 3) as usize;
+        let op = run % 3;
         // Something for Alice's sync to take in.
         if op == 1 {
             let t = format!("bob {run}");

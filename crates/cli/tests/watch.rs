@@ -73,7 +73,16 @@ struct Watching {
 
 impl Watching {
     fn start(profile: &str, name: &str) -> Self {
-        let mut child = cmd(&["--profile", profile, "watch", name])
+        Self::start_with(profile, name, &[])
+    }
+
+    /// With extra environment; stderr lines arrive too, as `[stderr] ...`.
+    fn start_with(profile: &str, name: &str, env: &[(&str, &str)]) -> Self {
+        let mut c = cmd(&["--profile", profile, "watch", name]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -81,6 +90,7 @@ impl Watching {
             .expect("watch");
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
+        let tx_err = tx.clone();
         std::thread::spawn(move || {
             for l in std::io::BufReader::new(out).lines() {
                 let Ok(l) = l else { return };
@@ -93,6 +103,7 @@ impl Watching {
         std::thread::spawn(move || {
             for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("watch stderr: {l}");
+                let _ = tx_err.send(format!("[stderr] {l}"));
             }
         });
         Self {
@@ -392,4 +403,60 @@ fn clinician_cli_passcode_removal_names_and_times() {
         .output()
         .expect("run");
     assert!(!short.status.success());
+}
+
+/// The watch locks after the idle time (here shortened on this device, as
+/// a ward PC may be), shows nothing of what arrives while locked but that
+/// something did, counts a wrong passcode, and shows it all once unlocked.
+#[test]
+fn watch_locks_when_idle_and_shows_nothing_until_unlocked() {
+    let data = TempDir::new("watch-lock-data");
+    let profiles = TempDir::new("watch-lock-profiles");
+    let d = data.path().to_str().expect("path").to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _server = serve_on(&d, port);
+    let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
+    for u in ["alice", "bob"] {
+        enrol(&d, &url, &prof(u), u);
+    }
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "chat",
+        "create",
+        "ward",
+        "--members",
+        "bob",
+    ]);
+    ok(&["--profile", &prof("bob"), "sync"]);
+    let mut w = Watching::start_with(&prof("bob"), "ward", &[("SITREP_IDLE_LOCK_SECS", "2")]);
+    w.expect("watching", Duration::from_secs(10));
+    w.expect("locked (idle)", Duration::from_secs(10));
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "ward",
+        "bed 9: sats 88%, please review",
+    ]);
+    w.expect("new activity while locked", Duration::from_secs(10));
+    // A wrong passcode is refused and counted.
+    w.type_line("");
+    w.expect("Passcode", Duration::from_secs(5));
+    w.type_line("not-the-passcode");
+    w.expect("wrong passcode", Duration::from_secs(10));
+    assert!(
+        !w.seen.iter().any(|l| l.contains("sats 88%")),
+        "shown while locked: {:#?}",
+        w.seen
+    );
+    let failures = std::fs::read_to_string(profiles.path().join("bob").join("unlock-failures"))
+        .expect("counter");
+    assert!(failures.starts_with('1'), "{failures}");
+    // The right one.
+    w.type_line("");
+    w.type_line(PASS);
+    w.expect("unlocked", Duration::from_secs(10));
+    w.expect("bed 9: sats 88%, please review", Duration::from_secs(10));
 }
