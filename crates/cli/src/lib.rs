@@ -608,6 +608,17 @@ pub async fn mark_read(p: &Profile, names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How far each member has got in a conversation (one request), for every
+/// message's state: [`api::Receipts::tally`].
+pub async fn receipts(p: &Profile, name: &str) -> anyhow::Result<api::Receipts> {
+    let gid = p.client.group_hex(name)?;
+    let r: api::Receipts = p
+        .remote()
+        .get(&format!("/v1/groups/{gid}/receipts"))
+        .await?;
+    Ok(r)
+}
+
 /// One member's view of one message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Seen {

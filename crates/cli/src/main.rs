@@ -862,6 +862,31 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// The state of one of this user's own messages: "sent" (the server stored
+/// it), "delivered" (everyone has it), "read" (everyone has shown it), with
+/// the tally when the server could be asked.
+fn message_state(
+    seq: u64,
+    own: &str,
+    receipts: Option<&sitrep_wire::api::Receipts>,
+) -> (&'static str, Option<sitrep_wire::api::Tally>) {
+    if seq == 0 {
+        return ("sent", None);
+    }
+    let Some(r) = receipts else {
+        return ("sent", None);
+    };
+    let t = r.tally(seq, own);
+    let word = if t.recipients > 0 && t.read == t.recipients {
+        "read"
+    } else if t.recipients > 0 && t.delivered == t.recipients {
+        "delivered"
+    } else {
+        "sent"
+    };
+    (word, Some(t))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve {
@@ -1322,15 +1347,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::History { name, json } => {
             let mut p = open_profile(&cli.profile)?;
             // Shown now: tell the server, if it can be reached (the history
-            // itself is local and shown either way).
+            // itself is local and shown either way), and ask how far the
+            // others have got, for the state of this user's own messages.
             if let Err(e) = sitrep_cli::mark_read(&p, std::slice::from_ref(&name)).await {
                 tracing::debug!(error = %e, "read marker not sent");
             }
+            let receipts = match tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                sitrep_cli::receipts(&p, &name),
+            )
+            .await
+            {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "receipts not fetched");
+                    None
+                }
+                Err(_) => None,
+            };
+            let own = p.client.user_id().to_string();
             let conv = p.client.conversation(&name)?;
             let mut day = String::new();
             for h in &conv.history {
+                let state = (h.sender == own && h.kind != "system")
+                    .then(|| message_state(h.seq, &own, receipts.as_ref()));
                 if json {
-                    println!("{}", serde_json::to_string(h)?);
+                    let mut v = serde_json::to_value(h)?;
+                    if let Some((word, tally)) = &state {
+                        v["state"] = serde_json::json!(word);
+                        if let Some(t) = tally {
+                            v["recipients"] = serde_json::json!(t.recipients);
+                            v["delivered"] = serde_json::json!(t.delivered);
+                            v["read"] = serde_json::json!(t.read);
+                        }
+                    }
+                    println!("{v}");
                     continue;
                 }
                 let d = fmt_day(h.sent_at);
@@ -1341,14 +1392,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("-- {d} --");
                     day = d;
                 }
+                let suffix = match &state {
+                    Some((word, Some(t))) if t.recipients > 0 => {
+                        format!(
+                            "  ({word}: read by {} of {}, delivered to {})",
+                            t.read, t.recipients, t.delivered
+                        )
+                    }
+                    Some((word, _)) => format!("  ({word})"),
+                    None => String::new(),
+                };
                 println!(
-                    "{} {}: {}",
+                    "{} {}: {}{suffix}",
                     fmt_clock(h.sent_at),
                     h.sender_name,
                     sitrep_core::incident::summary(&h.kind, &h.body)
                 );
             }
-            if !json && conv.history.is_empty() {
+            // What this user wrote that has not gone out yet.
+            let hex = p.client.group_hex(&name)?;
+            let waiting: Vec<_> = p
+                .client
+                .waiting()
+                .into_iter()
+                .filter(|w| w.group_hex == hex)
+                .collect();
+            for w in &waiting {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": w.id, "sender": own, "kind": "text",
+                            "body": w.body, "sent_at": w.written_at, "state": "queued"})
+                    );
+                } else {
+                    println!(
+                        "{} {}: {}  (queued: goes out when the server can be reached)",
+                        fmt_clock(w.written_at),
+                        p.client.display_name(),
+                        w.body
+                    );
+                }
+            }
+            if !json && conv.history.is_empty() && waiting.is_empty() {
                 println!("No messages in {name} yet.");
             }
             p.client.mark_shown(&name)?;

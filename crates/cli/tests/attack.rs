@@ -966,3 +966,69 @@ async fn a_commit_only_members_can_refuse_is_shown_not_swallowed() {
     assert!(!waiting[0].encrypted, "not encrypted at the broken epoch");
     server.stop().await;
 }
+
+/// Receipts (how far each member has got, for every message's state) go to
+/// current members only, and tell a member nothing about the others'
+/// other conversations: a device's place is given in this group's own
+/// messages, never its cursor in the server's global log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_are_for_members_and_say_nothing_of_other_groups() {
+    let server = TestServer::start().await;
+    let (_da, mut alice) = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
+    let (_db, mut bob) = device(&server.url, &server.invite("bob"), INTEROP_CIPHERSUITE).await;
+    let (_dc, carol) = device(&server.url, &server.invite("carol"), INTEROP_CIPHERSUITE).await;
+    sitrep_cli::chat_create(&mut alice, "ward", &["bob".into()], "off")
+        .await
+        .expect("create");
+    sitrep_cli::chat_create(&mut bob, "private", &["alice".into()], "off")
+        .await
+        .expect("create");
+    let sent = sitrep_cli::send(&mut alice, "ward", "bed 4 is free")
+        .await
+        .expect("send");
+    let _ = sent;
+    // Bob reads the ward, then much happens in another conversation.
+    sitrep_cli::sync(&mut bob).await.expect("sync");
+    for i in 0..5 {
+        sitrep_cli::send(&mut bob, "private", &format!("elsewhere {i}"))
+            .await
+            .expect("send");
+    }
+    sitrep_cli::sync(&mut bob).await.expect("sync");
+    let gid = alice.client.group_hex("ward").expect("hex");
+    let path = format!("/v1/groups/{gid}/receipts");
+    // Not a member: refused, whatever the group.
+    let (status, _) = raw(
+        &server.url,
+        reqwest::Method::GET,
+        &path,
+        Some(carol.client.token()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = raw(&server.url, reqwest::Method::GET, &path, None, None).await;
+    assert_eq!(status, 401);
+    // A member: Bob's place is the ward's last message, not further.
+    let r = sitrep_cli::receipts(&alice, "ward")
+        .await
+        .expect("receipts");
+    let ward_last = alice
+        .client
+        .conversation("ward")
+        .expect("conv")
+        .history
+        .iter()
+        .map(|h| h.seq)
+        .max()
+        .expect("seq");
+    let b = r
+        .devices
+        .iter()
+        .find(|d| d.user_id == "bob")
+        .expect("bob's row");
+    assert_eq!(b.delivered_through, ward_last, "{r:?}");
+    let t = r.tally(ward_last, "alice");
+    assert_eq!((t.recipients, t.delivered), (1, 1));
+    server.stop().await;
+}

@@ -460,3 +460,80 @@ fn watch_locks_when_idle_and_shows_nothing_until_unlocked() {
     w.expect("unlocked", Duration::from_secs(10));
     w.expect("bed 9: sats 88%, please review", Duration::from_secs(10));
 }
+
+/// `history` shows the state of each of the user's own messages: sent,
+/// delivered, read (with the tally), and queued while the server is away.
+#[test]
+fn history_shows_sent_delivered_read_and_queued() {
+    let data = TempDir::new("state-data");
+    let profiles = TempDir::new("state-profiles");
+    let d = data.path().to_str().expect("path").to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = serve_on(&d, port);
+    let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
+    for u in ["alice", "bob", "carol"] {
+        enrol(&d, &url, &prof(u), u);
+    }
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "chat",
+        "create",
+        "ward",
+        "--members",
+        "bob,carol",
+    ]);
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "ward",
+        "theatre 2 is ready",
+    ]);
+    let state = |who: &str| -> serde_json::Value {
+        ok(&["--profile", &prof(who), "history", "ward", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+            .find(|v| v["body"] == "theatre 2 is ready")
+            .expect("the message")
+    };
+    let s = state("alice");
+    assert_eq!(
+        (s["state"].as_str(), s["recipients"].as_u64()),
+        (Some("sent"), Some(2))
+    );
+    assert_eq!(s["delivered"], 0);
+    // Both fetch it; Bob is shown it (`sync` prints it), Carol's device
+    // only fetches it (`seen` syncs without showing messages).
+    let id = s["id"].as_str().expect("id").to_string();
+    ok(&["--profile", &prof("carol"), "seen", "ward", &id]);
+    ok(&["--profile", &prof("bob"), "sync"]);
+    let s = state("alice");
+    assert_eq!(s["delivered"], 2, "{s}");
+    assert_eq!(s["read"], 1, "{s}");
+    assert_eq!(s["state"], "delivered");
+    ok(&["--profile", &prof("carol"), "history", "ward"]);
+    let s = state("alice");
+    assert_eq!(s["state"], "read", "{s}");
+    let text = ok(&["--profile", &prof("alice"), "history", "ward"]);
+    assert!(
+        text.contains("(read: read by 2 of 2, delivered to 2)"),
+        "{text}"
+    );
+    // The server goes away: a new message is shown as queued.
+    drop(server);
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "ward",
+        "porter to bay 3",
+    ]);
+    let text = ok(&["--profile", &prof("alice"), "history", "ward"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("porter to bay 3") && l.contains("(queued")),
+        "{text}"
+    );
+}

@@ -251,6 +251,8 @@ pub struct Client {
 pub struct Waiting {
     /// Conversation name.
     pub conversation: String,
+    /// The conversation's group id, hex.
+    pub group_hex: String,
     /// Message id.
     pub id: String,
     /// The text as it will be sent.
@@ -1513,6 +1515,7 @@ impl Client {
             .iter()
             .map(|p| Waiting {
                 conversation: name(&p.group_hex),
+                group_hex: p.group_hex.clone(),
                 id: p.client_id.clone(),
                 body: p.entry.body.clone(),
                 written_at: p.entry.sent_at,
@@ -1521,6 +1524,7 @@ impl Client {
             .collect();
         out.extend(self.state.queued.iter().map(|q| Waiting {
             conversation: name(&q.group_hex),
+            group_hex: q.group_hex.clone(),
             id: q.id.clone(),
             body: q.body.clone(),
             written_at: q.written_at,

@@ -119,6 +119,7 @@ CREATE TABLE IF NOT EXISTS sent_log (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sent_log_client ON sent_log(sender_device, client_id);
+CREATE INDEX IF NOT EXISTS sent_log_group ON sent_log(group_id, seq);
 -- Each advance of a device's read marker in a group: it has shown the
 -- group's messages up to seq (at that time). See threat-model.md.
 CREATE TABLE IF NOT EXISTS read_log (
@@ -1196,6 +1197,48 @@ impl Db {
                     device_id: r.get(1)?,
                     delivered: r.get(2)?,
                     read_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    /// Every membership of the group with how far its device has got in the
+    /// group's own messages (never the global cursor, which would tell a
+    /// member about the device's other groups). Current members only.
+    pub fn receipts(
+        &self,
+        asker: &str,
+        group_id: &[u8],
+    ) -> Result<Vec<sitrep_wire::api::DeviceReceipt>, ApiErr> {
+        let g = self.lock();
+        require_member(&g.conn, group_id, asker, 0)?;
+        let mut st = g
+            .conn
+            .prepare_cached(
+                "SELECT d.user_id, d.device_id, ms.from_seq, ms.to_seq,
+                        COALESCE((SELECT MAX(s.seq) FROM sent_log s
+                                   WHERE s.group_id = ms.group_id AND s.seq <= d.cursor
+                                     AND s.seq > ms.from_seq
+                                     AND (ms.to_seq IS NULL OR s.seq <= ms.to_seq)), 0),
+                        COALESCE((SELECT MAX(r.seq) FROM read_log r
+                                   WHERE r.group_id = ms.group_id AND r.device_id = ms.device_id), 0)
+                   FROM memberships ms
+                   JOIN devices d ON d.device_id = ms.device_id
+                  WHERE ms.group_id = ?1
+                  ORDER BY d.user_id, d.device_id, ms.from_seq
+                  LIMIT 100000",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![group_id], |r| {
+                Ok(sitrep_wire::api::DeviceReceipt {
+                    user_id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    from_seq: r.get::<_, i64>(2)? as u64,
+                    to_seq: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    delivered_through: r.get::<_, i64>(4)? as u64,
+                    read_through: r.get::<_, i64>(5)? as u64,
                 })
             })
             .map_err(db_err)?;

@@ -78,6 +78,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/groups/{group}/rejoin", post(rejoin))
         .route("/v1/groups/{group}/read", post(mark_read))
         .route("/v1/groups/{group}/status", get(message_status))
+        .route("/v1/groups/{group}/receipts", get(receipts))
         .route("/v1/inbox", get(inbox))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{device}/wipe", post(wipe_device))
@@ -966,6 +967,19 @@ async fn message_status(
             })
             .collect(),
     }))
+}
+
+/// # GET /v1/groups/{group}/receipts
+/// How far each member device has got in the group's messages (delivered,
+/// read), for every message's state in one request. Members only.
+async fn receipts(
+    State(st): St,
+    Auth(dev): Auth,
+    Path(group): Path<String>,
+) -> Result<Json<api::Receipts>, ApiErr> {
+    let gid = group_id(&group)?;
+    let devices = blocking(move || st.db.receipts(&dev.device_id, &gid)).await?;
+    Ok(Json(api::Receipts { devices }))
 }
 
 /// # POST /v1/groups/{group}/leave

@@ -238,6 +238,68 @@ pub struct MessageStatus {
     pub devices: Vec<DeviceDelivery>,
 }
 
+/// `GET /v1/groups/{group}/receipts`: how far each member device has got in
+/// the group, so a client can show every message's state (delivered, read)
+/// with one request. Current members only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipts {
+    /// One row per membership of a device in the group (a device that left
+    /// and came back has two).
+    pub devices: Vec<DeviceReceipt>,
+}
+
+/// One row of [`Receipts`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceReceipt {
+    /// User id.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// It receives the group's messages after this seq...
+    pub from_seq: u64,
+    /// ...up to this one, if its membership ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_seq: Option<u64>,
+    /// The group's last message it has fetched and acknowledged (0: none).
+    pub delivered_through: u64,
+    /// The group's last message it reported shown (0: none).
+    pub read_through: u64,
+}
+
+/// Where one message has got to, from [`Receipts`]: counted by person
+/// (a user counts once, on whichever of their devices), the sender's user
+/// left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// People it was sent to.
+    pub recipients: usize,
+    /// Of them, on at least one device, fetched.
+    pub delivered: usize,
+    /// Of them, on at least one device, shown.
+    pub read: usize,
+}
+
+impl Receipts {
+    /// The tally of message `seq`, sent by `sender_user`.
+    pub fn tally(&self, seq: u64, sender_user: &str) -> Tally {
+        use std::collections::BTreeMap;
+        let mut users: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+        for d in &self.devices {
+            if d.user_id == sender_user || d.from_seq >= seq || d.to_seq.is_some_and(|t| t < seq) {
+                continue;
+            }
+            let u = users.entry(&d.user_id).or_default();
+            u.0 |= d.delivered_through >= seq;
+            u.1 |= d.read_through >= seq;
+        }
+        Tally {
+            recipients: users.len(),
+            delivered: users.values().filter(|(d, _)| *d).count(),
+            read: users.values().filter(|(_, r)| *r).count(),
+        }
+    }
+}
+
 /// One device in a [`MessageStatus`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceDelivery {
