@@ -161,9 +161,9 @@ impl Profile {
     /// Let other commands use the profile. The client stays in memory but
     /// may go stale: [`Profile::reacquire`] before using it again.
     pub fn release(&mut self) {
-        if let Ok(v) = self.store.data_version() {
-            self.version = v;
-        }
+        // `version` stays as it was read at the last load: this process's
+        // own writes do not change it, anyone else's (even a wipe from
+        // this process's other connection) does.
         self.lock = None;
     }
 
@@ -202,13 +202,22 @@ impl Profile {
             bail!("the passcode must be at least {min} characters");
         }
         let (m_kib, t, p) = policy.argon2;
-        self.vault = Vault::create(
-            new,
-            sitrep_core::vault::KdfParams { m_kib, t, p },
-            self.client.random::<16>(),
-        )?;
+        let old = std::mem::replace(
+            &mut self.vault,
+            Vault::create(
+                new,
+                sitrep_core::vault::KdfParams { m_kib, t, p },
+                self.client.random::<16>(),
+            )?,
+        );
         self.client.persist_unknown();
-        self.save()
+        if let Err(e) = self.save() {
+            // Still sealed under the old passcode: keep using it.
+            self.vault = old;
+            self.client.persist_unknown();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Seal and write what changed, in one transaction (durable when this

@@ -110,10 +110,24 @@ impl<S: ProfileStore> Session<S> {
         let (failures, limit) = self.store.unlock_failures()?;
         let opened = match self.store.load()? {
             Some(records) => {
-                let (id, sealed) = &records[0];
-                Vault::open_record(passcode, id, sealed).and_then(|(vault, _)| {
-                    Client::from_records(&vault, &records).map(|c| (vault, c, false))
-                })
+                // The passcode is right if the key it gives names a record
+                // that is there (ids are keyed): one derivation, and a
+                // damaged record is never taken for a wrong passcode.
+                let vault = Vault::for_records(passcode, &records[0].1)?;
+                let state_id = vault.record_id(crate::persist::STATE_NAME);
+                if records.iter().any(|(id, _)| *id == state_id) {
+                    // Left over from a migration cut short.
+                    self.store.remove_legacy()?;
+                    let client = Client::from_records(&vault, &records).map_err(|e| match e {
+                        Error::WrongPasscode => Error::BadStore(
+                            "records sealed under different keys: the store is damaged",
+                        ),
+                        e => e,
+                    })?;
+                    Ok((vault, client, false))
+                } else {
+                    Err(Error::WrongPasscode)
+                }
             }
             None => {
                 let legacy = self.store.load_legacy()?.ok_or(UnlockError::NoProfile)?;

@@ -33,6 +33,8 @@ pub type Sealed = (RecordId, Vec<u8>);
 pub const PAGE: u64 = 64;
 
 const STATE: &[u8] = b"state";
+/// The name of the record that holds the state (and the manifest).
+pub const STATE_NAME: &[u8] = STATE;
 const MLS: &[u8] = b"m/";
 const HIST: &[u8] = b"h/";
 
@@ -88,6 +90,38 @@ pub(crate) struct Persisted {
     state: Zeroizing<Vec<u8>>,
     mls: HashMap<Vec<u8>, Zeroizing<Vec<u8>>>,
     history: HashMap<String, Pages>,
+    /// The nonce of every record but `state`, by id: what the manifest in
+    /// `state` is a digest of.
+    nonces: BTreeMap<RecordId, [u8; NONCE]>,
+    /// Epochs entered and past-epoch keys deleted, summed over the
+    /// conversations: when it moves, key material was dropped.
+    keys: u64,
+}
+
+const NONCE: usize = 12;
+/// Where a sealed record's nonce is (after the vault header).
+const NONCE_AT: usize = 36;
+
+fn nonce_of(sealed: &[u8]) -> [u8; NONCE] {
+    let mut n = [0u8; NONCE];
+    if let Some(s) = sealed.get(NONCE_AT..NONCE_AT + NONCE) {
+        n.copy_from_slice(s);
+    }
+    n
+}
+
+/// The digest of the set of records (every one but `state`, by id and
+/// nonce), sealed in `state`: a record deleted, added, or put back from an
+/// earlier write no longer matches it.
+fn manifest(nonces: &BTreeMap<RecordId, [u8; NONCE]>) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"sitrep records manifest v1");
+    for (id, n) in nonces {
+        h.update(id);
+        h.update(n);
+    }
+    h.finalize().into()
 }
 
 fn name_of(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -172,12 +206,6 @@ impl Client {
                 ..Persisted::default()
             };
         }
-        // State.
-        let state = self.state_bytes();
-        if ch.clear || state[..] != self.persisted.state[..] {
-            ch.put.push(self.seal_one(vault, STATE, &state));
-            self.persisted.state = state;
-        }
         // MLS storage, value by value.
         let mut mls_puts = Vec::new();
         let mut seen = BTreeSet::new();
@@ -228,7 +256,38 @@ impl Client {
                 ch.erase = true;
             }
         }
+        // A new epoch, or past-epoch keys deleted: the old values of the MLS
+        // records that held them must leave the files too.
+        let keys = self.key_fingerprint();
+        if keys != self.persisted.keys {
+            ch.erase = true;
+            self.persisted.keys = keys;
+        }
+        // The manifest of every other record, then the state with it.
+        for id in &ch.delete {
+            self.persisted.nonces.remove(id);
+        }
+        for (id, sealed) in &ch.put {
+            self.persisted.nonces.insert(*id, nonce_of(sealed));
+        }
+        let mut state = Zeroizing::new(manifest(&self.persisted.nonces).to_vec());
+        state.extend_from_slice(&self.state_bytes());
+        if ch.clear || state[..] != self.persisted.state[..] {
+            ch.put.push(self.seal_one(vault, STATE, &state));
+            self.persisted.state = state;
+        }
         ch
+    }
+
+    fn key_fingerprint(&self) -> u64 {
+        self.state
+            .conversations
+            .values()
+            .map(|c| {
+                c.keys_deleted_through
+                    .wrapping_add(c.epoch_starts.last().map_or(0, |e| e.0))
+            })
+            .fold(0u64, u64::wrapping_add)
     }
 
     fn history_changes(&mut self, vault: &Vault, hex: &str) -> (Vec<Sealed>, Vec<RecordId>, bool) {
@@ -292,6 +351,7 @@ impl Client {
         let mut state: Option<Zeroizing<Vec<u8>>> = None;
         let mut mls: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut pages: BTreeMap<String, BTreeMap<u64, Page>> = BTreeMap::new();
+        let mut nonces = BTreeMap::new();
         for (id, sealed) in records {
             let plain = vault.unseal_record(id, sealed)?;
             let (name, value) = unframe(&plain)?;
@@ -300,7 +360,10 @@ impl Client {
             }
             if name == STATE {
                 state = Some(Zeroizing::new(value.to_vec()));
-            } else if let Some(k) = name.strip_prefix(MLS) {
+                continue;
+            }
+            nonces.insert(*id, nonce_of(sealed));
+            if let Some(k) = name.strip_prefix(MLS) {
                 mls.push((k.to_vec(), value.to_vec()));
             } else if let Some(rest) = name.strip_prefix(HIST) {
                 let rest =
@@ -319,7 +382,12 @@ impl Client {
             }
         }
         let state_bytes = state.ok_or(Error::BadStore("no state record"))?;
-        let mut st: State = ciborium::from_reader(&state_bytes[..])
+        if state_bytes.len() < 32 || state_bytes[..32] != manifest(&nonces) {
+            return Err(Error::BadStore(
+                "the store's records do not belong together (one was removed, added or put back from an earlier copy)",
+            ));
+        }
+        let mut st: State = ciborium::from_reader(&state_bytes[32..])
             .map_err(|_| Error::BadStore("state does not decode"))?;
         let mut loaded: HashMap<String, Pages> = HashMap::new();
         for (hex, conv) in st.conversations.iter_mut() {
@@ -360,8 +428,11 @@ impl Client {
             );
         }
         let mut client = Client::from_parts(st, mls)?;
+        let keys = client.key_fingerprint();
         client.persisted = Persisted {
             known: true,
+            nonces,
+            keys,
             state: state_bytes,
             mls: client
                 .provider

@@ -142,13 +142,28 @@ fn io(e: std::io::Error) -> Error {
 /// file systems this is best effort, which is why everything is sealed.
 #[cfg(not(target_arch = "wasm32"))]
 fn shred(p: &std::path::Path) -> Result<(), Error> {
-    if let Ok(meta) = std::fs::metadata(p) {
-        let zeros = vec![0u8; meta.len() as usize];
-        let _ = std::fs::write(p, zeros);
+    use std::io::{Seek as _, Write as _};
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(p) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = len;
+        let _ = f.seek(std::io::SeekFrom::Start(0));
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            if f.write_all(&zeros[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        let _ = f.sync_all();
+        drop(f);
         match std::fs::remove_file(p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
+        }
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
     }
     Ok(())
@@ -177,6 +192,10 @@ mod sqlite {
     }
 
     const DB: &str = "profile.db";
+
+    /// The core does not log; a failed delete before shredding is not an
+    /// error the caller can act on.
+    fn tracing_free_note(_e: &rusqlite::Error) {}
     const FAILURES: &str = "unlock-failures";
 
     fn sql(e: rusqlite::Error) -> Error {
@@ -241,10 +260,21 @@ mod sqlite {
         /// Make deleted content unreadable in the files now: checkpoint the
         /// log into the database (where `secure_delete` zeroed it) and
         /// truncate the log.
+        /// Another process reading the store at that moment can hold the
+        /// checkpoint up: it is tried again for a while, then left to the
+        /// next erase (the data itself is durable either way).
         pub fn erase_freed(&self) -> Result<(), Error> {
-            self.db()
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(sql)
+            for _ in 0..50 {
+                let busy: i64 = self
+                    .db()
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                    .map_err(sql)?;
+                if busy == 0 {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(())
         }
     }
 
@@ -342,7 +372,10 @@ mod sqlite {
 
         fn destroy(&self) -> Result<(), Error> {
             let mut db = self.db();
-            let _ = db.execute("DELETE FROM records", []);
+            // Even if this fails (a damaged file), the files are shredded below.
+            if let Err(e) = db.execute("DELETE FROM records", []) {
+                tracing_free_note(&e);
+            }
             let _ = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             // Close the file before it goes (closing may touch the log).
             let placeholder = rusqlite::Connection::open_in_memory().map_err(sql)?;

@@ -136,6 +136,14 @@ impl Vault {
         Ok((vault, plain))
     }
 
+    /// The key a passcode gives for records sealed with this header (any
+    /// record's bytes): whether it is the right one shows when records are
+    /// looked up by the ids it derives.
+    pub fn for_records(passcode: &str, any_sealed: &[u8]) -> Result<Self, Error> {
+        let (key, header) = Self::derive_from(passcode, any_sealed)?;
+        Ok(Self { key, header })
+    }
+
     fn derive_from(
         passcode: &str,
         sealed: &[u8],
@@ -197,8 +205,8 @@ impl Vault {
     }
 
     /// Open one record sealed under this key with this id. A record sealed
-    /// under another key (a passcode change meanwhile), moved to another
-    /// id, or altered is refused.
+    /// under another key (a passcode change meanwhile) is `WrongPasscode`;
+    /// one moved to another id, or altered, is `BadStore`.
     pub fn unseal_record(&self, id: &RecordId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         if sealed.len() < HEADER_LEN + NONCE_LEN + 16 || sealed[..HEADER_LEN] != self.header {
             return Err(Error::WrongPasscode);
@@ -209,7 +217,9 @@ impl Vault {
         cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
             .map(Zeroizing::new)
-            .map_err(|_| Error::WrongPasscode)
+            .map_err(|_| {
+                Error::BadStore("a record does not open: the store is damaged or was altered")
+            })
     }
 
     /// Open sealed bytes with this vault's key, as written again by another

@@ -74,3 +74,105 @@ fn a_send_writes_the_same_few_records_with_100_or_5000_messages_of_history() {
         "bytes written grew with history: {sizes:?}"
     );
 }
+
+/// Someone with the disk (or a faulty one) cannot roll back, drop or alter
+/// one record: the records carry a manifest of each other, so the profile
+/// refuses to open rather than show a history that never was. Such damage
+/// is never counted as a wrong passcode (which would end in a wipe).
+#[test]
+fn one_record_rolled_back_dropped_or_altered_is_refused_and_not_counted() {
+    use sitrep_core::persist::Changes;
+    use sitrep_core::store::MemoryStore;
+    use sitrep_core::{Error, UnlockError};
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let (mut c, _) = common::enrol(&org, INTEROP_CIPHERSUITE, "alice");
+    c.create_conversation("ward 7", "off").expect("create");
+    let mut s = Session::create(MemoryStore::default(), c, "passcode-123", 0).expect("session");
+    let send = |s: &mut Session<MemoryStore>, text: &str| {
+        let c = s.client(0).expect("unlocked");
+        let out = c.encrypt_text("ward 7", text, 0).expect("enc");
+        c.sent(&out.request.client_id);
+        s.save().expect("save");
+    };
+    for i in 0..70 {
+        send(&mut s, &format!("obs {i}"));
+    }
+    let before = s.store().load().expect("load").expect("records");
+    send(&mut s, "one more");
+    let after = s.store().load().expect("load").expect("records");
+    let changed: Vec<_> = after
+        .iter()
+        .filter_map(|(id, b)| {
+            before
+                .iter()
+                .find(|(i, old)| i == id && old != b)
+                .map(|(_, old)| (*id, old.clone(), b.clone()))
+        })
+        .collect();
+    assert!(changed.len() >= 3, "state, a page and MLS secrets changed");
+    s.lock();
+    let put = |s: &Session<MemoryStore>, id, bytes: &Vec<u8>| {
+        s.store()
+            .write(&Changes {
+                put: vec![(id, bytes.clone())],
+                ..Changes::default()
+            })
+            .expect("write");
+    };
+    let refused = |s: &mut Session<MemoryStore>, what: &str| {
+        match s.unlock("passcode-123", 0) {
+            Err(UnlockError::Other(Error::BadStore(_))) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(
+            s.store().unlock_failures().expect("count").0,
+            0,
+            "{what} counted"
+        );
+    };
+    for (id, old, new) in &changed {
+        put(&s, *id, old);
+        refused(&mut s, "an older copy of one record");
+        put(&s, *id, new);
+    }
+    // One record altered.
+    let (id, _, new) = &changed[0];
+    let mut bad = new.clone();
+    let n = bad.len() - 3;
+    bad[n] ^= 0x40;
+    put(&s, *id, &bad);
+    refused(&mut s, "an altered record");
+    put(&s, *id, new);
+    // One record gone (whichever is not the state).
+    for (id, _, new) in &changed {
+        s.store()
+            .write(&Changes {
+                delete: vec![*id],
+                ..Changes::default()
+            })
+            .expect("delete");
+        match s.unlock("passcode-123", 0) {
+            Err(UnlockError::Other(Error::BadStore(_)))
+            | Err(UnlockError::WrongPasscode { .. }) => {}
+            other => panic!("a record gone: {other:?}"),
+        }
+        put(&s, *id, new);
+    }
+    // As it was: it opens, with everything.
+    s.store().set_unlock_failures(0, 10).expect("reset");
+    s.unlock("passcode-123", 0).expect("intact again");
+    let n = s
+        .client(0)
+        .expect("unlocked")
+        .conversation("ward 7")
+        .expect("conv")
+        .history
+        .len();
+    assert!(n >= 71, "{n}");
+    // And a wrong passcode is still counted.
+    s.lock();
+    assert!(matches!(
+        s.unlock("not-it", 0),
+        Err(UnlockError::WrongPasscode { remaining: 9 })
+    ));
+}
