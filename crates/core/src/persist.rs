@@ -73,12 +73,30 @@ struct Page {
     entries: Vec<HistoryEntry>,
 }
 
-/// Which history pages of a conversation were last handed out.
+/// Which history pages of a conversation were last handed out: those of
+/// places `base..end` (always a run of pages), and any stray ones found at
+/// load, to delete.
 #[derive(Debug, Default, Clone)]
 struct Pages {
     base: u64,
     end: u64,
-    pages: BTreeSet<u64>,
+    stray: Vec<u64>,
+}
+
+/// The pages that hold places `base..end`, first and last.
+fn page_span(base: u64, end: u64) -> Option<(u64, u64)> {
+    (end > base).then(|| (base / PAGE, (end - 1) / PAGE))
+}
+
+impl Pages {
+    /// Every page held.
+    fn all(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = page_span(self.base, self.end)
+            .map(|(a, b)| (a..=b).collect())
+            .unwrap_or_default();
+        v.extend(&self.stray);
+        v
+    }
 }
 
 /// What the store holds, as far as this client knows (what [`Client::changes`]
@@ -92,7 +110,7 @@ pub(crate) struct Persisted {
     history: HashMap<String, Pages>,
     /// The nonce of every record but `state`, by id: what the manifest in
     /// `state` is a digest of.
-    nonces: BTreeMap<RecordId, [u8; NONCE]>,
+    manifest: Manifest,
     /// Epochs entered and past-epoch keys deleted, summed over the
     /// conversations: when it moves, key material was dropped.
     keys: u64,
@@ -112,16 +130,67 @@ fn nonce_of(sealed: &[u8]) -> [u8; NONCE] {
 
 /// The digest of the set of records (every one but `state`, by id and
 /// nonce), sealed in `state`: a record deleted, added, or put back from an
-/// earlier write no longer matches it.
-fn manifest(nonces: &BTreeMap<RecordId, [u8; NONCE]>) -> [u8; 32] {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"sitrep records manifest v1");
-    for (id, n) in nonces {
-        h.update(id);
-        h.update(n);
+/// earlier write no longer matches it. A two-level hash: records fall in
+/// 256 buckets by the first byte of their id, so a write that touches a
+/// few records rehashes a few buckets, however long the history.
+#[derive(Default)]
+struct Manifest {
+    nonces: BTreeMap<RecordId, [u8; NONCE]>,
+    buckets: Vec<[u8; 32]>,
+    dirty: BTreeSet<u8>,
+}
+
+impl Manifest {
+    fn from_nonces(nonces: BTreeMap<RecordId, [u8; NONCE]>) -> Self {
+        let mut m = Self {
+            nonces,
+            buckets: Vec::new(),
+            dirty: (0..=255).collect(),
+        };
+        m.digest();
+        m
     }
-    h.finalize().into()
+
+    fn insert(&mut self, id: RecordId, nonce: [u8; NONCE]) {
+        self.nonces.insert(id, nonce);
+        self.dirty.insert(id[0]);
+    }
+
+    fn remove(&mut self, id: &RecordId) {
+        self.nonces.remove(id);
+        self.dirty.insert(id[0]);
+    }
+
+    fn digest(&mut self) -> [u8; 32] {
+        use sha2::Digest as _;
+        if self.buckets.len() != 256 {
+            self.buckets = vec![[0u8; 32]; 256];
+            self.dirty = (0..=255).collect();
+        }
+        for b in std::mem::take(&mut self.dirty) {
+            let mut h = sha2::Sha256::new();
+            h.update(b"sitrep records bucket v1");
+            let lo = {
+                let mut id = [0u8; crate::vault::RECORD_ID_LEN];
+                id[0] = b;
+                id
+            };
+            for (id, n) in self.nonces.range(lo..) {
+                if id[0] != b {
+                    break;
+                }
+                h.update(id);
+                h.update(n);
+            }
+            self.buckets[b as usize] = h.finalize().into();
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(b"sitrep records manifest v1");
+        for d in &self.buckets {
+            h.update(d);
+        }
+        h.finalize().into()
+    }
 }
 
 fn name_of(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -250,7 +319,7 @@ impl Client {
             .collect();
         for hex in dropped {
             if let Some(p) = self.persisted.history.remove(&hex) {
-                for page in p.pages {
+                for page in p.all() {
                     ch.delete.push(vault.record_id(&page_name(&hex, page)));
                 }
                 ch.erase = true;
@@ -265,12 +334,12 @@ impl Client {
         }
         // The manifest of every other record, then the state with it.
         for id in &ch.delete {
-            self.persisted.nonces.remove(id);
+            self.persisted.manifest.remove(id);
         }
         for (id, sealed) in &ch.put {
-            self.persisted.nonces.insert(*id, nonce_of(sealed));
+            self.persisted.manifest.insert(*id, nonce_of(sealed));
         }
-        let mut state = Zeroizing::new(manifest(&self.persisted.nonces).to_vec());
+        let mut state = Zeroizing::new(self.persisted.manifest.digest().to_vec());
         state.extend_from_slice(&self.state_bytes());
         if ch.clear || state[..] != self.persisted.state[..] {
             ch.put.push(self.seal_one(vault, STATE, &state));
@@ -291,7 +360,7 @@ impl Client {
     }
 
     fn history_changes(&mut self, vault: &Vault, hex: &str) -> (Vec<Sealed>, Vec<RecordId>, bool) {
-        let prev = self.persisted.history.get(hex).cloned().unwrap_or_default();
+        let prev = self.persisted.history.remove(hex).unwrap_or_default();
         let Some(conv) = self.state.conversations.get_mut(hex) else {
             return (Vec::new(), Vec::new(), false);
         };
@@ -307,11 +376,9 @@ impl Client {
             from = from.min(end - 1);
         }
         let from = from.max(base);
-        let mut pages = BTreeSet::new();
+        let span = page_span(base, end);
         let mut write = BTreeSet::new();
-        if end > base {
-            let (first, last) = (base / PAGE, (end - 1) / PAGE);
-            pages.extend(first..=last);
+        if let Some((first, last)) = span {
             if from < end {
                 write.extend(from / PAGE..=last);
             }
@@ -330,18 +397,37 @@ impl Client {
             };
             puts.push((p, cbor(&page)));
         }
-        let dels: Vec<RecordId> = prev
-            .pages
-            .difference(&pages)
-            .map(|p| vault.record_id(&page_name(hex, *p)))
+        let held = |p: u64| span.is_some_and(|(a, b)| (a..=b).contains(&p));
+        let mut dels: Vec<RecordId> = prev
+            .stray
+            .iter()
+            .copied()
+            .filter(|p| !held(*p))
+            .map(|p| vault.record_id(&page_name(hex, p)))
             .collect();
+        if let Some((a, b)) = page_span(prev.base, prev.end) {
+            // Only the ends of the old run can fall outside the new one.
+            let below = span.map_or(b, |(f, _)| f.saturating_sub(1).min(b));
+            let above = span.map_or(a, |(_, l)| (l + 1).max(a));
+            if span.is_none_or(|(f, _)| f > a) {
+                dels.extend((a..=below).map(|p| vault.record_id(&page_name(hex, p))));
+            }
+            if span.is_some_and(|(_, l)| l < b) {
+                dels.extend((above..=b).map(|p| vault.record_id(&page_name(hex, p))));
+            }
+        }
         let puts = puts
             .into_iter()
             .map(|(p, bytes)| self.seal_one(vault, &page_name(hex, p), &bytes))
             .collect();
-        self.persisted
-            .history
-            .insert(hex.to_string(), Pages { base, end, pages });
+        self.persisted.history.insert(
+            hex.to_string(),
+            Pages {
+                base,
+                end,
+                stray: Vec::new(),
+            },
+        );
         (puts, dels, erase)
     }
 
@@ -382,7 +468,8 @@ impl Client {
             }
         }
         let state_bytes = state.ok_or(Error::BadStore("no state record"))?;
-        if state_bytes.len() < 32 || state_bytes[..32] != manifest(&nonces) {
+        let mut manifest = Manifest::from_nonces(nonces);
+        if state_bytes.len() < 32 || state_bytes[..32] != manifest.digest() {
             return Err(Error::BadStore(
                 "the store's records do not belong together (one was removed, added or put back from an earlier copy)",
             ));
@@ -392,7 +479,6 @@ impl Client {
         let mut loaded: HashMap<String, Pages> = HashMap::new();
         for (hex, conv) in st.conversations.iter_mut() {
             let mut expect = conv.history_base;
-            let mut numbers = BTreeSet::new();
             if let Some(ps) = pages.remove(hex) {
                 for (n, p) in ps {
                     if p.first != expect || n != p.first / PAGE || p.entries.is_empty() {
@@ -402,7 +488,6 @@ impl Client {
                     if expect > (n + 1) * PAGE {
                         return Err(Error::BadStore("history page overruns"));
                     }
-                    numbers.insert(n);
                     conv.history.extend(p.entries);
                 }
             }
@@ -411,7 +496,7 @@ impl Client {
                 Pages {
                     base: conv.history_base,
                     end: expect,
-                    pages: numbers,
+                    stray: Vec::new(),
                 },
             );
         }
@@ -423,7 +508,7 @@ impl Client {
                 Pages {
                     base: 0,
                     end: 0,
-                    pages: ps.into_keys().collect(),
+                    stray: ps.into_keys().collect(),
                 },
             );
         }
@@ -431,7 +516,7 @@ impl Client {
         let keys = client.key_fingerprint();
         client.persisted = Persisted {
             known: true,
-            nonces,
+            manifest,
             keys,
             state: state_bytes,
             mls: client
