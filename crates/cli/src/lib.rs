@@ -349,6 +349,30 @@ impl Remote {
         .await
     }
 
+    /// Make a request the engine asked for: the status and body, or `None`
+    /// when no answer came (the request may or may not have been applied).
+    pub async fn perform(&self, req: &sitrep_core::engine::Request) -> Option<(u16, Vec<u8>)> {
+        let method = match req.method {
+            sitrep_core::engine::Method::Get => reqwest::Method::GET,
+            _ => reqwest::Method::POST,
+        };
+        let mut r = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, req.path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        if method == reqwest::Method::POST {
+            r = r
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(req.body.clone());
+        }
+        let resp = r.send().await.ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.ok()?;
+        Some((status, body.to_vec()))
+    }
+
     /// GET JSON.
     pub async fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
         self.call::<(), R>(reqwest::Method::GET, path, None).await
@@ -720,35 +744,62 @@ async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     Ok(events)
 }
 
+/// Drive the engine's outbox: encrypt what was written (after the pull, so
+/// at the group's current epoch), then post each message in order, sealed
+/// before it goes, feeding every answer (or its absence) back to the engine,
+/// which decides what it means (see `sitrep_core::engine`).
 async fn flush_outbox(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    // Messages written offline are encrypted now, after the pull, so at the
-    // group's current epoch; each moves to the outbox under its own id, sealed
-    // before it is posted.
-    let events = p.client.encrypt_queued(now_ms());
-    p.save()?;
+    let mut events = Vec::new();
     let remote = p.remote();
-    for out in p.client.outbox() {
-        let r: anyhow::Result<api::SendResponse> = remote
-            .post(
-                &format!("/v1/groups/{}/messages", out.group_hex),
-                &out.request,
-            )
-            .await;
-        match r {
-            Ok(r) => p.client.sent_at_seq(&out.request.client_id, r.seq),
-            Err(e)
-                if e.downcast_ref::<ServerError>()
-                    .is_some_and(|s| (400..500).contains(&s.status) && s.status != 429) =>
-            {
-                p.client.drop_outgoing(&out.request.client_id);
-                p.save()?;
-                return Err(e.context("a queued message was refused and dropped"));
-            }
-            Err(e) => return Err(e),
+    for round in 0..2 {
+        if round == 1 {
+            // Some were refused for their epoch: catch up, encrypt again.
+            events.extend(pull(p).await?);
         }
+        events.extend(p.client.encrypt_queued(now_ms()));
         p.save()?;
+        let mut requeued = false;
+        while let Some(req) = p.client.outbox_request() {
+            let answer = remote.perform(&req).await;
+            let reply = match &answer {
+                Some((status, body)) => sitrep_core::engine::Reply::Answered {
+                    status: *status,
+                    body,
+                },
+                None => sitrep_core::engine::Reply::Lost,
+            };
+            let step = p.client.outbox_reply(&req.id, reply, now_ms());
+            p.save()?;
+            match step {
+                sitrep_core::engine::Step::Retry => {
+                    let n = p.client.waiting().len();
+                    bail!(
+                        "cannot reach the server at {} ({}); {} kept in the outbox",
+                        p.client.server(),
+                        answer.map_or("no answer".to_string(), |(s, _)| format!("HTTP {s}")),
+                        plural_messages(n)
+                    );
+                }
+                sitrep_core::engine::Step::Requeued => requeued = true,
+                sitrep_core::engine::Step::Refused { reason } => {
+                    events.push(Event::Refused { reason });
+                }
+                _ => {}
+            }
+        }
+        if !requeued {
+            break;
+        }
     }
     Ok(events)
+}
+
+fn plural_messages(n: usize) -> String {
+    if n == 1 {
+        "1 message".into()
+    } else {
+        format!("{n} messages")
+    }
 }
 
 /// What became of a commit the server answered.
@@ -1199,8 +1250,25 @@ pub async fn send_queued(
     };
     p.save()?;
     let waiting = |p: &Profile| p.client.waiting().iter().any(|w| w.id == id);
+    let stored = |p: &Profile| {
+        p.client
+            .conversations()
+            .any(|c| c.history.iter().any(|h| h.id == id && h.kind != "system"))
+    };
     match sync(p).await {
-        Ok(_) if !waiting(p) => Ok(Sent { id, queued: None }),
+        Ok(_) if stored(p) => Ok(Sent { id, queued: None }),
+        Ok(events) if !waiting(p) => {
+            let why = events
+                .iter()
+                .find_map(|e| match e {
+                    Event::Refused { reason } if reason.contains("not sent") => {
+                        Some(reason.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| "the message was not sent".into());
+            bail!("{why}")
+        }
         Ok(_) => Ok(Sent {
             id,
             queued: Some("this device is being re-added to the conversation".into()),

@@ -1455,6 +1455,7 @@ impl Client {
             id: id.clone(),
             body: checked,
             written_at: now_ms,
+            requeued: false,
         });
         Ok(id)
     }
@@ -1486,12 +1487,16 @@ impl Client {
                 continue;
             }
             // By group id: two conversations may share a name.
-            if let Err(e) =
-                self.encrypt_content_as(&q.group_hex, Kind::Text, &q.body, None, id, q.written_at)
+            match self.encrypt_content_as(&q.group_hex, Kind::Text, &q.body, None, id, q.written_at)
             {
-                events.push(Event::Refused {
+                Ok(_) => {
+                    if let Some(p) = self.state.outbox.iter_mut().find(|p| p.client_id == q.id) {
+                        p.requeued = q.requeued;
+                    }
+                }
+                Err(e) => events.push(Event::Refused {
                     reason: format!("a message queued for {name:?} could not be sent: {e}"),
-                });
+                }),
             }
         }
         self.state.queued = keep;
@@ -1601,6 +1606,7 @@ impl Client {
         };
         let payload = ser_msg(&msg)?;
         self.state.outbox.push(Pending {
+            requeued: false,
             group_hex: group_hex.clone(),
             client_id: client_id.clone(),
             payload: ByteBuf::from(payload.clone()),

@@ -12,6 +12,7 @@
 //! (time is passed in) and compiles for `wasm32-unknown-unknown`. It never logs.
 
 mod client;
+pub mod engine;
 mod error;
 pub mod export;
 pub mod incident;

@@ -191,6 +191,9 @@ pub(crate) struct Pending {
     pub client_id: String,
     pub payload: ByteBuf,
     pub entry: HistoryEntry,
+    /// Encrypted again after a refusal for its epoch (only once).
+    #[serde(default)]
+    pub requeued: bool,
 }
 
 /// A change this device sent (or is about to send) whose answer it has not
@@ -291,6 +294,9 @@ pub(crate) struct Queued {
     pub body: String,
     /// When the user wrote it (ms).
     pub written_at: u64,
+    /// Back from the outbox after a refusal for its epoch (only once).
+    #[serde(default)]
+    pub requeued: bool,
 }
 
 /// One search or export by a records account, as its own sealed journal keeps it.

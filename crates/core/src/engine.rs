@@ -1,0 +1,168 @@
+//! The sans-I/O engine (issue 12), its first part: the outbox. The engine
+//! says what request it needs made ([`Request`]: method, path, body, with
+//! an id) and takes back what happened ([`Reply`]: an answer, or none); a
+//! driver performs the request, feeds the reply back, and writes
+//! [`Client::changes`] before the next request. No I/O here.
+//!
+//! What a reply means is decided here, once, for every front end:
+//! - 2xx: stored (a repeat of an earlier post with the same client id is
+//!   answered with the first outcome): the message moves to history with
+//!   its place in the log.
+//! - no answer, 5xx, 429: its fate is unknown: it stays, and is posted
+//!   again under the same client id ([`Step::Retry`]); never dropped.
+//! - a refusal that re-encrypting can mend (the group moved on past the
+//!   epoch it was encrypted at): the text goes back to the queue, once, to
+//!   be encrypted again at the current epoch under the same id
+//!   ([`Step::Requeued`]).
+//! - any other refusal: dropped, with a line in the conversation saying it
+//!   was not sent and why ([`Step::Refused`]): never a silent drop.
+
+use sitrep_wire::api;
+
+use crate::Client;
+use crate::state::Queued;
+
+/// An HTTP method the engine asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Method {
+    /// GET.
+    Get,
+    /// POST with a JSON body.
+    Post,
+}
+
+/// A request the engine needs made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// What the reply is fed back under (for the outbox: the client id).
+    pub id: String,
+    /// Method.
+    pub method: Method,
+    /// Path on the server, e.g. `/v1/groups/{g}/messages`.
+    pub path: String,
+    /// JSON body.
+    pub body: Vec<u8>,
+}
+
+/// What became of a [`Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// The server answered.
+    Answered {
+        /// HTTP status.
+        status: u16,
+        /// Body (JSON).
+        body: &'a [u8],
+    },
+    /// No answer (connection refused or cut, timeout): the request may or
+    /// may not have been applied.
+    Lost,
+}
+
+/// What the engine did with a reply to an outbox post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// Stored by the server at this place in its log.
+    Sent {
+        /// Its seq.
+        seq: u64,
+    },
+    /// Fate unknown: post the same request again later (after a backoff).
+    Retry,
+    /// Refused for its epoch: back in the queue, to be encrypted again after
+    /// the next catch-up.
+    Requeued,
+    /// Refused for good: dropped, and said so in the conversation.
+    Refused {
+        /// Why, for the user.
+        reason: String,
+    },
+    /// The reply was for nothing in the outbox (already settled): ignored.
+    Unknown,
+}
+
+impl Client {
+    /// The next message to post, the oldest first; `None` when the outbox
+    /// is empty. The caller writes [`Client::changes`] before sending it.
+    pub fn outbox_request(&self) -> Option<Request> {
+        let p = self.state.outbox.first()?;
+        let body = serde_json::to_vec(&api::SendRequest {
+            client_id: p.client_id.clone(),
+            payload: p.payload.to_vec(),
+        })
+        .expect("a SendRequest serialises");
+        Some(Request {
+            id: p.client_id.clone(),
+            method: Method::Post,
+            path: format!("/v1/groups/{}/messages", p.group_hex),
+            body,
+        })
+    }
+
+    /// Feed back what became of an outbox post.
+    pub fn outbox_reply(&mut self, id: &str, reply: Reply<'_>, now_ms: u64) -> Step {
+        let Some(pos) = self.state.outbox.iter().position(|p| p.client_id == id) else {
+            return Step::Unknown;
+        };
+        let (status, body) = match reply {
+            Reply::Lost => return Step::Retry,
+            Reply::Answered { status, body } => (status, body),
+        };
+        if (200..300).contains(&status) {
+            let Ok(r) = serde_json::from_slice::<api::SendResponse>(body) else {
+                // Stored (2xx) but the answer is garbled: ask again, the
+                // server answers a repeated id with its first outcome.
+                return Step::Retry;
+            };
+            self.sent_at_seq(id, r.seq);
+            return Step::Sent { seq: r.seq };
+        }
+        if status >= 500 || status == 429 || status == 408 {
+            return Step::Retry;
+        }
+        let err: Option<api::ApiError> = serde_json::from_slice(body).ok();
+        let code = err.as_ref().map_or("", |e| e.error.as_str());
+        let p = self.state.outbox.remove(pos);
+        let stale_epoch = matches!(code, "bad_message" | "epoch_conflict")
+            && p.entry.kind == "text"
+            && !p.requeued;
+        let active = self
+            .state
+            .conversations
+            .get(&p.group_hex)
+            .is_some_and(|c| c.active);
+        if stale_epoch && active {
+            let q = Queued {
+                group_hex: p.group_hex,
+                id: p.client_id,
+                body: p.entry.body,
+                written_at: p.entry.sent_at,
+                requeued: true,
+            };
+            // Before anything written after it.
+            let at = self
+                .state
+                .queued
+                .iter()
+                .position(|o| o.written_at > q.written_at)
+                .unwrap_or(self.state.queued.len());
+            self.state.queued.insert(at, q);
+            return Step::Requeued;
+        }
+        let why = match (status, code) {
+            (403, _) => "you are no longer in this conversation".to_string(),
+            (413, _) => "it is too large".to_string(),
+            _ => err.map_or_else(
+                || format!("the server refused it (HTTP {status})"),
+                |e| e.message,
+            ),
+        };
+        let short: String = p.entry.body.chars().take(40).collect();
+        let reason = format!("your message \"{short}\" was not sent: {why}");
+        let line_id = u64::from_be_bytes(self.random::<8>());
+        self.system_line(&p.group_hex, line_id, reason.clone(), now_ms);
+        Step::Refused { reason }
+    }
+}
