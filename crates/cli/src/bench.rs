@@ -422,18 +422,25 @@ async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> any
     Ok(())
 }
 
-async fn bench_watch(messages: usize) -> anyhow::Result<()> {
-    use std::io::BufRead as _;
+/// A server without rate limits, Alice as an in-memory device, and Bob as a
+/// real sealed profile (and its directory).
+async fn alice_and_bob() -> anyhow::Result<(Server, Client, PathBuf, crate::Profile)> {
     let server = start_server(|c| {
         c.rate_per_sec = 1e6;
         c.rate_burst = 1e6;
     })
     .await?;
     let cs = sitrep_core::DEFAULT_CIPHERSUITE;
-    let mut a = device(&server, "alice", cs, 2).await?;
+    let a = device(&server, "alice", cs, 2).await?;
     let dir = server.dir.join("profile-bob");
     let code = sitrep_server::create_invite(&server.dir, "bob", "bob", "bench", 3600)?;
-    let mut bob = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+    let bob = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+    Ok((server, a, dir, bob))
+}
+
+async fn bench_watch(messages: usize) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let (server, mut a, dir, mut bob) = alice_and_bob().await?;
     let gid = conversation(&server, &mut a, "ward", &["bob".to_string()]).await?;
     crate::sync(&mut bob).await?;
     drop(bob);
@@ -501,16 +508,7 @@ async fn bench_watch(messages: usize) -> anyhow::Result<()> {
 }
 
 async fn bench_catchup(messages: usize, convs: usize, rounds: usize) -> anyhow::Result<()> {
-    let server = start_server(|c| {
-        c.rate_per_sec = 1e6;
-        c.rate_burst = 1e6;
-    })
-    .await?;
-    let cs = sitrep_core::DEFAULT_CIPHERSUITE;
-    let mut a = device(&server, "alice", cs, 2).await?;
-    let dir = server.dir.join("profile-bob");
-    let code = sitrep_server::create_invite(&server.dir, "bob", "bob", "bench", 3600)?;
-    let mut bob = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+    let (server, mut a, _dir, mut bob) = alice_and_bob().await?;
     let mut gids = Vec::new();
     for c in 0..convs {
         gids.push(conversation(&server, &mut a, &format!("ward {c}"), &["bob".to_string()]).await?);

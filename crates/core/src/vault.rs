@@ -101,23 +101,7 @@ impl Vault {
 
     /// Open sealed bytes with a passcode: the vault (to seal again) and the plaintext.
     pub fn open(passcode: &str, sealed: &[u8]) -> Result<(Self, Zeroizing<Vec<u8>>), Error> {
-        if sealed.len() < HEADER_LEN + NONCE_LEN + 16 || &sealed[..8] != MAGIC {
-            return Err(Error::BadStore("bad header"));
-        }
-        let word = |i: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&sealed[i..i + 4]);
-            u32::from_be_bytes(b)
-        };
-        let params = KdfParams {
-            m_kib: word(8),
-            t: word(12),
-            p: word(16),
-        }
-        .bounded()?;
-        let key = derive(passcode, &sealed[20..36], params)?;
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&sealed[..HEADER_LEN]);
+        let (key, header) = Self::derive_from(passcode, sealed)?;
         let vault = Self { key, header };
         let plain = vault.decrypt(&sealed[HEADER_LEN..])?;
         Ok((vault, plain))
