@@ -903,42 +903,30 @@ async fn post_commit(
 /// settled its group's log cannot be processed, so an unknown fate stops the
 /// sync with an error (nothing is acknowledged meanwhile).
 async fn resolve_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    use sitrep_core::engine::{OpStep, Reply};
     let remote = p.remote();
     let mut events = Vec::new();
-    for op in p.client.pending_ops() {
-        let r = remote
-            .post_raw::<serde_json::Value>(&op.path(), op.body.to_vec())
-            .await;
-        match (op.kind, r) {
-            (_, Err(e)) if fate_unknown(&e) => {
-                return Err(e.context("a change sent earlier is still unconfirmed"));
-            }
-            (sitrep_core::OpKind::Commit, Ok(_)) => {
-                match p.client.commit_accepted(&op.group_hex, now_ms()) {
-                    Ok(ev) => events.extend(ev),
-                    // The commit is gone from the group's state (it cannot
-                    // be merged): drop the record rather than block sync.
-                    Err(e) => {
-                        p.client.commit_rejected(&op.group_hex)?;
-                        events.push(Event::Refused {
-                            reason: format!("a change sent earlier could not be applied: {e}"),
-                        });
-                    }
-                }
-            }
-            (sitrep_core::OpKind::Commit, Err(e)) => {
-                p.client.commit_rejected(&op.group_hex)?;
-                events.push(Event::Refused {
-                    reason: format!("a change sent earlier was not accepted: {e}"),
-                });
-            }
-            (_, Ok(_)) => events.extend(p.client.left(&op.group_hex, now_ms())),
-            (_, Err(e)) => {
-                p.client.leave_rejected(&op.group_hex)?;
-                events.push(Event::Refused {
-                    reason: format!("leaving was not accepted: {e}"),
-                });
-            }
+    for req in p.client.op_requests() {
+        let answer = remote.perform(&req).await;
+        let reply = match &answer {
+            Some((status, body)) => Reply::Answered {
+                status: *status,
+                body,
+            },
+            None => Reply::Lost,
+        };
+        match p.client.op_reply(&req.id, reply, now_ms())? {
+            OpStep::Retry => bail!(
+                "a change sent earlier is still unconfirmed ({}): cannot reach the server at {}",
+                answer.map_or("no answer".to_string(), |(s, _)| format!("HTTP {s}")),
+                p.client.server()
+            ),
+            OpStep::Accepted(ev) | OpStep::Left(ev) => events.extend(ev),
+            OpStep::Conflict => events.push(Event::Refused {
+                reason: "a change sent earlier was overtaken by another member's".into(),
+            }),
+            OpStep::Refused { reason } => events.push(Event::Refused { reason }),
+            _ => {}
         }
         p.save()?;
     }

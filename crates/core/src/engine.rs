@@ -166,3 +166,105 @@ impl Client {
         Step::Refused { reason }
     }
 }
+
+/// What became of a commit or leave the device sent (posted again after a
+/// lost answer or a restart, unchanged, under its client id).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum OpStep {
+    /// The commit was taken: merged, the group is at its new epoch.
+    Accepted(Vec<crate::Event>),
+    /// The leave was taken: this device is out of the conversation.
+    Left(Vec<crate::Event>),
+    /// Fate still unknown: kept, sealed; ask again later. Until then the
+    /// group's log must not be processed.
+    Retry,
+    /// Another commit took the epoch first: cleared; catch up and rebuild.
+    Conflict,
+    /// Refused for good: cleared, and why.
+    Refused {
+        /// For the user.
+        reason: String,
+    },
+    /// Nothing pending for that group (already settled): ignored.
+    Unknown,
+}
+
+impl Client {
+    /// The changes sent whose answer was not seen, to post again unchanged
+    /// (the server answers a repeated client id with its first outcome).
+    /// Each request's id is its group (hex).
+    pub fn op_requests(&self) -> Vec<Request> {
+        self.state
+            .pending_ops
+            .iter()
+            .map(|op| Request {
+                id: op.group_hex.clone(),
+                method: Method::Post,
+                path: op.path(),
+                body: op.body.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Feed back what became of a pending commit or leave.
+    pub fn op_reply(
+        &mut self,
+        group_hex: &str,
+        reply: Reply<'_>,
+        now_ms: u64,
+    ) -> Result<OpStep, crate::Error> {
+        let Some(kind) = self
+            .state
+            .pending_ops
+            .iter()
+            .find(|o| o.group_hex == group_hex)
+            .map(|o| o.kind)
+        else {
+            return Ok(OpStep::Unknown);
+        };
+        let (status, body) = match reply {
+            Reply::Lost => return Ok(OpStep::Retry),
+            Reply::Answered { status, body } => (status, body),
+        };
+        if status >= 500 || status == 429 || status == 408 {
+            return Ok(OpStep::Retry);
+        }
+        let ok = (200..300).contains(&status);
+        let err: Option<api::ApiError> = (!ok).then(|| serde_json::from_slice(body).ok()).flatten();
+        let why = || {
+            err.as_ref()
+                .map_or_else(|| format!("HTTP {status}"), |e| e.message.clone())
+        };
+        Ok(match (kind, ok) {
+            (crate::OpKind::Commit, true) => match self.commit_accepted(group_hex, now_ms) {
+                Ok(ev) => OpStep::Accepted(ev),
+                // The commit is gone from the group's state (it cannot be
+                // merged): drop the record rather than block the group.
+                Err(e) => {
+                    self.commit_rejected(group_hex)?;
+                    OpStep::Refused {
+                        reason: format!("a change sent earlier could not be applied: {e}"),
+                    }
+                }
+            },
+            (crate::OpKind::Commit, false) => {
+                self.commit_rejected(group_hex)?;
+                if status == 409 && err.as_ref().is_some_and(|e| e.error == "epoch_conflict") {
+                    OpStep::Conflict
+                } else {
+                    OpStep::Refused {
+                        reason: format!("a change sent earlier was not accepted: {}", why()),
+                    }
+                }
+            }
+            (_, true) => OpStep::Left(self.left(group_hex, now_ms)),
+            (_, false) => {
+                self.leave_rejected(group_hex)?;
+                OpStep::Refused {
+                    reason: format!("leaving was not accepted: {}", why()),
+                }
+            }
+        })
+    }
+}

@@ -273,3 +273,109 @@ fn a_refusal_for_its_epoch_requeues_once_then_says_so_in_the_conversation() {
         "{step:?}"
     );
 }
+
+/// A commit whose answer was lost is sealed before it goes, survives a
+/// restart, and is settled by posting it again: taken (merged, and Bob
+/// reads what Alice writes next), or overtaken (cleared, nothing merged).
+#[test]
+fn a_commit_whose_answer_was_lost_is_settled_after_a_restart() {
+    use sitrep_core::engine::OpStep;
+    let (mut a, mut b) = pair();
+    let vault = Vault::create(
+        "passcode-123",
+        KdfParams {
+            m_kib: 8192,
+            t: 1,
+            p: 1,
+        },
+        [1; 16],
+    )
+    .expect("vault");
+    let mut disk = BTreeMap::new();
+    let prepared = a.prepare_update("ward").expect("update");
+    a.record_commit(&prepared).expect("sealed before it goes");
+    persist(&mut a, &vault, &mut disk);
+    // Posted; the server took it; the answer was lost; the device restarts.
+    let commit = prepared.request.commit.clone();
+    let mut a = reload(&vault, &disk);
+    let reqs = a.op_requests();
+    assert_eq!(reqs.len(), 1, "the pending change survives the restart");
+    assert_eq!(
+        a.op_reply(&reqs[0].id, Reply::Lost, 1).expect("step"),
+        OpStep::Retry,
+        "still unknown: kept"
+    );
+    assert_eq!(a.op_requests().len(), 1);
+    assert_eq!(
+        a.op_reply(
+            &reqs[0].id,
+            Reply::Answered {
+                status: 503,
+                body: b""
+            },
+            1
+        )
+        .expect("step"),
+        OpStep::Retry
+    );
+    // Asked again: the server answers with the first outcome.
+    let step = a
+        .op_reply(
+            &reqs[0].id,
+            Reply::Answered {
+                status: 200,
+                body: b"{}",
+            },
+            2,
+        )
+        .expect("step");
+    assert!(matches!(step, OpStep::Accepted(_)), "{step:?}");
+    assert!(a.op_requests().is_empty());
+    assert_eq!(
+        a.op_reply(
+            &reqs[0].id,
+            Reply::Answered {
+                status: 200,
+                body: b"{}"
+            },
+            2
+        )
+        .expect("step"),
+        OpStep::Unknown,
+        "a repeated answer changes nothing"
+    );
+    // Both are at the new epoch: Bob applies the commit, then reads Alice.
+    b.handle_entry(2, EntryKind::Commit, &commit, 3);
+    let out = a.encrypt_text("ward", "after the update", 4).expect("enc");
+    let got = b.handle_entry(3, EntryKind::Application, &out.request.payload, 4);
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Message { entry, .. } if entry.body == "after the update")),
+        "{got:?}"
+    );
+
+    // Overtaken: another member's commit took the epoch first.
+    let prepared = a.prepare_update("ward").expect("update");
+    a.record_commit(&prepared).expect("sealed");
+    let reqs = a.op_requests();
+    let step = a
+        .op_reply(
+            &reqs[0].id,
+            Reply::Answered {
+                status: 409,
+                body: br#"{"error":"epoch_conflict","message":"another change came first","current_epoch":9}"#,
+            },
+            5,
+        )
+        .expect("step");
+    assert_eq!(step, OpStep::Conflict);
+    assert!(a.op_requests().is_empty(), "cleared");
+    // Not merged: Alice still writes at the epoch Bob has.
+    let out = a.encrypt_text("ward", "still readable", 6).expect("enc");
+    let got = b.handle_entry(4, EntryKind::Application, &out.request.payload, 6);
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Message { entry, .. } if entry.body == "still readable")),
+        "{got:?}"
+    );
+}
