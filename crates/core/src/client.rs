@@ -1322,8 +1322,12 @@ impl Client {
         let Some(conv) = self.state.conversations.get_mut(group_hex) else {
             return Vec::new();
         };
+        // The epoch (or kind of line), then its place in the conversation:
+        // two lines of one epoch, or two "could not be decrypted", are two
+        // entries, each shown.
+        let place = conv.history_base + conv.history.len() as u64;
         conv.history.push(HistoryEntry {
-            id: format!("{epoch:032x}"),
+            id: format!("{epoch:016x}{place:016x}"),
             sender: "system".into(),
             sender_device: String::new(),
             sender_name: "Sitrep".into(),

@@ -24,7 +24,8 @@ pub(crate) struct Device {
 /// One line of a conversation's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
-    /// Message id (32 hex chars); for system lines, derived from the epoch.
+    /// Message id (32 hex chars); for system lines, the epoch (or kind of
+    /// line) and the line's place in the conversation.
     pub id: String,
     /// Sender's user id (`system` for membership changes).
     pub sender: String,

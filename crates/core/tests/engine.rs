@@ -379,3 +379,28 @@ fn a_commit_whose_answer_was_lost_is_settled_after_a_restart() {
         "{got:?}"
     );
 }
+
+/// Two lines of the same kind ("could not be decrypted", here from replays)
+/// are two entries with ids of their own, so a front end that shows new
+/// entries by id shows each.
+#[test]
+fn two_undecryptable_messages_leave_two_lines() {
+    let (mut a, mut b) = pair();
+    for (i, text) in ["first", "second"].into_iter().enumerate() {
+        let out = a.encrypt_text("ward", text, 1).expect("enc");
+        let seq = 2 + 2 * i as u64;
+        b.handle_entry(seq, EntryKind::Application, &out.request.payload, 1);
+        // The same message again (a replay): cannot be decrypted twice.
+        b.handle_entry(seq + 1, EntryKind::Application, &out.request.payload, 1);
+    }
+    let lines: Vec<_> = b
+        .conversation("ward")
+        .expect("conv")
+        .history
+        .iter()
+        .filter(|h| h.body.contains("could not be decrypted"))
+        .map(|h| h.id.clone())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_ne!(lines[0], lines[1]);
+}
