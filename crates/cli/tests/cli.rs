@@ -10,23 +10,13 @@ use std::process::{Command, Stdio};
 use common::{Served, TempDir, free_port, serve_on};
 
 fn sitrep(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sitrep"))
-        .args(args)
-        .env("SITREP_PASSCODE", "cli-test-passcode")
-        .env("SITREP_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sitrep")
+    common::cli(PASS, args).output().expect("run sitrep")
 }
 
+const PASS: &str = "cli-test-passcode";
+
 fn ok(args: &[&str]) -> String {
-    let out = sitrep(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
+    common::cli_ok(common::cli(PASS, args), args)
 }
 
 /// `sitrep serve` on a free loopback port; killed on drop.
@@ -36,28 +26,7 @@ fn serve(d: &str) -> (Served, String) {
 }
 
 fn enrol(d: &str, url: &str, profile: &str, user: &str) {
-    let out = ok(&[
-        "admin",
-        "invite",
-        "--data",
-        d,
-        "--user",
-        user,
-        "--name",
-        &format!("Dr {user}"),
-        "--role",
-        "ED consultant",
-    ]);
-    let code = out.lines().last().expect("code line").trim().to_string();
-    ok(&[
-        "--profile",
-        profile,
-        "enrol",
-        "--server",
-        url,
-        "--code",
-        &code,
-    ]);
+    common::cli_enrol(PASS, d, url, profile, user);
 }
 
 /// Issue 6's CLI contract, as scripts use it.

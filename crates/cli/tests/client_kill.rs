@@ -17,44 +17,17 @@ const PASS: &str = "kill-test-passcode";
 const RUNS: usize = 50;
 
 fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sitrep"));
-    c.args(args)
-        .env("SITREP_PASSCODE", PASS)
-        .env("SITREP_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut c = common::cli(PASS, args);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = cmd(args)
-        .stdout(Stdio::piped())
-        .output()
-        .expect("run sitrep");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
+    common::cli_ok(cmd(args), args)
 }
 
 fn enrol(d: &str, url: &str, profile: &str, user: &str) {
-    let out = ok(&[
-        "admin", "invite", "--data", d, "--user", user, "--name", user, "--role", "nurse",
-    ]);
-    let code = out.lines().last().expect("code line").trim().to_string();
-    ok(&[
-        "--profile",
-        profile,
-        "enrol",
-        "--server",
-        url,
-        "--code",
-        &code,
-    ]);
+    common::cli_enrol(PASS, d, url, profile, user);
 }
 
 /// (sender, body) of every text in the conversation, as this device has it.

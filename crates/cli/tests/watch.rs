@@ -15,14 +15,7 @@ use common::{TempDir, free_port, serve_on};
 const PASS: &str = "watch-test-passcode";
 
 fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sitrep"));
-    c.args(args)
-        .env("SITREP_PASSCODE", PASS)
-        .env("SITREP_LOG", "warn")
-        .env("TZ", "Europe/London")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    c
+    common::cli(PASS, args)
 }
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -30,38 +23,11 @@ fn run(args: &[&str]) -> std::process::Output {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
+    common::cli_ok(cmd(args), args)
 }
 
 fn enrol(d: &str, url: &str, profile: &str, user: &str) {
-    let out = ok(&[
-        "admin",
-        "invite",
-        "--data",
-        d,
-        "--user",
-        user,
-        "--name",
-        &format!("Dr {user}"),
-        "--role",
-        "ED consultant",
-    ]);
-    let code = out.lines().last().expect("code line").trim().to_string();
-    ok(&[
-        "--profile",
-        profile,
-        "enrol",
-        "--server",
-        url,
-        "--code",
-        &code,
-    ]);
+    common::cli_enrol(PASS, d, url, profile, user);
 }
 
 /// A running `sitrep watch`: its stdout lines arrive on a channel.

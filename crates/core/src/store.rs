@@ -192,10 +192,6 @@ mod sqlite {
     }
 
     const DB: &str = "profile.db";
-
-    /// The core does not log; a failed delete before shredding is not an
-    /// error the caller can act on.
-    fn tracing_free_note(_e: &rusqlite::Error) {}
     const FAILURES: &str = "unlock-failures";
 
     fn sql(e: rusqlite::Error) -> Error {
@@ -373,9 +369,7 @@ mod sqlite {
         fn destroy(&self) -> Result<(), Error> {
             let mut db = self.db();
             // Even if this fails (a damaged file), the files are shredded below.
-            if let Err(e) = db.execute("DELETE FROM records", []) {
-                tracing_free_note(&e);
-            }
+            let _ = db.execute("DELETE FROM records", []);
             let _ = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             // Close the file before it goes (closing may touch the log).
             let placeholder = rusqlite::Connection::open_in_memory().map_err(sql)?;

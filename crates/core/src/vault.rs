@@ -170,22 +170,7 @@ impl Vault {
 
     /// Seal one record under this key, bound to its id.
     pub fn seal_record(&self, id: &RecordId, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
-        let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
-        let aad = record_aad(&self.header, id);
-        let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ct.len());
-        out.extend_from_slice(&self.header);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        out
+        self.seal_with(plaintext, nonce, &record_aad(&self.header, id))
     }
 
     /// Open one record sealed under this key with this id. A record sealed
@@ -195,40 +180,44 @@ impl Vault {
         if sealed.len() < HEADER_LEN + NONCE_LEN + 16 || sealed[..HEADER_LEN] != self.header {
             return Err(Error::WrongPasscode);
         }
-        let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
-        let (nonce, ct) = sealed[HEADER_LEN..].split_at(NONCE_LEN);
-        let aad = record_aad(&self.header, id);
-        cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
-            .map(Zeroizing::new)
-            .map_err(|_| {
-                Error::BadStore("a record does not open: the store is damaged or was altered")
-            })
-    }
-
-    /// Open sealed bytes with this vault's key, as written again by another
-    /// process holding the same key (the CLI's `watch` beside a `send`). A
-    /// store re-keyed meanwhile (a passcode change) is refused.
-    pub fn unseal(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        if sealed.len() < HEADER_LEN + NONCE_LEN + 16 || sealed[..HEADER_LEN] != self.header {
-            return Err(Error::WrongPasscode);
-        }
-        self.decrypt(&sealed[HEADER_LEN..])
+        self.open_with(&sealed[HEADER_LEN..], &record_aad(&self.header, id))
+            .ok_or(Error::BadStore(
+                "a record does not open: the store is damaged or was altered",
+            ))
     }
 
     fn decrypt(&self, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.open_with(body, &self.header)
+            .ok_or(Error::WrongPasscode)
+    }
+
+    /// `nonce | ciphertext` opened under this key with `aad`.
+    fn open_with(&self, body: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
         let (nonce, ct) = body.split_at(NONCE_LEN);
         cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+            .map(Zeroizing::new)
+            .ok()
+    }
+
+    /// `header | nonce | ciphertext` of `plaintext` under this key with `aad`.
+    fn seal_with(&self, plaintext: &[u8], nonce: [u8; NONCE_LEN], aad: &[u8]) -> Vec<u8> {
+        let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
+        let ct = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
                 Payload {
-                    msg: ct,
-                    aad: &self.header,
+                    msg: plaintext,
+                    aad,
                 },
             )
-            .map(Zeroizing::new)
-            .map_err(|_| Error::WrongPasscode)
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ct.len());
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
     }
 
     /// The Argon2id cost this store key was derived with.
@@ -245,23 +234,10 @@ impl Vault {
         }
     }
 
-    /// Seal plaintext under this key with a fresh random nonce.
+    /// Seal plaintext as one snapshot (the format before records; kept for
+    /// fixtures and tests).
     pub fn seal(&self, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
-        let cipher = Aes256Gcm::new_from_slice(self.key.as_ref()).expect("key is 32 bytes");
-        let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &self.header,
-                },
-            )
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ct.len());
-        out.extend_from_slice(&self.header);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        out
+        self.seal_with(plaintext, nonce, &self.header)
     }
 }
 

@@ -52,6 +52,20 @@ impl Rng {
     }
 }
 
+/// A store key at the lowest Argon2id cost (tests only).
+fn fast_vault() -> Vault {
+    Vault::create(
+        "passcode-123",
+        KdfParams {
+            m_kib: 8192,
+            t: 1,
+            p: 1,
+        },
+        [1; 16],
+    )
+    .expect("vault")
+}
+
 fn persist(c: &mut Client, vault: &Vault, disk: &mut BTreeMap<RecordId, Vec<u8>>) {
     let ch = c.changes(vault);
     if ch.clear {
@@ -86,16 +100,7 @@ fn pair() -> (Client, Client) {
 fn every_message_arrives_once_in_order_through_lost_answers_repeats_and_restarts() {
     for seed in 1..=20u64 {
         let (mut a, mut b) = pair();
-        let vault = Vault::create(
-            "passcode-123",
-            KdfParams {
-                m_kib: 8192,
-                t: 1,
-                p: 1,
-            },
-            [1; 16],
-        )
-        .expect("vault");
+        let vault = fast_vault();
         let mut disk = BTreeMap::new();
         persist(&mut a, &vault, &mut disk);
         let mut server = Scripted::default();
@@ -281,16 +286,7 @@ fn a_refusal_for_its_epoch_requeues_once_then_says_so_in_the_conversation() {
 fn a_commit_whose_answer_was_lost_is_settled_after_a_restart() {
     use sitrep_core::engine::OpStep;
     let (mut a, mut b) = pair();
-    let vault = Vault::create(
-        "passcode-123",
-        KdfParams {
-            m_kib: 8192,
-            t: 1,
-            p: 1,
-        },
-        [1; 16],
-    )
-    .expect("vault");
+    let vault = fast_vault();
     let mut disk = BTreeMap::new();
     let prepared = a.prepare_update("ward").expect("update");
     a.record_commit(&prepared).expect("sealed before it goes");

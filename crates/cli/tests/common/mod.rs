@@ -189,3 +189,61 @@ pub fn serve_on(d: &str, port: u16) -> Served {
     }
     panic!("server did not start");
 }
+
+/// The `sitrep` binary as a script runs it: the passcode from the
+/// environment, quiet logs, no colour, a fixed time zone, no input.
+pub fn cli(passcode: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sitrep"));
+    c.args(args)
+        .env("SITREP_PASSCODE", passcode)
+        .env("SITREP_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .env("TZ", "Europe/London")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Run a [`cli`] command to the end; it must succeed. Its stdout.
+pub fn cli_ok(mut c: std::process::Command, args: &[&str]) -> String {
+    let out = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run sitrep");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// Invite `user` ("Dr USER", ED consultant) with `sitrep admin invite` on
+/// data directory `d`, and enrol the code into `profile`.
+pub fn cli_enrol(passcode: &str, d: &str, url: &str, profile: &str, user: &str) {
+    let name = format!("Dr {user}");
+    let args = [
+        "admin",
+        "invite",
+        "--data",
+        d,
+        "--user",
+        user,
+        "--name",
+        &name,
+        "--role",
+        "ED consultant",
+    ];
+    let out = cli_ok(cli(passcode, &args), &args);
+    let code = out.lines().last().expect("code line").trim().to_string();
+    let args = [
+        "--profile",
+        profile,
+        "enrol",
+        "--server",
+        url,
+        "--code",
+        &code,
+    ];
+    cli_ok(cli(passcode, &args), &args);
+}
