@@ -17,43 +17,6 @@ use sitrep_wire::incident::{
 
 use crate::{Profile, commit_with_retry, flush_outbox, now_ms, sync};
 
-/// Fetch and take up a newer organisation-signed directory.
-pub(crate) async fn refresh_directory(p: &mut Profile) -> anyhow::Result<()> {
-    let r: serde_json::Value = p.remote().get("/v1/directory").await?;
-    let Some(b64) = r["directory"].as_str() else {
-        return Ok(());
-    };
-    let bytes = sitrep_wire::b64::decode(b64).context("directory is not base64")?;
-    let before = p.client.directory().serial;
-    p.client
-        .apply_directory(&bytes)
-        .context("the server offered a directory the organisation did not sign")?;
-    if p.client.directory().serial != before {
-        p.save()?;
-    }
-    Ok(())
-}
-
-/// After a sync: record the escalations that fell due (worked out on this
-/// device; nothing is sent for them) and send one aggregated read receipt
-/// per conversation.
-pub(crate) async fn after_sync(p: &mut Profile) -> anyhow::Result<()> {
-    let now = now_ms();
-    let escalated = !p.client.escalations_due(now).is_empty();
-    let items = p.client.pending_receipts(now);
-    if items.is_empty() {
-        if escalated {
-            p.save()?;
-        }
-        return Ok(());
-    }
-    for (conv, item) in items {
-        p.client.send_structured(&conv, &item, now)?;
-    }
-    p.save()?;
-    flush_outbox(p).await.map(drop)
-}
-
 /// Send one structured item and wait for the server to store it; returns its id.
 pub async fn post(p: &mut Profile, conv: &str, item: &Structured) -> anyhow::Result<String> {
     sync(p).await?;

@@ -11,15 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use sitrep_core::engine::{Action, Change, Failure, Outbox, Reply, Sync, Task, TopUp};
 use sitrep_core::store::{ProfileStore as _, SqliteStore};
 use sitrep_core::vault::Vault;
 use sitrep_core::{Ciphersuite, Client, Event, PendingEnrolment, Session, UnlockError};
 use sitrep_wire::api;
 
-/// KeyPackages a device keeps on the server; topped up below half.
-pub const KEY_PACKAGE_TARGET: u64 = 20;
-/// How often a conflicting commit is rebuilt before giving up.
-const COMMIT_ATTEMPTS: usize = 8;
+pub use sitrep_core::engine::sync::KEY_PACKAGE_TARGET;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -379,11 +377,6 @@ impl Remote {
     }
 }
 
-fn is_conflict(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ServerError>()
-        .is_some_and(|s| s.status == 409 && s.body.error == "epoch_conflict")
-}
-
 /// Enrol a new device with an invitation code and create its sealed profile.
 pub async fn enrol(
     dir: &Path,
@@ -425,72 +418,6 @@ pub async fn enrol(
     Ok(profile)
 }
 
-/// Fetch, process, seal, then acknowledge every page of the inbox.
-async fn pull(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    let remote = p.remote();
-    let mut events = Vec::new();
-    loop {
-        let page: api::InboxResponse = remote
-            .get(&format!(
-                "/v1/inbox?after={}&limit=1000",
-                p.client.last_seq()
-            ))
-            .await?;
-        let Some(last) = page.entries.last().map(|e| e.seq) else {
-            break;
-        };
-        events.extend(
-            p.client.handle_entries(
-                page.entries
-                    .iter()
-                    .map(|e| (e.seq, e.kind, e.payload.as_slice())),
-                now_ms(),
-            ),
-        );
-        p.save()?;
-        let _: serde_json::Value = remote
-            .post("/v1/inbox/ack", &api::AckRequest { up_to: last })
-            .await?;
-        if !page.more {
-            break;
-        }
-    }
-    Ok(events)
-}
-
-/// Commit what members who left proposed; the first member to sync does it,
-/// the others find it done after a 409.
-async fn commit_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    let remote = p.remote();
-    let mut events = Vec::new();
-    for name in p.client.pending_proposals() {
-        for _ in 0..COMMIT_ATTEMPTS {
-            let Some(prepared) = p.client.prepare_commit_pending(&name)? else {
-                break;
-            };
-            match post_commit(p, &remote, &prepared).await {
-                Ok(Fate::Accepted(ev)) => {
-                    events.extend(ev);
-                    break;
-                }
-                Ok(Fate::Conflict(_)) => events.extend(pull(p).await?),
-                // One group the server refuses does not stop the others.
-                Err(e) if refused(&e) => {
-                    events.push(Event::Refused {
-                        reason: format!(
-                            "removing members from {:?} was refused: {e}",
-                            display_name(&p.client, &name)
-                        ),
-                    });
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(events)
-}
-
 async fn fetch_policy(remote: &Remote) -> anyhow::Result<Option<Vec<u8>>> {
     #[derive(serde::Deserialize)]
     struct P {
@@ -501,115 +428,11 @@ async fn fetch_policy(remote: &Remote) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(p.policy)
 }
 
-/// Take up a newer organisation policy; a forged one is refused and reported.
-async fn refresh_policy(p: &mut Profile) -> anyhow::Result<()> {
-    let signed = match fetch_policy(&p.remote()).await {
-        Ok(s) => s,
-        // The public route is rate limited per address (behind a proxy,
-        // everyone's): the policy in force stays; sync goes on.
-        Err(e)
-            if e.downcast_ref::<ServerError>()
-                .is_some_and(|s| s.status == 429) =>
-        {
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    let Some(signed) = signed else {
-        return Ok(());
-    };
-    let newer = sitrep_wire::policy::SignedPolicy::peek_unverified(&signed)
-        .is_some_and(|np| np.serial > p.client.policy().serial);
-    if newer {
-        p.client
-            .apply_policy(&signed)
-            .context("the server offered a device policy the organisation did not sign")?;
-        p.save()?;
-    }
-    Ok(())
-}
-
-/// Bring this user's other devices (a newly enrolled phone or PC, which the
-/// admin approved by issuing its code) into every conversation this device is
-/// in. Several of the user's devices may race to do it: the losers find it done.
-async fn join_own_devices(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    let mine: Vec<String> = devices(p)
-        .await?
-        .into_iter()
-        .filter(|d| d.revoked_at.is_none() && !d.this_device)
-        .map(|d| d.device_id)
-        .collect();
-    if mine.is_empty() {
-        return Ok(Vec::new());
-    }
-    let me = p.client.user_id().to_string();
-    let names: Vec<String> = p
-        .client
-        .conversations()
-        .filter(|c| c.active)
-        .map(sitrep_core::records::group_hex_of)
-        .collect();
-    let mut events = Vec::new();
-    for name in names {
-        let present: Vec<String> = p
-            .client
-            .members(&name)?
-            .into_iter()
-            .map(|m| m.device_id)
-            .collect();
-        let missing: Vec<String> = mine
-            .iter()
-            .filter(|d| !present.contains(d))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        let claim: api::ClaimResponse = p
-            .remote()
-            .post(
-                "/v1/keypackages/claim",
-                &api::ClaimRequest {
-                    user_ids: vec![me.clone()],
-                    device_ids: missing,
-                },
-            )
-            .await?;
-        if claim.key_packages.is_empty() {
-            continue;
-        }
-        // Nothing left to do: another of the user's devices added it first.
-        let r = commit_with_retry(p, |c| c.prepare_add(&name, &claim.key_packages)).await;
-        events.extend(settled(r, || {
-            format!("bringing your new device into {name:?}")
-        })?);
-    }
-    Ok(events)
-}
-
-/// Keep enough KeyPackages on the server.
-pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
-    let remote = p.remote();
-    let count: api::KeyPackageCount = remote.get("/v1/keypackages/count").await?;
-    if count.available >= KEY_PACKAGE_TARGET / 2 && count.last_resort {
-        return Ok(());
-    }
-    let n = (KEY_PACKAGE_TARGET - count.available.min(KEY_PACKAGE_TARGET)) as usize;
-    let upload = p.client.key_packages(n)?;
-    p.save()?;
-    let _: api::KeyPackageCount = remote.post("/v1/keypackages", &upload).await?;
-    if upload.last_resort.is_some() {
-        p.client.last_resort_uploaded();
-        p.save()?;
-    }
-    Ok(())
-}
-
 /// Fetch and process everything pending, then retry the outbox. Each page is
 /// processed and sealed to disk before it is acknowledged, so a crash at any
 /// point loses nothing and processes nothing twice.
 pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    match sync_inner(p).await {
+    match drive(p, &mut Sync::new()).await {
         Err(e) if is_wiped(&e) => {
             p.wipe()?;
             Err(e.context(WIPED))
@@ -712,6 +535,18 @@ pub fn is_wiped(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<ServerError>()
             .is_some_and(|s| s.status == 401 && s.body.error == "device_wiped")
+            || c.downcast_ref::<Failure>().is_some_and(Failure::wiped)
+    })
+}
+
+/// Whether trying again later may succeed: the engine could not reach the
+/// server (what it had sent is kept, sealed), or the server was busy.
+pub fn retryable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<Failure>().is_some_and(Failure::retryable)
+            || c.downcast_ref::<ServerError>()
+                .is_some_and(|s| s.status >= 500 || s.status == 429)
+            || c.downcast_ref::<reqwest::Error>().is_some()
     })
 }
 
@@ -729,302 +564,66 @@ pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sync_inner(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    refresh_policy(p).await?;
-    incident::refresh_directory(p).await?;
-    let mut events = resolve_pending(p).await?;
-    events.extend(pull(p).await?);
-    p.purge()?;
-    events.extend(rejoin_and_readd(p).await?);
-    events.extend(commit_pending(p).await?);
-    events.extend(join_own_devices(p).await?);
-    events.extend(flush_outbox(p).await?);
-    incident::after_sync(p).await?;
-    top_up(p).await?;
-    Ok(events)
+/// Drive an engine task ([`sitrep_core::engine::Task`]): write what changed
+/// before each request it asks for (so whatever the server may act on is
+/// sealed first), perform it, feed back the reply or its absence, and wait
+/// out its backoffs on the real clock. This loop is the whole of the CLI's
+/// part in a sync, a commit or an outbox flush.
+pub async fn drive<T: Task + ?Sized>(p: &mut Profile, task: &mut T) -> anyhow::Result<Vec<Event>> {
+    let remote = p.remote();
+    loop {
+        let action = match task.poll(&mut p.client, now_ms()) {
+            Ok(a) => a,
+            Err(f) => {
+                p.save()?;
+                return Err(f.into());
+            }
+        };
+        match action {
+            Action::Request(req) => {
+                p.save()?;
+                let answer = remote.perform(&req).await;
+                let reply = match &answer {
+                    Some((status, body)) => Reply::Answered {
+                        status: *status,
+                        body,
+                    },
+                    None => Reply::Lost,
+                };
+                if let Err(f) = task.feed(&mut p.client, reply, now_ms()) {
+                    p.save()?;
+                    return Err(f.into());
+                }
+            }
+            Action::Wait { until_ms } => {
+                tokio::time::sleep(Duration::from_millis(until_ms.saturating_sub(now_ms()))).await;
+            }
+            Action::Done(events) => {
+                p.save()?;
+                return Ok(events);
+            }
+            _ => bail!("internal: an engine action this CLI does not know"),
+        }
+    }
 }
 
-/// Drive the engine's outbox: encrypt what was written (after the pull, so
-/// at the group's current epoch), then post each message in order, sealed
-/// before it goes, feeding every answer (or its absence) back to the engine,
-/// which decides what it means (see `sitrep_core::engine`).
+/// Post the outbox ([`sitrep_core::engine::Outbox`]).
 async fn flush_outbox(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    let mut events = Vec::new();
-    let remote = p.remote();
-    for round in 0..2 {
-        if round == 1 {
-            // Some were refused for their epoch: catch up, encrypt again.
-            events.extend(pull(p).await?);
-        }
-        events.extend(p.client.encrypt_queued(now_ms()));
-        p.save()?;
-        let mut requeued = false;
-        while let Some(req) = p.client.outbox_request() {
-            let answer = remote.perform(&req).await;
-            let reply = match &answer {
-                Some((status, body)) => sitrep_core::engine::Reply::Answered {
-                    status: *status,
-                    body,
-                },
-                None => sitrep_core::engine::Reply::Lost,
-            };
-            let step = p.client.outbox_reply(&req.id, reply, now_ms());
-            p.save()?;
-            match step {
-                sitrep_core::engine::Step::Retry => {
-                    let n = p.client.waiting().len();
-                    bail!(
-                        "cannot reach the server at {} ({}); {} kept in the outbox",
-                        p.client.server(),
-                        answer.map_or("no answer".to_string(), |(s, _)| format!("HTTP {s}")),
-                        plural_messages(n)
-                    );
-                }
-                sitrep_core::engine::Step::Requeued => requeued = true,
-                sitrep_core::engine::Step::Refused { reason } => {
-                    events.push(Event::Refused { reason });
-                }
-                _ => {}
-            }
-        }
-        if !requeued {
-            break;
-        }
-    }
-    Ok(events)
+    drive(p, &mut Outbox::new()).await
 }
 
-fn plural_messages(n: usize) -> String {
-    if n == 1 {
-        "1 message".into()
-    } else {
-        format!("{n} messages")
-    }
-}
-
-/// What became of a commit the server answered.
-enum Fate {
-    /// Accepted (now or on an earlier post with the same client id): merged.
-    Accepted(Vec<Event>),
-    /// Another commit won the epoch: cleared; sync and rebuild.
-    Conflict(anyhow::Error),
-}
-
-/// The outcome of a commit a sync makes on its own (re-adds, the user's new
-/// devices): nothing left to do is fine, and a refusal or a local failure is
-/// reported for that conversation without failing the sync for all others.
-fn settled(
-    r: anyhow::Result<Vec<Event>>,
-    what: impl FnOnce() -> String,
-) -> anyhow::Result<Vec<Event>> {
-    match r {
-        Ok(ev) => Ok(ev),
-        Err(e)
-            if matches!(
-                e.downcast_ref::<sitrep_core::Error>(),
-                Some(sitrep_core::Error::Invalid(_))
-            ) =>
-        {
-            Ok(Vec::new())
-        }
-        Err(e) if refused(&e) || e.downcast_ref::<sitrep_core::Error>().is_some() => {
-            Ok(vec![Event::Refused {
-                reason: format!("{} failed: {e}", what()),
-            }])
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// The server answered with a refusal that will not pass by retrying (a
-/// 4xx other than a conflict or "slow down").
-fn refused(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ServerError>()
-        .is_some_and(|s| (400..500).contains(&s.status) && s.status != 409 && s.status != 429)
-}
-
-/// Whether an error leaves a post's fate unknown: no answer, a gateway or
-/// server error, or "slow down". Then the post may have been applied, so it
-/// must be asked again with the same client id, never given up.
-fn fate_unknown(e: &anyhow::Error) -> bool {
-    match e.downcast_ref::<ServerError>() {
-        None => true,
-        Some(s) => s.status >= 500 || s.status == 429,
-    }
-}
-
-/// Post a commit, sealed first as the group's pending change. A lost answer
-/// is asked again (same client id: the server answers with the first
-/// outcome); if it stays unknown the change is kept, sealed, and its fate is
-/// settled by the next sync before anything else (`resolve_pending`), so the
-/// device never drops a commit the server may have taken and never ends up on
-/// an old epoch. A refusal clears it.
-async fn post_commit(
-    p: &mut Profile,
-    remote: &Remote,
-    prepared: &sitrep_core::PreparedCommit,
-) -> anyhow::Result<Fate> {
-    p.client.record_commit(prepared)?;
-    p.save()?;
-    let path = format!("/v1/groups/{}/commit", prepared.group_hex);
-    let mut r: anyhow::Result<api::CommitResponse> = remote.post(&path, &prepared.request).await;
-    for _ in 0..3 {
-        match &r {
-            Err(e) if fate_unknown(e) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                r = remote.post(&path, &prepared.request).await;
-            }
-            _ => break,
-        }
-    }
-    match r {
-        Ok(_) => {
-            let ev = p.client.commit_accepted(&prepared.group_hex, now_ms())?;
-            p.save()?;
-            Ok(Fate::Accepted(ev))
-        }
-        Err(e) if fate_unknown(&e) => Err(e.context(
-            "the server did not confirm the change; it is kept and will be confirmed at the next sync",
-        )),
-        Err(e) => {
-            p.client.commit_rejected(&prepared.group_hex)?;
-            p.save()?;
-            if is_conflict(&e) {
-                Ok(Fate::Conflict(e))
-            } else {
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Settle every change whose answer was never seen (a lost answer, a crash
-/// between sealing and the answer): post it again, unchanged. Until it is
-/// settled its group's log cannot be processed, so an unknown fate stops the
-/// sync with an error (nothing is acknowledged meanwhile).
-async fn resolve_pending(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    use sitrep_core::engine::{OpStep, Reply};
-    let remote = p.remote();
-    let mut events = Vec::new();
-    for req in p.client.op_requests() {
-        let answer = remote.perform(&req).await;
-        let reply = match &answer {
-            Some((status, body)) => Reply::Answered {
-                status: *status,
-                body,
-            },
-            None => Reply::Lost,
-        };
-        match p.client.op_reply(&req.id, reply, now_ms())? {
-            OpStep::Retry => bail!(
-                "a change sent earlier is still unconfirmed ({}): cannot reach the server at {}",
-                answer.map_or("no answer".to_string(), |(s, _)| format!("HTTP {s}")),
-                p.client.server()
-            ),
-            OpStep::Accepted(ev) | OpStep::Left(ev) => events.extend(ev),
-            OpStep::Conflict => events.push(Event::Refused {
-                reason: "a change sent earlier was overtaken by another member's".into(),
-            }),
-            OpStep::Refused { reason } => events.push(Event::Refused { reason }),
-            _ => {}
-        }
-        p.save()?;
-    }
-    Ok(events)
-}
-
-/// Ask to be re-added to every conversation this device fell out of step
-/// with, then re-add the members who asked the same of us.
-async fn rejoin_and_readd(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
-    let remote = p.remote();
-    let mut events = Vec::new();
-    for hex in p.client.rejoins_to_request(now_ms()) {
-        let req = api::RejoinRequest {
-            client_id: p.client.new_client_id(),
-        };
-        let r: anyhow::Result<serde_json::Value> =
-            remote.post(&format!("/v1/groups/{hex}/rejoin"), &req).await;
-        match r {
-            Ok(_) => p.client.rejoin_requested(&hex, now_ms()),
-            // No longer a member (removed while out of step): the server's
-            // own answer, not a proxy's.
-            Err(e)
-                if e.downcast_ref::<ServerError>().is_some_and(|s| {
-                    matches!(
-                        (s.status, s.body.error.as_str()),
-                        (403, "not_a_member") | (404, "unknown_group")
-                    )
-                }) =>
-            {
-                events.extend(p.client.rejoin_refused(&hex, now_ms()))
-            }
-            Err(e) if e.downcast_ref::<ServerError>().is_some() => {
-                // Asked too often, or a refusal we do not understand: ask
-                // again at a later sync.
-                events.push(Event::Refused {
-                    reason: format!("asking to be re-added failed: {e}"),
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-        p.save()?;
-    }
-    for (name, devices) in p.client.pending_readds() {
-        let mut users: Vec<String> = devices.iter().map(|(u, _)| u.clone()).collect();
-        users.dedup();
-        let claim: api::ClaimResponse = remote
-            .post(
-                "/v1/keypackages/claim",
-                &api::ClaimRequest {
-                    user_ids: users,
-                    device_ids: devices.iter().map(|(_, d)| d.clone()).collect(),
-                },
-            )
-            .await?;
-        // Nothing left to do: another member re-added them first.
-        let r = commit_with_retry(p, |c| c.prepare_readd(&name, &claim.key_packages)).await;
-        let shown = display_name(&p.client, &name);
-        events.extend(settled(r, || format!("re-adding a member to {shown:?}"))?);
-    }
-    Ok(events)
-}
-
-/// The name people know a conversation by (given its group id or name).
-fn display_name(c: &Client, conversation: &str) -> String {
-    c.conversation(conversation)
-        .map_or_else(|_| conversation.to_string(), |x| x.name.clone())
+/// Keep enough KeyPackages on the server ([`sitrep_core::engine::TopUp`]).
+pub async fn top_up(p: &mut Profile) -> anyhow::Result<()> {
+    drive(p, &mut TopUp::new()).await.map(drop)
 }
 
 /// Run a commit-building step until the server accepts it, rebuilding after
-/// another member's commit wins the epoch.
+/// another member's commit wins the epoch ([`sitrep_core::engine::Change`]).
 async fn commit_with_retry(
     p: &mut Profile,
-    mut build: impl FnMut(&mut Client) -> Result<sitrep_core::PreparedCommit, sitrep_core::Error>,
+    build: impl FnMut(&mut Client) -> Result<sitrep_core::PreparedCommit, sitrep_core::Error> + Send,
 ) -> anyhow::Result<Vec<Event>> {
-    let remote = p.remote();
-    // A change whose answer was lost holds the group: settle it first.
-    let mut events = resolve_pending(p).await?;
-    let mut last_err = None;
-    for attempt in 0..COMMIT_ATTEMPTS {
-        if attempt > 0 {
-            // Catch up with the commit that won (a pull, not a whole sync: a
-            // sync commits too, and a group where every commit conflicts
-            // would recurse without end).
-            events.extend(pull(p).await?);
-        }
-        let prepared = build(&mut p.client)?;
-        match post_commit(p, &remote, &prepared).await? {
-            Fate::Accepted(ev) => {
-                events.extend(ev);
-                return Ok(events);
-            }
-            Fate::Conflict(e) => last_err = Some(e),
-        }
-    }
-    Err(last_err
-        .unwrap_or_else(|| anyhow!("commit not accepted"))
-        .context("gave up after repeated epoch conflicts"))
+    drive(p, &mut Change::commit(build)).await
 }
 
 /// Create a conversation and add the given users (all their devices).
@@ -1159,27 +758,13 @@ pub async fn chat_remove(p: &mut Profile, name: &str, user: &str) -> anyhow::Res
 /// once; the next member to sync commits the removal.
 pub async fn chat_leave(p: &mut Profile, name: &str) -> anyhow::Result<Vec<Event>> {
     sync(p).await?;
-    let (group_hex, req) = p.client.prepare_leave(name)?;
-    p.client.record_leave(&group_hex, &req)?;
-    p.save()?;
-    let r: anyhow::Result<serde_json::Value> = p
-        .remote()
-        .post(&format!("/v1/groups/{group_hex}/leave"), &req)
-        .await;
-    match r {
-        Ok(_) => {}
-        Err(e) if fate_unknown(&e) => {
-            return Err(e.context("leaving is not confirmed yet; the next sync confirms it"));
+    drive(p, &mut Change::leave(name)).await.map_err(|e| {
+        if retryable(&e) {
+            e.context("leaving is not confirmed yet; the next sync confirms it")
+        } else {
+            e
         }
-        Err(e) => {
-            p.client.leave_rejected(&group_hex)?;
-            p.save()?;
-            return Err(e);
-        }
-    }
-    let ev = p.client.left(&group_hex, now_ms());
-    p.save()?;
-    Ok(ev)
+    })
 }
 
 /// Refresh this device's keys in a conversation.
@@ -1262,7 +847,7 @@ pub async fn send_queued(
             queued: Some("this device is being re-added to the conversation".into()),
         }),
         Err(e) if is_wiped(&e) => Err(e),
-        Err(e) if fate_unknown(&e) && waiting(p) => Ok(Sent {
+        Err(e) if retryable(&e) && waiting(p) => Ok(Sent {
             id,
             queued: Some(format!("{:#}", e)),
         }),

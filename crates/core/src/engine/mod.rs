@@ -1,10 +1,18 @@
-//! The sans-I/O engine (issue 12), its first part: the outbox. The engine
-//! says what request it needs made ([`Request`]: method, path, body, with
-//! an id) and takes back what happened ([`Reply`]: an answer, or none); a
-//! driver performs the request, feeds the reply back, and writes
-//! [`Client::changes`] before the next request. No I/O here.
+//! The sans-I/O engine. The engine says what request it needs made
+//! ([`Request`]: method, path, body, with an id) and takes back what
+//! happened ([`Reply`]: an answer, or none); time comes in from the
+//! driver's clock. A driver performs the request, feeds the reply back, and
+//! writes [`Client::changes`] before the next request. No I/O here.
 //!
-//! What a reply means is decided here, once, for every front end:
+//! - [`task`]: the [`Task`] protocol (poll for an [`Action`], feed a
+//!   [`Reply`]) and typed [`Failure`]s (per operation, retryable or not);
+//! - [`sync`]: the tasks a device runs ([`Sync`], and [`Pull`],
+//!   [`Resolve`], [`Change`], [`Outbox`], [`TopUp`] that it and the front
+//!   ends' commands are made of);
+//! - here: what a reply to an outbox post or to a pending change means.
+//!
+//! What a reply to an outbox post means is decided here, once, for every
+//! front end:
 //! - 2xx: stored (a repeat of an earlier post with the same client id is
 //!   answered with the first outcome): the message moves to history with
 //!   its place in the log.
@@ -20,7 +28,13 @@
 use sitrep_wire::api;
 
 use crate::Client;
+
+pub mod sync;
+pub mod task;
+
 use crate::state::Queued;
+pub use sync::{Change, Outbox, Pull, Resolve, Sync, TopUp};
+pub use task::{Action, Failure, FailureKind, Task};
 
 /// An HTTP method the engine asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
