@@ -4,9 +4,11 @@
 //! as other commands left it, sync (which also sends the outbox), run what
 //! the user typed, show what is new, save, release the lock. **Wait**,
 //! without the lock (so `send` from another terminal works): for a push on
-//! the WebSocket, a typed line, the profile changing on disk, a timer
-//! (retention, alert escalation, the fallback poll), or the retry after a
-//! network failure, which backs off exponentially with jitter.
+//! the WebSocket, a typed line, the profile changing on disk, or what the
+//! engine's timers ([`Live`], on the same clock as everything else) say is
+//! due: an alert's escalation, the fallback poll (which also applies
+//! retention), the idle lock, or the retry after a network failure, which
+//! backs off exponentially with jitter.
 //!
 //! The WebSocket is only a wake-up: every entry is fetched, processed and
 //! acknowledged by the same sync as `sitrep sync`, so a dropped connection
@@ -20,17 +22,14 @@ use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use sitrep_cli::{Profile, now_ms};
 use sitrep_core::Event;
+use sitrep_core::engine::{Due, Live};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{fmt_clock, fmt_day};
 
-/// Fallback poll while the WebSocket is up (a push can only be missed if
-/// the server restarted between a commit and its push).
-const POLL: Duration = Duration::from_secs(30);
-/// How often the wait phase looks at the profile file and the clock.
+/// How often the wait phase looks at the profile file (the timers
+/// themselves are the engine's: [`Live`]).
 const TICK: Duration = Duration::from_millis(250);
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 struct Style {
     colour: bool,
@@ -339,137 +338,107 @@ async fn watch(
             None => "give a conversation name to send from here".into(),
         }
     );
-    let idle = idle_limit(&w.p);
-    let mut last_input = Instant::now();
+    let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
+    let mut live = Live::new(idle_limit(&w.p).as_secs(), now_ms(), seed);
     let typed = &mut input.lines;
     let mut pending: Vec<Typed> = Vec::new();
     let mut ws: Option<Ws> = None;
-    let mut backoff = BACKOFF_MIN;
-    let mut retry_at = Instant::now();
-    let mut last_poll;
     let mut input_open = true;
     let mut quit = false;
     loop {
-        // Work.
-        w.p.reacquire()?;
-        let outcome = w.work(&mut pending, &mut quit).await;
-        w.p.release();
-        last_poll = Instant::now();
-        match outcome {
-            Ok(()) => {
-                if w.offline_since.take().is_some() {
-                    eprintln!("{}", w.style.paint("32", "connected again"));
-                }
-                backoff = BACKOFF_MIN;
-            }
-            Err(e) if sitrep_cli::is_wiped(&e) => return Err(e),
-            Err(e) => {
-                if w.offline_since.is_none() {
-                    w.offline_since = Some(Instant::now());
-                    eprintln!(
-                        "{}",
-                        w.style.paint(
-                            "33",
-                            &format!(
-                                "offline: {e:#}; retrying (what you type is kept and sent when the server is back)"
-                            )
-                        )
-                    );
-                }
-                ws = None;
-                retry_at = Instant::now() + jitter(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
         if quit || deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Exit::Done);
         }
-        if !input_open && pending.is_empty() && deadline.is_none() {
-            return Ok(Exit::Done);
-        }
-        // Connect the push channel when online.
-        if ws.is_none() && w.offline_since.is_none() {
-            match connect(&w.p).await {
-                Ok(s) => ws = Some(s),
+        match live.next(&w.p.client, now_ms(), !pending.is_empty()) {
+            Due::Lock => return Ok(Exit::Locked(ws.map(Box::new))),
+            Due::Sync => {
+                w.p.reacquire()?;
+                let outcome = w.work(&mut pending, &mut quit).await;
+                w.p.release();
+                match outcome {
+                    Ok(()) => {
+                        if w.offline_since.take().is_some() {
+                            eprintln!("{}", w.style.paint("32", "connected again"));
+                        }
+                        live.synced(true, now_ms());
+                    }
+                    Err(e) if sitrep_cli::is_wiped(&e) => return Err(e),
+                    Err(e) => {
+                        if w.offline_since.is_none() {
+                            w.offline_since = Some(Instant::now());
+                            eprintln!(
+                                "{}",
+                                w.style.paint(
+                                    "33",
+                                    &format!(
+                                        "offline: {e:#}; retrying (what you type is kept and sent when the server is back)"
+                                    )
+                                )
+                            );
+                        }
+                        ws = None;
+                        live.synced(false, now_ms());
+                    }
+                }
+                if !input_open && pending.is_empty() && deadline.is_none() {
+                    return Ok(Exit::Done);
+                }
+            }
+            Due::Connect => match connect(&w.p).await {
+                Ok(s) => {
+                    ws = Some(s);
+                    live.connected(true, now_ms());
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket not connected");
-                    retry_at = Instant::now() + jitter(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    live.connected(false, now_ms());
                 }
-            }
-        }
-        // Wait.
-        loop {
-            let tick = tokio::time::sleep(TICK);
-            let ws_next = async {
-                match ws.as_mut() {
-                    Some(s) => s.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                frame = ws_next => match frame {
-                    Some(Ok(Message::Binary(_))) => break,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Text(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        // Reconnect after the backoff; sync on the way, in
-                        // case the server restarted.
-                        ws = None;
-                        retry_at = Instant::now() + jitter(backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+            },
+            Due::Sleep { until_ms } => {
+                let wait = Duration::from_millis(until_ms.saturating_sub(now_ms())).min(TICK);
+                let ws_next = async {
+                    match ws.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
                     }
-                },
-                line = typed.recv(), if input_open => match line.flatten() {
-                    Some(l) => {
-                        last_input = Instant::now();
-                        if let Some(t) = parse(&l) {
-                            pending.push(t);
-                            break;
+                };
+                tokio::select! {
+                    frame = ws_next => match frame {
+                        Some(Ok(Message::Binary(_))) => live.frame(true),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Text(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                            ws = None;
+                            live.disconnected(now_ms());
                         }
-                    }
-                    None => {
-                        input_open = false;
-                        if deadline.is_none() {
-                            break;
+                    },
+                    line = typed.recv(), if input_open => match line.flatten() {
+                        Some(l) => {
+                            live.input(now_ms());
+                            if let Some(t) = parse(&l) {
+                                pending.push(t);
+                                live.wake();
+                            }
                         }
-                    }
-                },
-                _ = tokio::signal::ctrl_c() => return Ok(Exit::Done),
-                _ = tick => {
-                    let now = Instant::now();
-                    if deadline.is_some_and(|d| now >= d) {
-                        return Ok(Exit::Done);
-                    }
-                    // Another command on this profile wrote it (a `send`).
-                    if w.p.changed_elsewhere() {
-                        break;
-                    }
-                    if w.alert_due() {
-                        break;
-                    }
-                    if now.duration_since(last_input) >= idle && pending.is_empty() {
-                        return Ok(Exit::Locked(ws.map(Box::new)));
-                    }
-                    let reconnecting = ws.is_none() || w.offline_since.is_some();
-                    if reconnecting && now >= retry_at {
-                        break;
-                    }
-                    if now.duration_since(last_poll) >= POLL {
-                        break;
+                        None => {
+                            input_open = false;
+                            if deadline.is_none() {
+                                live.wake();
+                            }
+                        }
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(Exit::Done),
+                    _ = tokio::time::sleep(wait) => {
+                        // Another command on this profile wrote it (a
+                        // `send`), or an alert reached this user.
+                        if w.p.changed_elsewhere() || w.alert_due() {
+                            live.wake();
+                        }
                     }
                 }
             }
+            _ => {}
         }
     }
-}
-
-/// `d` plus up to a quarter more, so clients cut off together do not all
-/// come back in the same instant.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
 impl Watch {

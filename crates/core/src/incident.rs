@@ -580,6 +580,24 @@ impl Client {
         out
     }
 
+    /// When the next escalation step of an unacknowledged alert falls due
+    /// after `now_ms` (for a live front end's timer: at that time a sync
+    /// records it and the alert reaches its next target).
+    pub fn next_escalation_at(&self, now_ms: u64) -> Option<u64> {
+        let dir = self.directory();
+        self.state
+            .alerts
+            .values()
+            .filter(|a| a.acked.is_none() && a.alert.escalates.is_none())
+            .filter_map(|a| {
+                let chain = escalation_chain(&dir, &a.alert.to).len() as u64;
+                let every = u64::from(a.alert.ack_within_secs) * 1000;
+                let done = due_steps(&dir, a, now_ms).len() as u64;
+                (every > 0 && done < chain).then(|| a.sent_at + every * (done + 1))
+            })
+            .min()
+    }
+
     /// One aggregated receipt per conversation for the alerts addressed to
     /// this user (directly, or by an escalation step that fell due by
     /// `now_ms` before anyone acknowledged) that it has not yet receipted.

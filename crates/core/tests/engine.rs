@@ -647,3 +647,92 @@ fn whole_syncs_deliver_every_message_once_in_order_through_faults_and_restarts()
         );
     }
 }
+
+/// The live client's timers on an injected clock: a first sync, then the
+/// push channel; a push wakes a sync; the idle lock (not while typed work
+/// waits); failures back off exponentially with jitter, capped; the
+/// fallback poll.
+#[test]
+fn live_timers_follow_the_injected_clock() {
+    use sitrep_core::engine::live::{BACKOFF_MAX_MS, BACKOFF_MIN_MS, POLL_MS};
+    use sitrep_core::engine::{Due, Live};
+    let (a, _) = pair();
+    let t0 = 1_000_000;
+    let mut live = Live::new(60, t0, 7);
+    assert_eq!(live.next(&a, t0, false), Due::Sync, "a first sync at once");
+    live.synced(true, t0);
+    assert_eq!(live.next(&a, t0, false), Due::Connect);
+    live.connected(true, t0);
+    // Nothing due until the idle lock (60 s) or the poll (30 s), whichever first.
+    assert_eq!(
+        live.next(&a, t0 + 1, false),
+        Due::Sleep {
+            until_ms: t0 + POLL_MS
+        }
+    );
+    live.frame(false);
+    assert!(
+        matches!(live.next(&a, t0 + 2, false), Due::Sleep { .. }),
+        "a text frame is not a push"
+    );
+    live.frame(true);
+    assert_eq!(
+        live.next(&a, t0 + 2, false),
+        Due::Sync,
+        "a push wakes a sync"
+    );
+    live.synced(true, t0 + 2);
+    assert_eq!(
+        live.next(&a, t0 + 2 + POLL_MS, false),
+        Due::Sync,
+        "the fallback poll"
+    );
+    live.synced(true, t0 + 2 + POLL_MS);
+    // Idle: locked at 60 s since the last input, unless typed work waits.
+    assert_eq!(live.next(&a, t0 + 60_000, false), Due::Lock);
+    assert_ne!(live.next(&a, t0 + 60_000, true), Due::Lock);
+    live.input(t0 + 50_000);
+    assert_ne!(live.next(&a, t0 + 60_000, false), Due::Lock);
+    assert_eq!(live.next(&a, t0 + 110_000, false), Due::Lock);
+
+    // The server goes away: each failure waits longer, with up to a
+    // quarter of jitter, capped; a success resets it.
+    let mut live = Live::new(0, t0, 7);
+    let mut now = t0;
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        assert_eq!(live.next(&a, now, false), Due::Sync);
+        live.synced(false, now);
+        let Due::Sleep { until_ms } = live.next(&a, now + 1, false) else {
+            panic!("backing off");
+        };
+        waits.push(until_ms - now);
+        assert_eq!(live.next(&a, until_ms - 1, false), Due::Sleep { until_ms });
+        now = until_ms;
+    }
+    let mut base = BACKOFF_MIN_MS;
+    for w in &waits {
+        assert!(*w >= base && *w <= base + base / 4, "{waits:?}");
+        base = (base * 2).min(BACKOFF_MAX_MS);
+    }
+    assert!(*waits.last().expect("waits") <= BACKOFF_MAX_MS + BACKOFF_MAX_MS / 4);
+    // Something typed meanwhile is taken at once (it goes to the outbox).
+    live.synced(false, now);
+    live.wake();
+    assert_eq!(live.next(&a, now + 1, false), Due::Sync);
+    live.synced(true, now + 1);
+    assert_eq!(live.next(&a, now + 1, false), Due::Connect);
+    live.connected(false, now + 1);
+    let Due::Sleep { until_ms } = live.next(&a, now + 2, false) else {
+        panic!("backing off the push channel");
+    };
+    assert!(
+        until_ms - (now + 1) <= BACKOFF_MIN_MS + BACKOFF_MIN_MS / 4,
+        "reset after a success"
+    );
+    // Two clients cut off together do not come back in the same instant.
+    let (mut x, mut y) = (Live::new(0, t0, 1), Live::new(0, t0, 2));
+    x.synced(false, t0);
+    y.synced(false, t0);
+    assert_ne!(x.next(&a, t0, false), y.next(&a, t0, false));
+}

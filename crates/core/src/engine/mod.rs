@@ -9,6 +9,8 @@
 //! - [`sync`]: the tasks a device runs ([`Sync`], and [`Pull`],
 //!   [`Resolve`], [`Change`], [`Outbox`], [`TopUp`] that it and the front
 //!   ends' commands are made of);
+//! - [`live`]: the timers of a live front end ([`Live`]: when to sync,
+//!   reconnect, lock);
 //! - here: what a reply to an outbox post or to a pending change means.
 //!
 //! What a reply to an outbox post means is decided here, once, for every
@@ -29,10 +31,12 @@ use sitrep_wire::api;
 
 use crate::Client;
 
+pub mod live;
 pub mod sync;
 pub mod task;
 
 use crate::state::Queued;
+pub use live::{Due, Live};
 pub use sync::{Change, Outbox, Pull, Resolve, Sync, TopUp};
 pub use task::{Action, Failure, FailureKind, Task};
 

@@ -1,0 +1,175 @@
+//! The timers of a live front end (`sitrep watch`, the web app), on the
+//! driver's clock: when to sync (a push frame, something typed, a change
+//! another process made, an alert's escalation falling due, the periodic
+//! poll, a retry after a failure, with backoff and jitter), when to connect
+//! the push channel again, and when to lock for idleness. The front end
+//! reports what happened and asks [`Live::next`] what is due.
+
+use crate::Client;
+
+/// A sync at least this often, in case a push was missed.
+pub const POLL_MS: u64 = 30_000;
+/// First wait after a failure.
+pub const BACKOFF_MIN_MS: u64 = 500;
+/// Longest wait between retries.
+pub const BACKOFF_MAX_MS: u64 = 30_000;
+
+/// What a live front end should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Due {
+    /// Lock: idle for the lock time, with nothing typed waiting.
+    Lock,
+    /// Run a [`super::Sync`].
+    Sync,
+    /// Connect the push channel.
+    Connect,
+    /// Nothing before this time, unless a frame or an input comes first.
+    Sleep {
+        /// On the driver's clock.
+        until_ms: u64,
+    },
+}
+
+/// The state of a live client's timers.
+#[derive(Debug, Clone)]
+pub struct Live {
+    idle_ms: u64,
+    last_input: u64,
+    last_sync: u64,
+    wake: bool,
+    online: bool,
+    connected: bool,
+    backoff: u64,
+    retry_at: u64,
+    failures: u64,
+    seed: u64,
+}
+
+impl Live {
+    /// Timers starting at `now_ms`, locking after `idle_lock_secs` without
+    /// input (0: never); `seed` spreads the retries of clients cut off
+    /// together. A first sync is due at once.
+    pub fn new(idle_lock_secs: u64, now_ms: u64, seed: u64) -> Self {
+        Self {
+            idle_ms: idle_lock_secs.saturating_mul(1000),
+            last_input: now_ms,
+            last_sync: now_ms,
+            wake: true,
+            online: true,
+            connected: false,
+            backoff: BACKOFF_MIN_MS,
+            retry_at: now_ms,
+            failures: 0,
+            seed,
+        }
+    }
+
+    /// The user did something (typed a line).
+    pub fn input(&mut self, now_ms: u64) {
+        self.last_input = now_ms;
+    }
+
+    /// Something wants a sync soon (a line to send, a change another
+    /// process wrote, an alert to show).
+    pub fn wake(&mut self) {
+        self.wake = true;
+    }
+
+    /// A frame on the push channel: a binary one says something new waits
+    /// (its content is not trusted for anything else).
+    pub fn frame(&mut self, binary: bool) {
+        if binary {
+            self.wake = true;
+        }
+    }
+
+    /// A sync finished: `ok`, or failed (retryable or not, it is retried
+    /// after the backoff; what was written stays in the outbox).
+    pub fn synced(&mut self, ok: bool, now_ms: u64) {
+        self.last_sync = now_ms;
+        self.wake = false;
+        if ok {
+            self.online = true;
+            self.retry_at = now_ms;
+            self.backoff = BACKOFF_MIN_MS;
+            self.failures = 0;
+        } else {
+            self.online = false;
+            self.connected = false;
+            self.fail(now_ms);
+        }
+    }
+
+    /// The push channel connected, or failed to.
+    pub fn connected(&mut self, ok: bool, now_ms: u64) {
+        self.connected = ok;
+        if !ok {
+            self.fail(now_ms);
+        }
+    }
+
+    /// The push channel closed: connect again after the backoff, and sync
+    /// then (the server may have restarted).
+    pub fn disconnected(&mut self, now_ms: u64) {
+        self.connected = false;
+        self.fail(now_ms);
+        self.wake = true;
+    }
+
+    /// Whether the last sync reached the server.
+    pub fn online(&self) -> bool {
+        self.online
+    }
+
+    fn fail(&mut self, now_ms: u64) {
+        self.failures += 1;
+        // Up to a quarter more, from the seed and the failure count.
+        let mut x = self.seed ^ self.failures.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let jitter = self.backoff * (x % 1000) / 4000;
+        self.retry_at = now_ms + self.backoff + jitter;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX_MS);
+    }
+
+    /// What is due at `now_ms`. `busy`: typed work waits (no lock then).
+    pub fn next(&self, c: &Client, now_ms: u64, busy: bool) -> Due {
+        let lock_at = (self.idle_ms > 0 && !busy).then(|| self.last_input + self.idle_ms);
+        if lock_at.is_some_and(|t| now_ms >= t) {
+            return Due::Lock;
+        }
+        // Something typed is put in the outbox at once, online or not.
+        if self.wake {
+            return Due::Sync;
+        }
+        let retry_at = (!self.online || !self.connected).then_some(self.retry_at);
+        let backing_off = retry_at.is_some_and(|t| now_ms < t);
+        let escalation = c.next_escalation_at(self.last_sync);
+        if escalation.is_some_and(|t| now_ms >= t) && self.online {
+            return Due::Sync;
+        }
+        if !backing_off {
+            if !self.online {
+                return Due::Sync;
+            }
+            if !self.connected {
+                return Due::Connect;
+            }
+        }
+        let poll_at = self.last_sync + POLL_MS;
+        if now_ms >= poll_at && !backing_off {
+            return Due::Sync;
+        }
+        // While backing off, the retry is the next contact with the server.
+        let poll_at = (!backing_off).then_some(poll_at);
+        let until_ms = [poll_at, lock_at, retry_at, escalation]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now_ms)
+            .min()
+            .unwrap_or(now_ms + POLL_MS);
+        Due::Sleep { until_ms }
+    }
+}
