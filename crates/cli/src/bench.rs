@@ -376,6 +376,44 @@ async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> any
         );
         println!("    throughput: {:.0} msgs/s", client_count as f64 / total);
 
+        // Through the engine, as `sitrep send` and `watch` do it: the text
+        // is queued, then the Outbox task encrypts it, the driver seals that
+        // durably before the POST, and the answer is written lazily.
+        let mut lat = Vec::with_capacity(client_count);
+        let t0 = Instant::now();
+        for i in 0..client_count {
+            let t = Instant::now();
+            p.client
+                .queue_text(&name, &format!("engine {i}"), crate::now_ms(), true)?;
+            crate::drive(&mut p, &mut sitrep_core::engine::Outbox::new()).await?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let total = t0.elapsed().as_secs_f64();
+        if !p.client.waiting().is_empty() {
+            bail!("messages left in the outbox");
+        }
+        println!(
+            "    through the engine (queue_text, then the Outbox task driven by `drive`), one at a time:"
+        );
+        summary("    client send latency", lat);
+        println!("    throughput: {:.0} msgs/s", client_count as f64 / total);
+        // A burst written while the server was busy or away: one Outbox
+        // task encrypts all of it, seals once, then posts each in order.
+        let burst = 20;
+        let t0 = Instant::now();
+        for round in 0..client_count.div_ceil(burst) {
+            for i in 0..burst {
+                p.client
+                    .queue_text(&name, &format!("burst {round}.{i}"), crate::now_ms(), true)?;
+            }
+            crate::drive(&mut p, &mut sitrep_core::engine::Outbox::new()).await?;
+        }
+        let total = t0.elapsed().as_secs_f64();
+        println!(
+            "    through the engine, bursts of {burst} queued then one Outbox task: {:.0} msgs/s",
+            (client_count.div_ceil(burst) * burst) as f64 / total
+        );
+
         // The same, as the outbox drains: the next message is encrypted and
         // written while the previous one's POST is in flight (still sealed
         // before it is posted, still one POST at a time, in order).

@@ -225,6 +225,22 @@ impl Profile {
         self.write(&changes)
     }
 
+    /// [`Profile::save`], for what follows a server's answer it would give
+    /// again (may be lost in a power cut, not in a crash;
+    /// [`sitrep_core::store::ProfileStore::write_lazy`]).
+    pub fn save_lazy(&mut self) -> anyhow::Result<()> {
+        let changes = self.changes();
+        if self.lock.is_none() {
+            self.client.persist_unknown();
+            bail!("internal: the profile was saved without its lock");
+        }
+        if let Err(e) = self.store.write_lazy(&changes) {
+            self.client.persist_unknown();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// What changed since the last write, sealed ([`Client::changes`]).
     pub fn changes(&mut self) -> sitrep_core::persist::Changes {
         self.client.changes(&self.vault)
@@ -565,8 +581,8 @@ pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
 }
 
 /// Drive an engine task ([`sitrep_core::engine::Task`]): write what changed
-/// before each request it asks for (so whatever the server may act on is
-/// sealed first), perform it, feed back the reply or its absence, and wait
+/// durably before each request it asks for (so whatever the server may act
+/// on is sealed first), perform it, feed back the reply or its absence, and wait
 /// out its backoffs on the real clock. This loop is the whole of the CLI's
 /// part in a sync, a commit or an outbox flush.
 pub async fn drive<T: Task + ?Sized>(p: &mut Profile, task: &mut T) -> anyhow::Result<Vec<Event>> {
@@ -575,13 +591,17 @@ pub async fn drive<T: Task + ?Sized>(p: &mut Profile, task: &mut T) -> anyhow::R
         let action = match task.poll(&mut p.client, now_ms()) {
             Ok(a) => a,
             Err(f) => {
-                p.save()?;
+                p.save_lazy()?;
                 return Err(f.into());
             }
         };
         match action {
             Action::Request(req) => {
-                p.save()?;
+                if req.durable {
+                    p.save()?;
+                } else {
+                    p.save_lazy()?;
+                }
                 let answer = remote.perform(&req).await;
                 let reply = match &answer {
                     Some((status, body)) => Reply::Answered {
@@ -591,7 +611,7 @@ pub async fn drive<T: Task + ?Sized>(p: &mut Profile, task: &mut T) -> anyhow::R
                     None => Reply::Lost,
                 };
                 if let Err(f) = task.feed(&mut p.client, reply, now_ms()) {
-                    p.save()?;
+                    p.save_lazy()?;
                     return Err(f.into());
                 }
             }
@@ -599,7 +619,11 @@ pub async fn drive<T: Task + ?Sized>(p: &mut Profile, task: &mut T) -> anyhow::R
                 tokio::time::sleep(Duration::from_millis(until_ms.saturating_sub(now_ms()))).await;
             }
             Action::Done(events) => {
-                p.save()?;
+                // After the last answer: durable with the next write; lost
+                // only in a power cut, and then asked again (the server
+                // answers a repeated client id or change with its first
+                // outcome, and keeps the inbox until it is acknowledged).
+                p.save_lazy()?;
                 return Ok(events);
             }
             _ => bail!("internal: an engine action this CLI does not know"),

@@ -15,6 +15,13 @@ pub trait ProfileStore {
     /// Apply one batch of changes atomically: after a crash either all of
     /// it is there or none.
     fn write(&self, changes: &Changes) -> Result<(), Error>;
+    /// Write changes that may be lost in a power cut (not in a crash of
+    /// the process): what follows an answer the server would give again
+    /// (the engine's writes after the last request of a task). The next
+    /// [`ProfileStore::write`] makes them durable with its own.
+    fn write_lazy(&self, changes: &Changes) -> Result<(), Error> {
+        self.write(changes)
+    }
     /// A profile an earlier version sealed as one snapshot, to migrate.
     fn load_legacy(&self) -> Result<Option<Vec<u8>>, Error> {
         Ok(None)
@@ -294,6 +301,20 @@ mod sqlite {
                 out.push((id, sealed));
             }
             Ok(if out.is_empty() { None } else { Some(out) })
+        }
+
+        fn write_lazy(&self, ch: &Changes) -> Result<(), Error> {
+            if ch.is_empty() {
+                return Ok(());
+            }
+            self.db()
+                .execute_batch("PRAGMA synchronous=NORMAL;")
+                .map_err(sql)?;
+            let r = self.write(ch);
+            self.db()
+                .execute_batch("PRAGMA synchronous=FULL;")
+                .map_err(sql)?;
+            r
         }
 
         fn write(&self, ch: &Changes) -> Result<(), Error> {

@@ -408,6 +408,10 @@ fn two_undecryptable_messages_leave_two_lines() {
 struct Node {
     log: Vec<(u64, String, Vec<u8>)>,
     by_id: HashMap<String, u64>,
+    /// Posts repeated under a client id with a different ciphertext: the
+    /// device encrypted the same message twice (a ratchet generation used
+    /// twice, after its first ciphertext was lost by a power cut).
+    reencrypted: usize,
     cursor: HashMap<String, u64>,
     seq: u64,
 }
@@ -458,7 +462,12 @@ impl Node {
             Method::Post if path.ends_with("/messages") => {
                 let r: api::SendRequest = serde_json::from_slice(&req.body).expect("send");
                 let seq = match self.by_id.get(&r.client_id) {
-                    Some(s) => *s,
+                    Some(s) => {
+                        if self.log.iter().any(|(q, _, p)| q == s && *p != r.payload) {
+                            self.reencrypted += 1;
+                        }
+                        *s
+                    }
                     None => {
                         self.seq += 1;
                         self.log.push((self.seq, who.to_string(), r.payload));
@@ -481,12 +490,14 @@ impl Node {
     }
 }
 
-/// One device: its client, its sealed records, and its clock.
+/// One device: its client, its sealed records (as written, and as of the
+/// last durable write: what a power cut leaves), and its clock.
 struct Device {
     name: &'static str,
     client: Client,
     vault: Vault,
     disk: BTreeMap<RecordId, Vec<u8>>,
+    synced: BTreeMap<RecordId, Vec<u8>>,
     now: u64,
 }
 
@@ -497,6 +508,23 @@ enum Ran {
 }
 
 impl Device {
+    fn write(&mut self, durable: bool) {
+        persist(&mut self.client, &self.vault, &mut self.disk);
+        if durable {
+            self.synced = self.disk.clone();
+        }
+    }
+
+    /// A crash of the process (what was written stays), or a power cut
+    /// (only what was written durably stays).
+    fn restart(&mut self, power_cut: bool) -> Ran {
+        if power_cut {
+            self.disk = self.synced.clone();
+        }
+        self.client = reload(&self.vault, &self.disk);
+        Ran::Restarted
+    }
+
     /// Drive one sync as a driver would, with faults from `rng` (none when
     /// `None`): answers lost before or after the server applied the
     /// request, 503s, and restarts (from the sealed records) before a
@@ -509,14 +537,14 @@ impl Device {
             self.now += 1;
             match task.poll(&mut self.client, self.now) {
                 Err(f) => {
-                    persist(&mut self.client, &self.vault, &mut self.disk);
+                    self.write(false);
                     return Ran::Failed(f);
                 }
                 Ok(Action::Request(req)) => {
-                    persist(&mut self.client, &self.vault, &mut self.disk);
+                    self.write(req.durable);
                     if fault(12) {
-                        self.client = reload(&self.vault, &self.disk);
-                        return Ran::Restarted;
+                        let cut = fault(2);
+                        return self.restart(cut);
                     }
                     let answer;
                     let reply = if fault(10) {
@@ -538,17 +566,20 @@ impl Device {
                     };
                     let fed = task.feed(&mut self.client, reply, self.now);
                     if fault(12) {
-                        self.client = reload(&self.vault, &self.disk);
-                        return Ran::Restarted;
+                        let cut = fault(2);
+                        return self.restart(cut);
                     }
                     if let Err(f) = fed {
-                        persist(&mut self.client, &self.vault, &mut self.disk);
+                        self.write(false);
                         return Ran::Failed(f);
                     }
                 }
                 Ok(Action::Wait { until_ms }) => self.now = until_ms,
                 Ok(Action::Done(_)) => {
-                    persist(&mut self.client, &self.vault, &mut self.disk);
+                    self.write(false);
+                    if fault(6) {
+                        return self.restart(true);
+                    }
                     return Ran::Done;
                 }
                 Ok(other) => panic!("unexpected action {other:?}"),
@@ -570,7 +601,8 @@ impl Device {
 
 /// Whole syncs (policy, directory, inbox pages and acks, outbox) on both
 /// ends of a conversation, through lost answers (before and after the
-/// server applied them), 503s, and restarts between any two steps: every
+/// server applied them), 503s, and restarts between any two steps (crashes,
+/// and power cuts that lose what was written lazily): every
 /// message the user wrote arrives once, in order, on the other device, and
 /// is once in the writer's own history; failures are retryable ones only.
 #[test]
@@ -587,12 +619,13 @@ fn whole_syncs_deliver_every_message_once_in_order_through_faults_and_restarts()
             client: c,
             vault: fast_vault(),
             disk: BTreeMap::new(),
+            synced: BTreeMap::new(),
             now: 10,
         });
         devices[0].name = "alice";
         devices[1].name = "bob";
         for d in &mut devices {
-            persist(&mut d.client, &d.vault, &mut d.disk);
+            d.write(true);
         }
         let mut written = Vec::new();
         for round in 0..60 {
@@ -603,11 +636,7 @@ fn whole_syncs_deliver_every_message_once_in_order_through_faults_and_restarts()
                     .client
                     .queue_text("ward", &t, now, false)
                     .expect("queued");
-                persist(
-                    &mut devices[0].client,
-                    &devices[0].vault,
-                    &mut devices[0].disk,
-                );
+                devices[0].write(true);
                 written.push(t);
             }
             let who = rng.below(2) as usize;
@@ -735,4 +764,50 @@ fn live_timers_follow_the_injected_clock() {
     x.synced(false, t0);
     y.synced(false, t0);
     assert_ne!(x.next(&a, t0, false), y.next(&a, t0, false));
+}
+
+/// What must be durable before a request: the first post after encrypting
+/// (it carries the new ciphertexts, sealed all at once), an ack (it acts on
+/// what was processed), a commit; not a GET, and not later posts of the
+/// same batch (what changed since is only what answers would say again).
+#[test]
+fn requests_say_what_must_be_durable_before_they_go() {
+    use sitrep_core::engine::{Action, Outbox, Task};
+    let (mut a, _) = pair();
+    for i in 0..3 {
+        a.queue_text("ward", &format!("m{i}"), 1, false)
+            .expect("queued");
+    }
+    let mut node = Node::default();
+    let mut t = Outbox::new();
+    let mut durable = Vec::new();
+    loop {
+        match t.poll(&mut a, 2).expect("poll") {
+            Action::Request(r) => {
+                durable.push(r.durable);
+                let (status, body) = node.handle("alice", &r);
+                t.feed(
+                    &mut a,
+                    Reply::Answered {
+                        status,
+                        body: &body,
+                    },
+                    2,
+                )
+                .expect("feed");
+            }
+            Action::Done(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(durable, [true, false, false]);
+    let prepared = a.prepare_update("ward").expect("update");
+    a.record_commit(&prepared).expect("sealed");
+    assert!(a.op_requests().iter().all(|r| r.durable), "a commit");
+    let mut s = sitrep_core::engine::Sync::new();
+    let Action::Request(first) = s.poll(&mut a, 3).expect("poll") else {
+        panic!("a request first");
+    };
+    assert_eq!(first.path, "/v1/policy");
+    assert!(!first.durable, "a GET");
 }

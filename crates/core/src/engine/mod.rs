@@ -61,6 +61,12 @@ pub struct Request {
     pub path: String,
     /// JSON body.
     pub body: Vec<u8>,
+    /// Write [`Client::changes`] durably before performing it: it carries
+    /// something the device made (a ciphertext, a commit, keys) or acts on
+    /// what it processed (an ack). `false`: whatever changed since the last
+    /// durable write follows answers the server would give again, and a
+    /// lazy write is enough.
+    pub durable: bool,
 }
 
 /// What became of a [`Request`].
@@ -116,6 +122,7 @@ impl Client {
             method: Method::Post,
             path: format!("/v1/groups/{}/messages", p.group_hex),
             body,
+            durable: true,
         })
     }
 
@@ -221,6 +228,7 @@ impl Client {
                 method: Method::Post,
                 path: op.path(),
                 body: op.body.to_vec(),
+                durable: true,
             })
             .collect()
     }

@@ -22,7 +22,9 @@ use std::collections::VecDeque;
 
 use sitrep_wire::api;
 
-use super::task::{Action, Failure, FailureKind, Task, answer, decode, fate_unknown, get, post};
+use super::task::{
+    Action, Failure, FailureKind, Task, answer, decode, fate_unknown, get, post, post_lazy,
+};
 use super::{OpStep, Reply, Request, Step};
 use crate::{Client, Event};
 
@@ -333,6 +335,9 @@ impl Task for Change<'_> {
 #[derive(Debug, Default)]
 pub struct Outbox {
     encrypted: bool,
+    /// Posted something since the last encryption (later posts carry
+    /// ciphertexts already sealed durably with the first).
+    posted: bool,
     second_round: bool,
     requeued: bool,
     pull: Option<Pull>,
@@ -363,9 +368,11 @@ impl Task for Outbox {
             if !self.encrypted {
                 self.events.extend(c.encrypt_queued(now_ms));
                 self.encrypted = true;
+                self.posted = false;
             }
-            if let Some(r) = c.outbox_request() {
+            if let Some(mut r) = c.outbox_request() {
                 self.in_flight = Some(r.id.clone());
+                r.durable = !self.posted;
                 return Ok(Action::Request(r));
             }
             if self.requeued && !self.second_round {
@@ -386,6 +393,7 @@ impl Task for Outbox {
         let Some(id) = self.in_flight.take() else {
             return Ok(());
         };
+        self.posted = true;
         match c.outbox_reply(&id, reply, now_ms) {
             Step::Retry => {
                 let n = c.waiting().len();
@@ -593,7 +601,7 @@ impl Sync {
                 let q = q.get_or_insert_with(|| c.rejoins_to_request(now_ms).into());
                 match q.pop_front() {
                     Some(hex) => {
-                        let req = post(
+                        let req = post_lazy(
                             hex.clone(),
                             format!("/v1/groups/{hex}/rejoin"),
                             &api::RejoinRequest {
@@ -612,7 +620,7 @@ impl Sync {
                         let mut users: Vec<String> =
                             devices.iter().map(|(u, _)| u.clone()).collect();
                         users.dedup();
-                        let req = post(
+                        let req = post_lazy(
                             name.clone(),
                             "/v1/keypackages/claim",
                             &api::ClaimRequest {
@@ -669,7 +677,7 @@ impl Sync {
                 }
                 match next {
                     Some((name, missing)) => {
-                        let req = post(
+                        let req = post_lazy(
                             name.clone(),
                             "/v1/keypackages/claim",
                             &api::ClaimRequest {

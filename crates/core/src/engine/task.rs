@@ -7,17 +7,19 @@
 //! ```text
 //! loop {
 //!     match task.poll(&mut client, now())? {
-//!         Action::Request(r) => { write(client.changes(vault)); reply = perform(r); task.feed(&mut client, reply, now())? }
+//!         Action::Request(r) => { write(client.changes(vault), r.durable); reply = perform(r); task.feed(&mut client, reply, now())? }
 //!         Action::Wait { until_ms } => sleep_until(until_ms),
-//!         Action::Done(events) => { write(client.changes(vault)); return events }
+//!         Action::Done(events) => { write(client.changes(vault), lazy); return events }
 //!     }
 //! }
 //! ```
 //!
 //! Writing the changes before every request is what makes a task crash
 //! safe: whatever the server may act on (a post, a commit, an ack) is sealed
-//! on disk before it leaves, so after a restart its fate is asked again
-//! instead of guessed.
+//! on disk before it leaves (durably, when [`Request::durable`]: surviving a
+//! power cut), so after a restart its fate is asked again instead of
+//! guessed. What follows the last answer may be written lazily: lost only
+//! in a power cut, it is asked again.
 
 use sitrep_wire::api;
 
@@ -206,7 +208,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
         .map_err(|e| Failure::local(op, crate::Error::Protocol(format!("{op}: {e}"))))
 }
 
-/// A request with a JSON body.
+/// A request with a JSON body, written durably first.
 pub(crate) fn post(
     id: impl Into<String>,
     path: impl Into<String>,
@@ -217,6 +219,20 @@ pub(crate) fn post(
         method: super::Method::Post,
         path: path.into(),
         body: serde_json::to_vec(body).expect("API requests serialise"),
+        durable: true,
+    }
+}
+
+/// A POST that depends on nothing new the device holds (a claim, a rejoin
+/// request): a lazy write first is enough.
+pub(crate) fn post_lazy(
+    id: impl Into<String>,
+    path: impl Into<String>,
+    body: &impl serde::Serialize,
+) -> Request {
+    Request {
+        durable: false,
+        ..post(id, path, body)
     }
 }
 
@@ -228,5 +244,6 @@ pub(crate) fn get(path: impl Into<String>) -> Request {
         method: super::Method::Get,
         path,
         body: Vec::new(),
+        durable: false,
     }
 }
