@@ -224,8 +224,26 @@ async fn locked(
             "locked (idle): press Enter, then type your passcode, to continue"
         )
     );
-    let mut asking = false;
+    // What the next line is: Enter (to start), the passcode, or (when the
+    // policy asks for two-step verification) the authenticator code.
+    enum Asking {
+        Enter,
+        Passcode,
+        Code(zeroize::Zeroizing<String>),
+    }
+    let mut asking = Asking::Enter;
     let mut arrived = 0usize;
+    let prompt = |label: &str| {
+        input
+            .secret
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if std::io::stderr().is_terminal() {
+            eprint!("{label}: ");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{label}:");
+        }
+    };
     loop {
         let ws_next = async {
             match ws.as_mut() {
@@ -256,25 +274,37 @@ async fn locked(
             },
             line = input.lines.recv() => match line.flatten() {
                 None => return Ok(None),
-                Some(_) if !asking => {
-                    asking = true;
-                    input.secret.store(true, std::sync::atomic::Ordering::SeqCst);
-                    if std::io::stderr().is_terminal() {
-                        eprint!("Passcode: ");
-                        let _ = std::io::stderr().flush();
-                    } else {
-                        eprintln!("Passcode:");
-                    }
-                }
-                Some(pass) => {
-                    asking = false;
-                    let pass = zeroize::Zeroizing::new(pass.trim_end_matches(['\r', '\n']).to_string());
-                    match Profile::open(dir, &pass) {
+                Some(line) => {
+                    let line = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_string());
+                    let (pass, code) = match std::mem::replace(&mut asking, Asking::Enter) {
+                        Asking::Enter => {
+                            asking = Asking::Passcode;
+                            prompt("Passcode");
+                            continue;
+                        }
+                        // A code given in SITREP_TOTP at start is long
+                        // stale: the lock screen asks for a fresh one.
+                        Asking::Passcode => (line, None),
+                        Asking::Code(pass) => (pass, Some(line)),
+                    };
+                    match Profile::open_with_code(dir, &pass, code.as_deref().map(|c| c.as_str())) {
                         Ok(p) => {
                             eprintln!("{}", style.paint("32", "unlocked"));
                             return Ok(Some(p));
                         }
                         Err(e) => {
+                            let two_step = matches!(
+                                e.downcast_ref::<sitrep_core::UnlockError>(),
+                                Some(sitrep_core::UnlockError::TwoStepRequired { .. })
+                            );
+                            if two_step {
+                                if code.is_some() {
+                                    eprintln!("{e:#}");
+                                }
+                                asking = Asking::Code(pass);
+                                prompt("Authenticator code");
+                                continue;
+                            }
                             eprintln!("{e:#}");
                             let gone = matches!(
                                 e.downcast_ref::<sitrep_core::UnlockError>(),

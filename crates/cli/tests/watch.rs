@@ -44,7 +44,11 @@ impl Watching {
 
     /// With extra environment; stderr lines arrive too, as `[stderr] ...`.
     fn start_with(profile: &str, name: &str, env: &[(&str, &str)]) -> Self {
-        let mut c = cmd(&["--profile", profile, "watch", name]);
+        let mut args = vec!["--profile", profile, "watch"];
+        if !name.is_empty() {
+            args.push(name);
+        }
+        let mut c = cmd(&args);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -425,6 +429,94 @@ fn watch_locks_when_idle_and_shows_nothing_until_unlocked() {
     w.type_line(PASS);
     w.expect("unlocked", Duration::from_secs(10));
     w.expect("bed 9: sats 88%, please review", Duration::from_secs(10));
+}
+
+/// Where the organisation requires two-step verification, the lock screen
+/// asks for the authenticator code after the passcode; a wrong code is
+/// refused (and counted), the right one opens.
+#[test]
+fn watch_lock_asks_for_the_authenticator_code_when_the_policy_requires_it() {
+    let data = TempDir::new("watch-totp-data");
+    let profiles = TempDir::new("watch-totp-profiles");
+    let d = data.path().to_str().expect("path").to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _server = serve_on(&d, port);
+    let prof = profiles
+        .path()
+        .join("bob")
+        .to_str()
+        .expect("path")
+        .to_string();
+    let out = ok(&[
+        "admin",
+        "invite",
+        "--data",
+        &d,
+        "--user",
+        "bob",
+        "--name",
+        "Dr bob",
+        "--role",
+        "ED consultant",
+    ]);
+    let code = out.lines().last().expect("code").trim().to_string();
+    let out = ok(&[
+        "--profile",
+        &prof,
+        "enrol",
+        "--server",
+        &url,
+        "--code",
+        &code,
+    ]);
+    let uri = out
+        .lines()
+        .find(|l| l.starts_with("otpauth://"))
+        .expect("the TOTP URI is shown at enrolment")
+        .to_string();
+    ok(&["admin", "policy", "set", "--data", &d, "--two-step", "true"]);
+    let totp = totp_rs::TOTP::from_url(&uri).expect("otpauth URI");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    // The sync that takes up the policy is itself behind the new rule.
+    let first = totp.generate(now());
+    let mut c = cmd(&["--profile", &prof, "sync"]);
+    c.env("SITREP_TOTP", &first);
+    let out = c.output().expect("sync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The code given at start is long stale when the screen locks: the
+    // lock screen asks for a fresh one after the passcode.
+    let mut w = Watching::start_with(
+        &prof,
+        "",
+        &[("SITREP_IDLE_LOCK_SECS", "2"), ("SITREP_TOTP", &first)],
+    );
+    w.expect("watching", Duration::from_secs(10));
+    w.expect("locked (idle)", Duration::from_secs(10));
+    w.type_line("");
+    w.expect("Passcode", Duration::from_secs(5));
+    w.type_line(PASS);
+    w.expect("Authenticator code", Duration::from_secs(10));
+    w.type_line("000000");
+    w.expect("two-step verification", Duration::from_secs(10));
+    let failures = std::fs::read_to_string(profiles.path().join("bob").join("unlock-failures"))
+        .expect("counter");
+    assert!(
+        failures.starts_with('1'),
+        "a wrong code is counted: {failures}"
+    );
+    w.type_line(&totp.generate(now()));
+    w.expect("unlocked", Duration::from_secs(10));
 }
 
 /// `history` shows the state of each of the user's own messages: sent,
