@@ -457,6 +457,18 @@ pub async fn sync(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
     }
 }
 
+/// What a push calls for ([`sitrep_core::engine::Sync::catch_up`]): a sync
+/// without the housekeeping (the user's new devices, KeyPackage top-up).
+pub async fn catch_up(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
+    match drive(p, &mut Sync::catch_up()).await {
+        Err(e) if is_wiped(&e) => {
+            p.wipe()?;
+            Err(e.context(WIPED))
+        }
+        other => other,
+    }
+}
+
 /// Tell the server this device has shown `names`' messages to its user: the
 /// "read" of delivery status. A conversation with nothing from the server
 /// yet is skipped.

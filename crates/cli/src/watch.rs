@@ -382,8 +382,9 @@ async fn watch(
         match live.next(&w.p.client, now_ms(), !pending.is_empty()) {
             Due::Lock => return Ok(Exit::Locked(ws.map(Box::new))),
             Due::Sync => {
+                let full = live.full_sync_due(now_ms());
                 w.p.reacquire()?;
-                let outcome = w.work(&mut pending, &mut quit).await;
+                let outcome = w.work(&mut pending, &mut quit, full).await;
                 w.p.release();
                 match outcome {
                     Ok(()) => {
@@ -474,9 +475,18 @@ async fn watch(
 impl Watch {
     /// One round with the lock held. Shown output is printed even when the
     /// network part fails (what was stored locally is still news).
-    async fn work(&mut self, pending: &mut Vec<Typed>, quit: &mut bool) -> anyhow::Result<()> {
+    async fn work(
+        &mut self,
+        pending: &mut Vec<Typed>,
+        quit: &mut bool,
+        full: bool,
+    ) -> anyhow::Result<()> {
         self.p.purge()?;
-        let result = sitrep_cli::sync(&mut self.p).await;
+        let result = if full {
+            sitrep_cli::sync(&mut self.p).await
+        } else {
+            sitrep_cli::catch_up(&mut self.p).await
+        };
         let mut failed = None;
         let events = match result {
             Ok(e) => e,

@@ -811,3 +811,62 @@ fn requests_say_what_must_be_durable_before_they_go() {
     assert_eq!(first.path, "/v1/policy");
     assert!(!first.durable, "a GET");
 }
+
+/// A push calls for a catch-up (no device list, no KeyPackage count); a
+/// whole sync comes at start, after an outage and on the poll.
+#[test]
+fn a_push_calls_for_a_catch_up_and_the_poll_for_a_whole_sync() {
+    use sitrep_core::engine::live::POLL_MS;
+    use sitrep_core::engine::{Action, Live, Sync, Task};
+    let (mut a, _) = pair();
+    let paths = |a: &mut Client, mut s: Sync| {
+        let mut node = Node::default();
+        let mut out = Vec::new();
+        loop {
+            match s.poll(a, 5).expect("poll") {
+                Action::Request(r) => {
+                    out.push(r.path.clone());
+                    let (status, body) = node.handle("alice", &r);
+                    s.feed(
+                        a,
+                        Reply::Answered {
+                            status,
+                            body: &body,
+                        },
+                        5,
+                    )
+                    .expect("feed");
+                }
+                Action::Done(_) => return out,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let full = paths(&mut a, Sync::new());
+    assert!(full.iter().any(|p| p == "/v1/devices"), "{full:?}");
+    assert!(
+        full.iter().any(|p| p == "/v1/keypackages/count"),
+        "{full:?}"
+    );
+    let quick = paths(&mut a, Sync::catch_up());
+    assert!(
+        !quick
+            .iter()
+            .any(|p| p == "/v1/devices" || p == "/v1/keypackages/count"),
+        "{quick:?}"
+    );
+    assert!(
+        quick.iter().any(|p| p == "/v1/directory"),
+        "judged under the current directory"
+    );
+    assert!(quick.iter().any(|p| p.starts_with("/v1/inbox")));
+
+    let t0 = 1_000;
+    let mut live = Live::new(0, t0, 3);
+    assert!(live.full_sync_due(t0), "at start");
+    live.synced(true, t0);
+    assert!(!live.full_sync_due(t0 + 10), "a push");
+    assert!(live.full_sync_due(t0 + POLL_MS), "the poll");
+    live.synced(false, t0 + POLL_MS + 1);
+    assert!(live.full_sync_due(t0 + POLL_MS + 2), "after an outage");
+}

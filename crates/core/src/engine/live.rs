@@ -44,6 +44,7 @@ pub struct Live {
     retry_at: u64,
     failures: u64,
     seed: u64,
+    last_full: Option<u64>,
 }
 
 impl Live {
@@ -62,6 +63,7 @@ impl Live {
             retry_at: now_ms,
             failures: 0,
             seed,
+            last_full: None,
         }
     }
 
@@ -115,6 +117,18 @@ impl Live {
         self.connected = false;
         self.fail(now_ms);
         self.wake = true;
+    }
+
+    /// Whether the sync about to run should be a whole one ([`super::Sync::new`]:
+    /// policy, directory, the user's devices, KeyPackages) rather than a
+    /// [`super::Sync::catch_up`]: at start, after an outage, and every
+    /// [`POLL_MS`]. Calling it counts the whole sync as started.
+    pub fn full_sync_due(&mut self, now_ms: u64) -> bool {
+        let due = !self.online || self.last_full.is_none_or(|t| now_ms >= t + POLL_MS);
+        if due {
+            self.last_full = Some(now_ms);
+        }
+        due
     }
 
     /// Whether the last sync reached the server.

@@ -541,6 +541,9 @@ enum Phase {
 /// is reported ([`Event::Refused`]) and the others go on.
 pub struct Sync {
     phase: Phase,
+    /// Also the organisation's policy and directory, the user's new
+    /// devices and KeyPackage top-up (not on every push: see [`Sync::catch_up`]).
+    full: bool,
     sub: Option<(Box<dyn Task + Send>, Settle)>,
     /// The request in flight for the phase itself, and what it is for.
     pending: Option<(Request, String)>,
@@ -564,9 +567,24 @@ impl Sync {
     pub fn new() -> Self {
         Self {
             phase: Phase::Policy,
+            full: true,
             sub: None,
             pending: None,
             events: Vec::new(),
+        }
+    }
+
+    /// What a push calls for: everything but the housekeeping a push does
+    /// not change (the user's new devices, KeyPackage top-up). The policy
+    /// and directory are still fetched first: an entry must be judged
+    /// under the directory it was sent under (a newly named commander's
+    /// declaration), and a refusal is for good. A live front end runs a
+    /// whole [`Sync::new`] at start, after an outage and on its poll
+    /// ([`super::Live::full_sync_due`]).
+    pub fn catch_up() -> Self {
+        Self {
+            full: false,
+            ..Self::new()
         }
     }
 
@@ -644,10 +662,11 @@ impl Sync {
                         );
                         return Ok(None);
                     }
-                    None => Phase::OwnDevices {
+                    None if self.full => Phase::OwnDevices {
                         mine: None,
                         conversations: VecDeque::new(),
                     },
+                    None => Phase::Outbox,
                 }
             }
             Phase::OwnDevices {
@@ -707,7 +726,7 @@ impl Sync {
                 if !items.is_empty() {
                     self.run(Outbox::new(), Settle::Propagate);
                 }
-                Phase::TopUp
+                if self.full { Phase::TopUp } else { Phase::Done }
             }
             Phase::TopUp => {
                 self.run(TopUp::new(), Settle::Propagate);
