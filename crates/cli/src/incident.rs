@@ -45,7 +45,9 @@ pub async fn add_available(
         .filter(|u| !present.contains(u))
         .cloned()
         .collect();
-    let (kps, missing) = crate::claim_key_packages(&p.remote(), &wanted).await?;
+    let mut claim = sitrep_core::engine::Claim::users(&wanted);
+    crate::drive(p, &mut claim).await?;
+    let (kps, missing) = (claim.claimed().to_vec(), claim.missing().to_vec());
     let mut skipped = Vec::new();
     if !kps.is_empty() {
         match commit_with_retry(p, |c| c.prepare_add(conv, &kps)).await {

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use sitrep_core::engine::{Action, Change, Failure, Outbox, Reply, Sync, Task, TopUp};
+use sitrep_core::engine::{
+    Action, Change, Claim, Create, Failure, Outbox, Reply, Setup, Sync, Task, TopUp,
+};
 use sitrep_core::store::{ProfileStore as _, SqliteStore};
 use sitrep_core::vault::Vault;
 use sitrep_core::{Ciphersuite, Client, Event, PendingEnrolment, Session, UnlockError};
@@ -713,45 +715,20 @@ pub async fn chat_create_with(
     if p.client.conversation(name).is_ok_and(|c| c.active) {
         bail!("you already have a conversation named {name:?}: choose another name");
     }
-    let mut others: Vec<String> = Vec::new();
-    for m in members {
-        if m != p.client.user_id() && !others.contains(m) {
-            others.push(m.clone());
-        }
-    }
-    if opts.recorded
-        && let Some(r) = p.client.records_user()
-        && r != p.client.user_id()
-        && !others.contains(&r)
-    {
-        others.push(r);
-    }
-    // Every member's devices first: an unknown member refuses the whole
-    // command before anything is created.
-    let (kps, missing) = claim_key_packages(&p.remote(), &others).await?;
-    if !missing.is_empty() {
-        bail!(
-            "no enrolled device for: {}; nothing was created",
-            missing.join(", ")
-        );
-    }
-    let (_hex, req) = p.client.create_conversation_with(
-        name,
-        &opts.pid_policy,
-        opts.retention_secs,
-        opts.recorded,
-        now_ms(),
-    )?;
-    p.save()?;
-    let _: serde_json::Value = p.remote().post("/v1/groups", &req).await?;
-    if others.is_empty() {
-        return Ok(Vec::new());
-    }
-    commit_with_retry(p, |c| c.prepare_add(name, &kps)).await
+    let setup = Setup {
+        pid_policy: opts.pid_policy.clone(),
+        retention_secs: opts.retention_secs,
+        recorded: opts.recorded,
+        posters: Vec::new(),
+    };
+    let mut task = Create::new(&p.client, name, members, setup);
+    drive(p, &mut task).await
 }
 
 /// Claim one KeyPackage for each device of `users`, in requests within the
-/// server's bound. Returns the KeyPackages and the users with no device.
+/// server's bound, for a client outside a profile (the benchmarks; a
+/// profile's commands drive [`sitrep_core::engine::Claim`]). Returns the
+/// KeyPackages and the users with no device.
 pub async fn claim_key_packages(
     remote: &Remote,
     users: &[String],
@@ -777,11 +754,12 @@ pub async fn claim_key_packages(
 /// Add users to a conversation. A device whose KeyPackage is unusable is
 /// left out and reported (an `Event::Refused` naming it), the others are added.
 pub async fn chat_add(p: &mut Profile, name: &str, users: &[String]) -> anyhow::Result<Vec<Event>> {
-    let (kps, missing) = claim_key_packages(&p.remote(), users).await?;
-    if !missing.is_empty() {
-        bail!("no enrolled device for: {}", missing.join(", "));
+    let mut claim = Claim::users(users);
+    drive(p, &mut claim).await?;
+    if !claim.missing().is_empty() {
+        bail!("no enrolled device for: {}", claim.missing().join(", "));
     }
-    commit_with_retry(p, |c| c.prepare_add(name, &kps)).await
+    commit_with_retry(p, |c| c.prepare_add(name, claim.claimed())).await
 }
 
 /// Remove a user (all their devices) from a conversation.

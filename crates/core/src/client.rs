@@ -782,6 +782,35 @@ impl Client {
         ))
     }
 
+    /// Undo a conversation the server never confirmed creating (its
+    /// creation was refused, or no answer came after every retry): it
+    /// leaves this device's state and its MLS group is deleted, so the
+    /// name is free again. Only for a conversation with no one else in it.
+    pub fn abandon_conversation(&mut self, group_hex: &str) -> Result<(), Error> {
+        let alone = self
+            .state
+            .conversations
+            .get(group_hex)
+            .is_some_and(|c| c.history.iter().all(|h| h.kind == "system"));
+        if !alone {
+            return Err(Error::Invalid(
+                "only a conversation never used can be abandoned".into(),
+            ));
+        }
+        let mut group = self.take_group(group_hex)?;
+        if group.members().count() > 1 {
+            self.put_group(group_hex, group);
+            return Err(Error::Invalid(
+                "only a conversation with no one else in it can be abandoned".into(),
+            ));
+        }
+        group.delete(self.provider.storage()).map_err(Error::mls)?;
+        self.state.conversations.remove(group_hex);
+        self.state.outbox.retain(|p| p.group_hex != group_hex);
+        self.state.queued.retain(|q| q.group_hex != group_hex);
+        Ok(())
+    }
+
     /// Name to group id.
     pub fn group_hex(&self, name: &str) -> Result<String, Error> {
         self.group_hex_by_name(name)

@@ -413,6 +413,10 @@ struct Node {
     /// twice, after its first ciphertext was lost by a power cut).
     reencrypted: usize,
     cursor: HashMap<String, u64>,
+    /// KeyPackages to hand out, by user.
+    kps: HashMap<String, api::ClaimedKeyPackage>,
+    /// Groups registered, by creator.
+    groups: HashMap<String, String>,
     seq: u64,
 }
 
@@ -459,6 +463,35 @@ impl Node {
                 *c = (*c).max(a.up_to);
                 json(serde_json::json!({}))
             }
+            Method::Post if path == "/v1/keypackages/claim" => {
+                let r: api::ClaimRequest = serde_json::from_slice(&req.body).expect("claim");
+                let mut out = api::ClaimResponse {
+                    key_packages: Vec::new(),
+                    missing: Vec::new(),
+                };
+                for u in r.user_ids {
+                    match self.kps.get(&u) {
+                        Some(kp) => out.key_packages.push(kp.clone()),
+                        None => out.missing.push(u),
+                    }
+                }
+                (200, serde_json::to_vec(&out).expect("json"))
+            }
+            Method::Post if path == "/v1/groups" => {
+                let r: api::CreateGroup = serde_json::from_slice(&req.body).expect("create");
+                let g = hex::encode(&r.group_id);
+                match self.groups.get(&g) {
+                    Some(by) if by != who => (
+                        409,
+                        br#"{"error":"group_exists","message":"exists"}"#.to_vec(),
+                    ),
+                    _ => {
+                        self.groups.insert(g, who.to_string());
+                        json(serde_json::json!({}))
+                    }
+                }
+            }
+            Method::Post if path.ends_with("/commit") => json(serde_json::json!({})),
             Method::Post if path.ends_with("/messages") => {
                 let r: api::SendRequest = serde_json::from_slice(&req.body).expect("send");
                 let seq = match self.by_id.get(&r.client_id) {
@@ -869,4 +902,86 @@ fn a_push_calls_for_a_catch_up_and_the_poll_for_a_whole_sync() {
     assert!(live.full_sync_due(t0 + POLL_MS), "the poll");
     live.synced(false, t0 + POLL_MS + 1);
     assert!(live.full_sync_due(t0 + POLL_MS + 2), "after an outage");
+}
+
+/// Creating a conversation is all or nothing: an unknown member refuses it
+/// before anything exists; a registration never confirmed (every answer
+/// lost) or refused leaves no conversation behind, and the name is free;
+/// one lost answer is posted again and the member is added.
+#[test]
+fn creating_a_conversation_is_all_or_nothing_through_lost_answers() {
+    use sitrep_core::engine::{Action, Create, Failure, Setup, Task};
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let (mut a, _) = common::enrol(&org, INTEROP_CIPHERSUITE, "alice");
+    let (_, kp) = common::enrol(&org, INTEROP_CIPHERSUITE, "carol");
+    let mut node = Node::default();
+    node.kps.insert("carol".into(), kp);
+    let setup = || Setup {
+        pid_policy: "warn".into(),
+        ..Setup::default()
+    };
+    // `lose(i)`: lose the answer to the i-th request to /v1/groups (applied or not).
+    let run = |a: &mut Client,
+               node: &mut Node,
+               members: &[&str],
+               lose: &dyn Fn(usize) -> Option<u16>|
+     -> Result<(), Failure> {
+        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        let mut t = Create::new(a, "theatre", &members, setup());
+        let mut now = 10;
+        let mut registers = 0;
+        loop {
+            match t.poll(a, now)? {
+                Action::Request(r) => {
+                    let answer = node.handle("alice", &r);
+                    let reply = if r.path == "/v1/groups" {
+                        registers += 1;
+                        match lose(registers) {
+                            Some(0) => Reply::Lost,
+                            Some(s) => Reply::Answered {
+                                status: s,
+                                body: br#"{"error":"forbidden","message":"no"}"#,
+                            },
+                            None => Reply::Answered {
+                                status: answer.0,
+                                body: &answer.1,
+                            },
+                        }
+                    } else {
+                        Reply::Answered {
+                            status: answer.0,
+                            body: &answer.1,
+                        }
+                    };
+                    t.feed(a, reply, now)?;
+                }
+                Action::Wait { until_ms } => now = until_ms,
+                Action::Done(_) => return Ok(()),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let err = run(&mut a, &mut node, &["carol", "nobody"], &|_| None).expect_err("unknown member");
+    assert!(err.to_string().contains("nothing was created"), "{err}");
+    assert!(a.conversation("theatre").is_err());
+    assert!(node.groups.is_empty(), "nothing registered");
+
+    let err = run(&mut a, &mut node, &["carol"], &|_| Some(0)).expect_err("never confirmed");
+    assert!(err.retryable(), "{err}");
+    assert!(err.to_string().contains("nothing was created"), "{err}");
+    assert!(a.conversation("theatre").is_err(), "abandoned");
+
+    let err = run(&mut a, &mut node, &["carol"], &|_| Some(403)).expect_err("refused");
+    assert!(!err.retryable(), "{err}");
+    assert!(a.conversation("theatre").is_err(), "abandoned");
+
+    run(&mut a, &mut node, &["carol"], &|i| (i == 1).then_some(0))
+        .expect("created after one lost answer");
+    let members: Vec<_> = a
+        .members("theatre")
+        .expect("members")
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
+    assert_eq!(members, ["alice", "carol"]);
 }

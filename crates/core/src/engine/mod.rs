@@ -31,11 +31,13 @@ use sitrep_wire::api;
 
 use crate::Client;
 
+pub mod create;
 pub mod live;
 pub mod sync;
 pub mod task;
 
 use crate::state::Queued;
+pub use create::{Claim, Create, Setup};
 pub use live::{Due, Live};
 pub use sync::{Change, Outbox, Pull, Resolve, Sync, TopUp};
 pub use task::{Action, Failure, FailureKind, Task};
