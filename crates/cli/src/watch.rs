@@ -380,12 +380,34 @@ async fn watch(
             return Ok(Exit::Done);
         }
         match live.next(&w.p.client, now_ms(), !pending.is_empty()) {
-            Due::Lock => return Ok(Exit::Locked(ws.map(Box::new))),
+            Due::Lock => {
+                dropped_on_lock(&pending);
+                return Ok(Exit::Locked(ws.map(Box::new)));
+            }
             Due::Sync => {
                 let full = live.full_sync_due(now_ms());
+                // A sync still going when the lock falls due (a slow or
+                // hostile server) is stopped there: everything it sent was
+                // written first, so stopping it is like a crash, and the
+                // screen locks on time.
+                let lock_in = live
+                    .lock_at(!pending.is_empty())
+                    .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
                 w.p.reacquire()?;
-                let outcome = w.work(&mut pending, &mut quit, full).await;
+                let outcome = tokio::select! {
+                    o = w.work(&mut pending, &mut quit, full) => Some(o),
+                    _ = async {
+                        match lock_in {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending().await,
+                        }
+                    } => None,
+                };
                 w.p.release();
+                let Some(outcome) = outcome else {
+                    dropped_on_lock(&pending);
+                    return Ok(Exit::Locked(ws.map(Box::new)));
+                };
                 match outcome {
                     Ok(()) => {
                         if w.offline_since.take().is_some() {
@@ -469,6 +491,17 @@ async fn watch(
             }
             _ => {}
         }
+    }
+}
+
+/// Typed commands that could not go out (the server away) are not kept
+/// across the lock: say so.
+fn dropped_on_lock(pending: &[Typed]) {
+    if !pending.is_empty() {
+        eprintln!(
+            "not sent before locking (the server could not be reached): {}; type again after unlocking",
+            crate::plural(pending.len(), "command", "commands")
+        );
     }
 }
 

@@ -792,6 +792,40 @@ fn live_timers_follow_the_injected_clock() {
         until_ms - (now + 1) <= BACKOFF_MIN_MS + BACKOFF_MIN_MS / 4,
         "reset after a success"
     );
+    // A push channel that closes as soon as it opens is not reconnected in
+    // a loop: each reconnect waits longer (a sync runs in between).
+    let mut live = Live::new(0, t0, 9);
+    let mut now = t0;
+    live.synced(true, now);
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        assert_eq!(live.next(&a, now, false), Due::Connect);
+        live.connected(true, now);
+        live.disconnected(now + 1);
+        assert_eq!(
+            live.next(&a, now + 1, false),
+            Due::Sync,
+            "catch up after a close"
+        );
+        live.synced(true, now + 2);
+        let Due::Sleep { until_ms } = live.next(&a, now + 2, false) else {
+            panic!("waiting to reconnect");
+        };
+        waits.push(until_ms - now);
+        now = until_ms;
+    }
+    assert!(waits.windows(2).all(|w| w[1] > w[0]), "{waits:?}");
+    // One that stayed up a while is reconnected at once.
+    live.connected(true, now);
+    live.disconnected(now + 60_000);
+    live.synced(true, now + 60_001);
+    assert_eq!(live.next(&a, now + 60_001, false), Due::Connect);
+    // Typed work waiting (an /ack while offline) delays the lock one idle
+    // period, no more.
+    let mut live = Live::new(60, t0, 1);
+    live.synced(false, t0);
+    assert_ne!(live.next(&a, t0 + 60_000, true), Due::Lock);
+    assert_eq!(live.next(&a, t0 + 120_000, true), Due::Lock);
     // Two clients cut off together do not come back in the same instant.
     let (mut x, mut y) = (Live::new(0, t0, 1), Live::new(0, t0, 2));
     x.synced(false, t0);
@@ -984,4 +1018,75 @@ fn creating_a_conversation_is_all_or_nothing_through_lost_answers() {
         .map(|m| m.user_id)
         .collect();
     assert_eq!(members, ["alice", "carol"]);
+}
+
+/// A hostile or broken inbox: a page out of order loses nothing (and the
+/// ack covers the highest seq); a page replayed for ever with `more: true`
+/// cannot keep a pull going.
+#[test]
+fn a_hostile_inbox_cannot_hide_a_message_or_keep_a_pull_going() {
+    use sitrep_core::engine::{Action, Pull, Task};
+    let (mut a, mut b) = pair();
+    let m1 = a
+        .encrypt_text("ward", "first", 1)
+        .expect("enc")
+        .request
+        .payload;
+    let m2 = a
+        .encrypt_text("ward", "second", 1)
+        .expect("enc")
+        .request
+        .payload;
+    let entry = |seq, payload: &Vec<u8>| api::InboxEntry {
+        seq,
+        kind: EntryKind::Application,
+        payload: payload.clone(),
+    };
+    let page = |more| {
+        serde_json::to_vec(&api::InboxResponse {
+            entries: vec![entry(3, &m2), entry(2, &m1), entry(3, &m2)],
+            more,
+        })
+        .expect("json")
+    };
+    let mut acks = Vec::new();
+    let mut requests = 0;
+    let mut t = Pull::new();
+    loop {
+        match t.poll(&mut b, 2).expect("poll") {
+            Action::Request(r) => {
+                requests += 1;
+                assert!(requests < 20, "the pull never ends");
+                let body = if r.path == "/v1/inbox/ack" {
+                    let ack: api::AckRequest = serde_json::from_slice(&r.body).expect("ack");
+                    acks.push(ack.up_to);
+                    b"{}".to_vec()
+                } else {
+                    page(true)
+                };
+                t.feed(
+                    &mut b,
+                    Reply::Answered {
+                        status: 200,
+                        body: &body,
+                    },
+                    2,
+                )
+                .expect("feed");
+            }
+            Action::Done(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let texts: Vec<_> = b
+        .conversation("ward")
+        .expect("conv")
+        .history
+        .iter()
+        .filter(|h| h.kind == "text")
+        .map(|h| h.body.clone())
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
+    assert_eq!(acks.first(), Some(&3), "the ack covers the highest seq");
+    assert_eq!(b.last_seq(), 3);
 }

@@ -31,6 +31,44 @@ pub enum Due {
     },
 }
 
+/// A push channel that stayed up this long was a working one: its backoff
+/// starts again from the beginning.
+pub const STABLE_MS: u64 = 10_000;
+
+/// Waits that grow after each failure, with jitter, capped.
+#[derive(Debug, Clone)]
+struct Backoff {
+    next: u64,
+    at: u64,
+    failures: u64,
+}
+
+impl Backoff {
+    fn new(now_ms: u64) -> Self {
+        Self {
+            next: BACKOFF_MIN_MS,
+            at: now_ms,
+            failures: 0,
+        }
+    }
+
+    fn reset(&mut self, now_ms: u64) {
+        *self = Self::new(now_ms);
+    }
+
+    fn fail(&mut self, now_ms: u64, seed: u64) {
+        self.failures += 1;
+        // Up to a quarter more, from the seed and the failure count.
+        let mut x = seed ^ self.failures.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let jitter = self.next * (x % 1000) / 4000;
+        self.at = now_ms + self.next + jitter;
+        self.next = (self.next * 2).min(BACKOFF_MAX_MS);
+    }
+}
+
 /// The state of a live client's timers.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -40,9 +78,9 @@ pub struct Live {
     wake: bool,
     online: bool,
     connected: bool,
-    backoff: u64,
-    retry_at: u64,
-    failures: u64,
+    connected_at: u64,
+    sync: Backoff,
+    push: Backoff,
     seed: u64,
     last_full: Option<u64>,
 }
@@ -59,9 +97,9 @@ impl Live {
             wake: true,
             online: true,
             connected: false,
-            backoff: BACKOFF_MIN_MS,
-            retry_at: now_ms,
-            failures: 0,
+            connected_at: now_ms,
+            sync: Backoff::new(now_ms),
+            push: Backoff::new(now_ms),
             seed,
             last_full: None,
         }
@@ -93,30 +131,36 @@ impl Live {
         self.wake = false;
         if ok {
             self.online = true;
-            self.retry_at = now_ms;
-            self.backoff = BACKOFF_MIN_MS;
-            self.failures = 0;
+            self.sync.reset(now_ms);
         } else {
             self.online = false;
             self.connected = false;
-            self.fail(now_ms);
+            self.sync.fail(now_ms, self.seed);
         }
     }
 
     /// The push channel connected, or failed to.
     pub fn connected(&mut self, ok: bool, now_ms: u64) {
         self.connected = ok;
-        if !ok {
-            self.fail(now_ms);
+        if ok {
+            self.connected_at = now_ms;
+        } else {
+            self.push.fail(now_ms, self.seed ^ 1);
         }
     }
 
-    /// The push channel closed: connect again after the backoff, and sync
-    /// then (the server may have restarted).
+    /// The push channel closed: sync now (the server may have restarted),
+    /// connect again at once if it had been up a while, else after the
+    /// push channel's own backoff (a channel that closes as soon as it
+    /// opens is not reconnected in a loop).
     pub fn disconnected(&mut self, now_ms: u64) {
         self.connected = false;
-        self.fail(now_ms);
         self.wake = true;
+        if now_ms >= self.connected_at + STABLE_MS {
+            self.push.reset(now_ms);
+        } else {
+            self.push.fail(now_ms, self.seed ^ 1);
+        }
     }
 
     /// Whether the sync about to run should be a whole one ([`super::Sync::new`]:
@@ -136,21 +180,17 @@ impl Live {
         self.online
     }
 
-    fn fail(&mut self, now_ms: u64) {
-        self.failures += 1;
-        // Up to a quarter more, from the seed and the failure count.
-        let mut x = self.seed ^ self.failures.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^= x >> 31;
-        let jitter = self.backoff * (x % 1000) / 4000;
-        self.retry_at = now_ms + self.backoff + jitter;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX_MS);
+    /// When the idle lock falls due (`None`: never), whatever else is
+    /// running then (a front end stops a sync that is still going).
+    pub fn lock_at(&self, busy: bool) -> Option<u64> {
+        (self.idle_ms > 0).then(|| self.last_input + self.idle_ms * if busy { 2 } else { 1 })
     }
 
-    /// What is due at `now_ms`. `busy`: typed work waits (no lock then).
+    /// What is due at `now_ms`. `busy`: typed work waits to be sent (the
+    /// lock then waits one more idle period, no longer: a device left with
+    /// an unsent `/ack` during an outage still locks).
     pub fn next(&self, c: &Client, now_ms: u64, busy: bool) -> Due {
-        let lock_at = (self.idle_ms > 0 && !busy).then(|| self.last_input + self.idle_ms);
+        let lock_at = self.lock_at(busy);
         if lock_at.is_some_and(|t| now_ms >= t) {
             return Due::Lock;
         }
@@ -158,29 +198,33 @@ impl Live {
         if self.wake {
             return Due::Sync;
         }
-        let retry_at = (!self.online || !self.connected).then_some(self.retry_at);
-        let backing_off = retry_at.is_some_and(|t| now_ms < t);
-        let escalation = c.next_escalation_at(self.last_sync);
-        if escalation.is_some_and(|t| now_ms >= t) && self.online {
-            return Due::Sync;
-        }
-        if !backing_off {
-            if !self.online {
+        let mut wake_at = Vec::with_capacity(4);
+        wake_at.extend(lock_at);
+        if !self.online {
+            if now_ms >= self.sync.at {
                 return Due::Sync;
             }
-            if !self.connected {
-                return Due::Connect;
+            wake_at.push(self.sync.at);
+        } else {
+            let escalation = c.next_escalation_at(self.last_sync);
+            if escalation.is_some_and(|t| now_ms >= t) {
+                return Due::Sync;
             }
+            wake_at.extend(escalation);
+            if !self.connected {
+                if now_ms >= self.push.at {
+                    return Due::Connect;
+                }
+                wake_at.push(self.push.at);
+            }
+            let poll_at = self.last_sync + POLL_MS;
+            if now_ms >= poll_at {
+                return Due::Sync;
+            }
+            wake_at.push(poll_at);
         }
-        let poll_at = self.last_sync + POLL_MS;
-        if now_ms >= poll_at && !backing_off {
-            return Due::Sync;
-        }
-        // While backing off, the retry is the next contact with the server.
-        let poll_at = (!backing_off).then_some(poll_at);
-        let until_ms = [poll_at, lock_at, retry_at, escalation]
+        let until_ms = wake_at
             .into_iter()
-            .flatten()
             .filter(|t| *t > now_ms)
             .min()
             .unwrap_or(now_ms + POLL_MS);

@@ -149,7 +149,17 @@ impl Client {
         if status >= 500 || status == 429 || status == 408 {
             return Step::Retry;
         }
-        let err: Option<api::ApiError> = serde_json::from_slice(body).ok();
+        // Only the API's own refusal drops a message; a 4xx page from a
+        // proxy says nothing about what the server did with it.
+        let Ok(err) = serde_json::from_slice::<api::ApiError>(body) else {
+            return Step::Retry;
+        };
+        if status == 401 {
+            // Not this message's fault (a wiped or unknown device): kept;
+            // the sync's other requests say what happened.
+            return Step::Retry;
+        }
+        let err = Some(err);
         let code = err.as_ref().map_or("", |e| e.error.as_str());
         let p = self.state.outbox.remove(pos);
         let stale_epoch = matches!(code, "bad_message" | "epoch_conflict")
@@ -260,6 +270,11 @@ impl Client {
         }
         let ok = (200..300).contains(&status);
         let err: Option<api::ApiError> = (!ok).then(|| serde_json::from_slice(body).ok()).flatten();
+        if !ok && (err.is_none() || status == 401) {
+            // Not the server's refusal of this change (a proxy's page, or
+            // the device itself refused): its fate is still unknown.
+            return Ok(OpStep::Retry);
+        }
         let why = || {
             err.as_ref()
                 .map_or_else(|| format!("HTTP {status}"), |e| e.message.clone())

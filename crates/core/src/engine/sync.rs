@@ -32,9 +32,12 @@ use crate::{Client, Event};
 /// the epoch, before giving up for now.
 pub const COMMIT_ATTEMPTS: u32 = 8;
 /// Posts of a change whose answer was lost, before leaving it to the next sync.
-const REPOSTS: u32 = 3;
+const REPOSTS: u32 = 4;
 /// Wait between those posts.
 const REPOST_BACKOFF_MS: u64 = 500;
+/// Pages one pull fetches at most (of up to 1,000 entries); the next sync
+/// goes on from there.
+const MAX_PAGES: u32 = 10_000;
 /// One-time KeyPackages kept on the server for this device.
 pub const KEY_PACKAGE_TARGET: u64 = 20;
 
@@ -43,6 +46,7 @@ pub const KEY_PACKAGE_TARGET: u64 = 20;
 /// ack leaves: a crash at any point loses nothing and processes nothing twice.
 #[derive(Debug, Default)]
 pub struct Pull {
+    pages: u32,
     ack: Option<u64>,
     more: bool,
     done: bool,
@@ -77,11 +81,23 @@ impl Task for Pull {
             self.done = !self.more;
             return Ok(());
         }
-        let page: api::InboxResponse = decode(c, "fetching messages", reply)?;
+        let mut page: api::InboxResponse = decode(c, "fetching messages", reply)?;
+        // In the log's order whatever order they came in (an entry below one
+        // already processed would be skipped as seen), each once.
+        page.entries.sort_by_key(|e| e.seq);
+        page.entries.dedup_by_key(|e| e.seq);
+        let before = c.last_seq();
         let Some(last) = page.entries.last().map(|e| e.seq) else {
             self.done = true;
             return Ok(());
         };
+        if last <= before {
+            // Nothing new (a server replaying what this device holds):
+            // acknowledge what is held and stop, so it cannot loop.
+            self.ack = Some(before);
+            self.more = false;
+            return Ok(());
+        }
         self.events.extend(
             c.handle_entries(
                 page.entries
@@ -90,8 +106,10 @@ impl Task for Pull {
                 now_ms,
             ),
         );
+        self.pages += 1;
         self.ack = Some(last);
-        self.more = page.more;
+        // A long catch-up stops after MAX_PAGES; the next sync goes on.
+        self.more = page.more && self.pages < MAX_PAGES;
         Ok(())
     }
 }
@@ -318,8 +336,11 @@ impl Task for Change<'_> {
             }
             OpStep::Conflict => self.state = ChangeState::Pull(Pull::new()),
             OpStep::Refused { reason } => {
-                return Err(refusal
-                    .unwrap_or_else(|| Failure::local(CHANGE, crate::Error::Invalid(reason))));
+                // No refusal from the server: it took the change and this
+                // device could not apply it (reported, never "nothing to do").
+                return Err(
+                    refusal.unwrap_or_else(|| Failure::local(CHANGE, crate::Error::Mls(reason)))
+                );
             }
             _ => self.state = ChangeState::Done,
         }
@@ -394,6 +415,11 @@ impl Task for Outbox {
             return Ok(());
         };
         self.posted = true;
+        if let Err(f) = answer(c, "sending messages", reply)
+            && f.wiped()
+        {
+            return Err(f);
+        }
         match c.outbox_reply(&id, reply, now_ms) {
             Step::Retry => {
                 let n = c.waiting().len();
@@ -548,6 +574,10 @@ pub struct Sync {
     /// The request in flight for the phase itself, and what it is for.
     pending: Option<(Request, String)>,
     events: Vec<Event>,
+    /// A newer policy or directory was taken up, or retention deleted
+    /// something: the next request writes durably (a power cut must not
+    /// bring back a looser policy or an expired message).
+    must_sync: bool,
 }
 
 impl Default for Sync {
@@ -571,6 +601,7 @@ impl Sync {
             sub: None,
             pending: None,
             events: Vec::new(),
+            must_sync: false,
         }
     }
 
@@ -611,8 +642,10 @@ impl Sync {
                 Phase::Purge
             }
             Phase::Purge => {
-                c.purge_expired(now_ms)
+                let purged = c
+                    .purge_expired(now_ms)
                     .map_err(|e| Failure::local("applying retention", e))?;
+                self.must_sync |= purged > 0;
                 Phase::Rejoin(None)
             }
             Phase::Rejoin(q) => {
@@ -758,6 +791,7 @@ impl Sync {
                 let newer = sitrep_wire::policy::SignedPolicy::peek_unverified(&signed)
                     .is_some_and(|np| np.serial > c.policy().serial);
                 if newer {
+                    self.must_sync = true;
                     c.apply_policy(&signed).map_err(|source| {
                         Failure::new(
                             "fetching the device policy",
@@ -773,6 +807,7 @@ impl Sync {
                 self.phase = Phase::Resolve;
                 let s: Signed = decode(c, "fetching the directory", reply)?;
                 if let Some(signed) = s.policy {
+                    let serial = c.directory().serial;
                     c.apply_directory(&signed).map_err(|source| {
                         Failure::new(
                             "fetching the directory",
@@ -782,6 +817,7 @@ impl Sync {
                             },
                         )
                     })?;
+                    self.must_sync |= c.directory().serial != serial;
                 }
             }
             Phase::Rejoin(_) => {
@@ -863,6 +899,24 @@ fn display_name(c: &Client, conversation: &str) -> String {
 
 impl Task for Sync {
     fn poll(&mut self, c: &mut Client, now_ms: u64) -> Result<Action, Failure> {
+        let mut a = self.next_action(c, now_ms)?;
+        if let Action::Request(r) = &mut a
+            && self.must_sync
+        {
+            r.durable = true;
+        }
+        Ok(a)
+    }
+
+    fn feed(&mut self, c: &mut Client, reply: Reply<'_>, now_ms: u64) -> Result<(), Failure> {
+        // The request just answered was written durably.
+        self.must_sync = false;
+        self.feed_inner(c, reply, now_ms)
+    }
+}
+
+impl Sync {
+    fn next_action(&mut self, c: &mut Client, now_ms: u64) -> Result<Action, Failure> {
         loop {
             if let Some((t, settle)) = &mut self.sub {
                 match t.poll(c, now_ms) {
@@ -887,7 +941,7 @@ impl Task for Sync {
         }
     }
 
-    fn feed(&mut self, c: &mut Client, reply: Reply<'_>, now_ms: u64) -> Result<(), Failure> {
+    fn feed_inner(&mut self, c: &mut Client, reply: Reply<'_>, now_ms: u64) -> Result<(), Failure> {
         if let Some((t, settle)) = &mut self.sub {
             if let Err(f) = t.feed(c, reply, now_ms) {
                 settle.take(f, &mut self.events)?;

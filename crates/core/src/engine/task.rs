@@ -179,11 +179,11 @@ pub(crate) fn answer<'a>(
     if fate_unknown(status) {
         return Err(Failure::unreachable(c, op, Some(status)));
     }
-    let err: api::ApiError = serde_json::from_slice(body).unwrap_or(api::ApiError {
-        error: "unknown".into(),
-        message: format!("HTTP {status}"),
-        current_epoch: None,
-    });
+    // Only the API's own refusal (its JSON error) is a refusal; a proxy's
+    // page with a 4xx says nothing about what the server did.
+    let Ok(err) = serde_json::from_slice::<api::ApiError>(body) else {
+        return Err(Failure::unreachable(c, op, Some(status)));
+    };
     if status == 401 && err.error == "device_wiped" {
         return Err(Failure::new(op, FailureKind::Wiped));
     }
@@ -204,8 +204,22 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     reply: Reply<'_>,
 ) -> Result<T, Failure> {
     let body = answer(c, op, reply)?;
-    serde_json::from_slice(body)
-        .map_err(|e| Failure::local(op, crate::Error::Protocol(format!("{op}: {e}"))))
+    // A 2xx that is not the API's answer (a captive portal, a proxy's page)
+    // is no answer: try again later.
+    serde_json::from_slice(body).map_err(|_| {
+        let mut f = Failure::unreachable(
+            c,
+            op,
+            match reply {
+                Reply::Answered { status, .. } => Some(status),
+                Reply::Lost => None,
+            },
+        );
+        if let FailureKind::Unreachable { detail, .. } = &mut f.kind {
+            *detail = "its answer could not be read".into();
+        }
+        f
+    })
 }
 
 /// A request with a JSON body, written durably first.
