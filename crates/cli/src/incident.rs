@@ -138,16 +138,13 @@ pub async fn raise(
         if !posters.contains(&me) {
             posters.push(me.clone());
         }
-        let (_, req) = p.client.create_conversation_full(
-            &command(id),
-            "warn",
-            0,
-            false,
-            &posters,
-            now_ms(),
-        )?;
-        p.save()?;
-        let _: serde_json::Value = p.remote().post("/v1/groups", &req).await?;
+        let setup = sitrep_core::engine::Setup {
+            pid_policy: "warn".into(),
+            posters: posters.clone(),
+            ..Default::default()
+        };
+        let mut create = sitrep_core::engine::Create::new(&p.client, &command(id), &[], setup);
+        crate::drive(p, &mut create).await?;
         let others: Vec<String> = posters.iter().filter(|u| **u != me).cloned().collect();
         let (_, skipped) = add_available(p, &command(id), &others).await?;
         raised.skipped.extend(skipped);

@@ -508,8 +508,8 @@ enum Settle {
     /// A change the sync makes on its own (re-adds, the user's new devices):
     /// nothing left to do is fine; a refusal or a local failure is reported.
     Report(String),
-    /// Committing members' leaves: a refusal is reported, contention waits
-    /// for the next sync.
+    /// Committing members' leaves: a refusal or a local failure is
+    /// reported, contention waits for the next sync.
     Leaves(String),
 }
 
@@ -527,9 +527,11 @@ impl Settle {
                 });
                 Ok(())
             }
-            (Settle::Leaves(name), FailureKind::Refused { .. }) => {
+            // One conversation's broken state must not stop every sync
+            // (and so every other conversation's outbox): reported.
+            (Settle::Leaves(name), FailureKind::Refused { .. } | FailureKind::Local(_)) => {
                 events.push(Event::Refused {
-                    reason: format!("removing members from {name:?} was refused: {f}"),
+                    reason: format!("removing members from {name:?} failed: {f}"),
                 });
                 Ok(())
             }
