@@ -151,20 +151,8 @@ fn three_staff_chat_through_the_cli() {
     let profiles = TempDir::new("cli-profiles");
     let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
     for u in ["alice", "bob", "carol"] {
-        let out = ok(&[
-            "admin",
-            "invite",
-            "--data",
-            &d,
-            "--user",
-            u,
-            "--name",
-            &format!("Dr {u}"),
-            "--role",
-            "ED consultant",
-        ]);
-        let code = out.lines().last().expect("code line").trim().to_string();
-        assert_eq!(code.len(), 19, "code on the last line: {out}");
+        let code = common::cli_invite(PASS, &d, u);
+        assert_eq!(code.len(), 19, "code on the last line: {code}");
         ok(&[
             "--profile",
             &prof(u),

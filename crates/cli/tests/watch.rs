@@ -448,28 +448,7 @@ fn watch_lock_asks_for_the_authenticator_code_when_the_policy_requires_it() {
         .to_str()
         .expect("path")
         .to_string();
-    let out = ok(&[
-        "admin",
-        "invite",
-        "--data",
-        &d,
-        "--user",
-        "bob",
-        "--name",
-        "Dr bob",
-        "--role",
-        "ED consultant",
-    ]);
-    let code = out.lines().last().expect("code").trim().to_string();
-    let out = ok(&[
-        "--profile",
-        &prof,
-        "enrol",
-        "--server",
-        &url,
-        "--code",
-        &code,
-    ]);
+    let out = common::cli_enrol(PASS, &d, &url, &prof, "bob");
     let uri = out
         .lines()
         .find(|l| l.starts_with("otpauth://"))

@@ -84,6 +84,17 @@ fn reload(vault: &Vault, disk: &BTreeMap<RecordId, Vec<u8>>) -> Client {
     Client::from_records(vault, &recs).expect("the store opens after a restart")
 }
 
+/// The texts in conversation "ward", in history order.
+fn ward_texts(c: &Client) -> Vec<String> {
+    c.conversation("ward")
+        .expect("conv")
+        .history
+        .iter()
+        .filter(|h| h.kind == "text")
+        .map(|h| h.body.clone())
+        .collect()
+}
+
 fn pair() -> (Client, Client) {
     let org = SigningKey::from_bytes(&[7u8; 32]);
     let (mut a, _) = common::enrol(&org, INTEROP_CIPHERSUITE, "alice");
@@ -198,14 +209,7 @@ fn every_message_arrives_once_in_order_through_lost_answers_repeats_and_restarts
         }
         assert_eq!(got, written, "seed {seed}");
         // And Alice's own history has each once.
-        let own: Vec<_> = a
-            .conversation("ward")
-            .expect("conv")
-            .history
-            .iter()
-            .filter(|h| h.kind == "text")
-            .map(|h| h.body.clone())
-            .collect();
+        let own = ward_texts(&a);
         assert_eq!(own, written, "seed {seed}");
     }
 }
@@ -621,14 +625,7 @@ impl Device {
     }
 
     fn texts(&self) -> Vec<String> {
-        self.client
-            .conversation("ward")
-            .expect("conv")
-            .history
-            .iter()
-            .filter(|h| h.kind == "text")
-            .map(|h| h.body.clone())
-            .collect()
+        ward_texts(&self.client)
     }
 }
 
@@ -1078,14 +1075,7 @@ fn a_hostile_inbox_cannot_hide_a_message_or_keep_a_pull_going() {
             other => panic!("{other:?}"),
         }
     }
-    let texts: Vec<_> = b
-        .conversation("ward")
-        .expect("conv")
-        .history
-        .iter()
-        .filter(|h| h.kind == "text")
-        .map(|h| h.body.clone())
-        .collect();
+    let texts = ward_texts(&b);
     assert_eq!(texts, ["first", "second"]);
     assert_eq!(acks.first(), Some(&3), "the ack covers the highest seq");
     assert_eq!(b.last_seq(), 3);

@@ -219,8 +219,8 @@ pub fn cli_ok(mut c: std::process::Command, args: &[&str]) -> String {
 }
 
 /// Invite `user` ("Dr USER", ED consultant) with `sitrep admin invite` on
-/// data directory `d`, and enrol the code into `profile`.
-pub fn cli_enrol(passcode: &str, d: &str, url: &str, profile: &str, user: &str) {
+/// data directory `d`; the enrolment code.
+pub fn cli_invite(passcode: &str, d: &str, user: &str) -> String {
     let name = format!("Dr {user}");
     let args = [
         "admin",
@@ -235,7 +235,12 @@ pub fn cli_enrol(passcode: &str, d: &str, url: &str, profile: &str, user: &str) 
         "ED consultant",
     ];
     let out = cli_ok(cli(passcode, &args), &args);
-    let code = out.lines().last().expect("code line").trim().to_string();
+    out.lines().last().expect("code line").trim().to_string()
+}
+
+/// [`cli_invite`], then enrol the code into `profile`; `enrol`'s output.
+pub fn cli_enrol(passcode: &str, d: &str, url: &str, profile: &str, user: &str) -> String {
+    let code = cli_invite(passcode, d, user);
     let args = [
         "--profile",
         profile,
@@ -245,5 +250,5 @@ pub fn cli_enrol(passcode: &str, d: &str, url: &str, profile: &str, user: &str) 
         "--code",
         &code,
     ];
-    cli_ok(cli(passcode, &args), &args);
+    cli_ok(cli(passcode, &args), &args)
 }
