@@ -1489,6 +1489,7 @@ impl Client {
             body: checked,
             written_at: now_ms,
             requeued: false,
+            kind: "text".into(),
         });
         Ok(id)
     }
@@ -1519,9 +1520,14 @@ impl Client {
             if hex::decode_to_slice(&q.id, &mut id).is_err() {
                 continue;
             }
+            let Some(kind) = kind_from_name(&q.kind) else {
+                events.push(Event::Refused {
+                    reason: format!("a queued item of an unknown kind for {name:?} was dropped"),
+                });
+                continue;
+            };
             // By group id: two conversations may share a name.
-            match self.encrypt_content_as(&q.group_hex, Kind::Text, &q.body, None, id, q.written_at)
-            {
+            match self.encrypt_content_as(&q.group_hex, kind, &q.body, None, id, q.written_at) {
                 Ok(_) => {
                     if let Some(p) = self.state.outbox.iter_mut().find(|p| p.client_id == q.id) {
                         p.requeued = q.requeued;
@@ -1555,7 +1561,7 @@ impl Client {
                 conversation: name(&p.group_hex),
                 group_hex: p.group_hex.clone(),
                 id: p.client_id.clone(),
-                body: p.entry.body.clone(),
+                body: crate::incident::summary(&p.entry.kind, &p.entry.body),
                 written_at: p.entry.sent_at,
                 encrypted: true,
             })
@@ -1564,7 +1570,7 @@ impl Client {
             conversation: name(&q.group_hex),
             group_hex: q.group_hex.clone(),
             id: q.id.clone(),
-            body: q.body.clone(),
+            body: crate::incident::summary(&q.kind, &q.body),
             written_at: q.written_at,
             encrypted: false,
         }));
@@ -2389,6 +2395,22 @@ fn device_entry(payload: &[u8]) -> Result<(String, String), Error> {
 }
 
 /// The history `kind` of a content kind.
+/// The kinds an item can be queued (again) under: any but a transfer
+/// (whose body is the transferred message's id, not its content).
+fn kind_from_name(name: &str) -> Option<Kind> {
+    Some(match name {
+        "text" => Kind::Text,
+        "incident" => Kind::Incident,
+        "callin" => Kind::Callin,
+        "alert" => Kind::Alert,
+        "ack" => Kind::Ack,
+        "receipt" => Kind::Receipt,
+        "decision" => Kind::Decision,
+        "casualty" => Kind::Casualty,
+        _ => return None,
+    })
+}
+
 fn kind_name(kind: &Kind) -> &'static str {
     match kind {
         Kind::Text => "text",

@@ -298,6 +298,14 @@ pub(crate) struct Queued {
     /// Back from the outbox after a refusal for its epoch (only once).
     #[serde(default)]
     pub requeued: bool,
+    /// Its content kind ("text", or a structured item back from the
+    /// outbox: an alert's acknowledgement, a call-in reply, ...).
+    #[serde(default = "text_kind")]
+    pub kind: String,
+}
+
+fn text_kind() -> String {
+    "text".into()
 }
 
 /// One search or export by a records account, as its own sealed journal keeps it.

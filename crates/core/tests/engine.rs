@@ -1080,3 +1080,37 @@ fn a_hostile_inbox_cannot_hide_a_message_or_keep_a_pull_going() {
     assert_eq!(acks.first(), Some(&3), "the ack covers the highest seq");
     assert_eq!(b.last_seq(), 3);
 }
+
+/// A structured item refused for its epoch (a decision, an alert's
+/// acknowledgement) is encrypted again like a text, not dropped: an
+/// acknowledgement lost there would let the alert escalate.
+#[test]
+fn a_structured_item_refused_for_its_epoch_is_encrypted_again() {
+    use sitrep_wire::incident::DecisionKind;
+    let (mut a, _b) = pair();
+    let item = a
+        .decision("ward", DecisionKind::Decision, "open the second theatre", 5)
+        .expect("decision");
+    a.send_structured("ward", &item, 5).expect("sent");
+    let req = a.outbox_request().expect("request");
+    let step = a.outbox_reply(
+        &req.id,
+        Reply::Answered {
+            status: 409,
+            body: br#"{"error":"epoch_conflict","message":"the group moved on"}"#,
+        },
+        6,
+    );
+    assert_eq!(step, Step::Requeued);
+    let w = a.waiting();
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].body.contains("open the second theatre"),
+        "shown as a summary: {}",
+        w[0].body
+    );
+    a.encrypt_queued(7);
+    let again = a.outbox_request().expect("encrypted again");
+    assert_eq!(again.id, req.id, "under the same id");
+    assert_ne!(again.body, req.body, "a new ciphertext");
+}

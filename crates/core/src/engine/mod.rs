@@ -162,8 +162,10 @@ impl Client {
         let err = Some(err);
         let code = err.as_ref().map_or("", |e| e.error.as_str());
         let p = self.state.outbox.remove(pos);
+        // Text and structured items alike (an alert's acknowledgement
+        // dropped here would let the alert escalate): not a transfer.
         let stale_epoch = matches!(code, "bad_message" | "epoch_conflict")
-            && p.entry.kind == "text"
+            && p.entry.kind != "transferred"
             && !p.requeued;
         let active = self
             .state
@@ -177,6 +179,7 @@ impl Client {
                 body: p.entry.body,
                 written_at: p.entry.sent_at,
                 requeued: true,
+                kind: p.entry.kind,
             };
             // Before anything written after it.
             let at = self
@@ -196,7 +199,10 @@ impl Client {
                 |e| e.message,
             ),
         };
-        let short: String = p.entry.body.chars().take(40).collect();
+        let short: String = crate::incident::summary(&p.entry.kind, &p.entry.body)
+            .chars()
+            .take(40)
+            .collect();
         let reason = format!("your message \"{short}\" was not sent: {why}");
         let line_id = u64::from_be_bytes(self.random::<8>());
         self.system_line(&p.group_hex, line_id, reason.clone(), now_ms);
