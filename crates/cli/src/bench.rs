@@ -175,6 +175,7 @@ async fn start_server(tune: impl FnOnce(&mut sitrep_server::Config)) -> anyhow::
     let dir = std::env::temp_dir().join(format!("sitrep-bench-{}", hex::encode(rand16())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
+    sitrep_server::org::Org::open_or_create(&dir, Some("Bench Trust"))?;
     let mut config = sitrep_server::Config::new(&dir);
     tune(&mut config);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

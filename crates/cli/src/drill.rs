@@ -46,6 +46,7 @@ pub async fn run(staff: usize) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    sitrep_server::org::Org::open_or_create(&data, Some("Drill Trust"))?;
     let mut config = sitrep_server::Config::new(&data);
     // Hundreds of simulated devices enrol from one address within seconds.
     config.enrol_per_sec = 10_000.0;

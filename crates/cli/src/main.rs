@@ -27,15 +27,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Create the organisation (its signing key and store) in a new data
+    /// directory; `serve` and `admin` refuse a directory that was never
+    /// initialised.
+    Init {
+        /// Data directory to create.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// The organisation's name, as staff see it.
+        #[arg(long)]
+        org: String,
+    },
     /// Run the server (delivery and authentication service) on its embedded store.
     Serve {
-        /// Data directory (database and organisation key).
+        /// Data directory (database and organisation key), made by `sitrep init`.
         #[arg(long, default_value = "sitrep-data")]
         data: PathBuf,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8448")]
         listen: SocketAddr,
-        /// Organisation name, used when the data directory is new.
+        /// Create the organisation if the data directory holds none.
+        #[arg(long)]
+        init: bool,
+        /// Organisation name, used by `--init` when the data directory is new.
         #[arg(long, default_value = "Sitrep Organisation")]
         org_name: String,
         /// Address of a reverse proxy whose `X-Forwarded-For` names the
@@ -889,13 +903,24 @@ fn message_state(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Init { data, org } => {
+            let org = sitrep_server::org::Org::create(&data, &org)?;
+            drop(sitrep_server::Db::open(&data)?);
+            println!("created organisation {:?} in {}", org.name, data.display());
+            println!("organisation key fingerprint: {}", org.fingerprint());
+        }
         Cmd::Serve {
             data,
             listen,
             org_name,
             trusted_proxy,
+            init,
         } => {
-            let (org, created) = sitrep_server::org::Org::open_or_create(&data, Some(&org_name))?;
+            let (org, created) = if init {
+                sitrep_server::org::Org::open_or_create(&data, Some(&org_name))?
+            } else {
+                (sitrep_server::org::Org::open(&data)?, false)
+            };
             if created {
                 println!("created organisation {:?} in {}", org.name, data.display());
             }
@@ -915,7 +940,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: AdminCmd::Policy { cmd },
         } => match cmd {
             PolicyCmd::Show { data } => {
-                let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
+                let org = sitrep_server::org::Org::open(&data)?;
                 let p =
                     sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
                 println!("{}", policy_json(&p));
@@ -934,7 +959,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 record_all,
                 delete_after_transfer,
             } => {
-                let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
+                let org = sitrep_server::org::Org::open(&data)?;
                 let mut p =
                     sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
                 if let Some(v) = lock_after_idle {
@@ -998,7 +1023,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if name.is_empty() || name.len() > 64 || role.is_empty() || role.len() > 64 {
                 bail!("name and role are 1 to 64 bytes");
             }
-            sitrep_server::org::Org::open_or_create(&data, None)?;
+            sitrep_server::org::Org::open(&data)?;
             let code = sitrep_server::create_invite(&data, &user, &name, &role, ttl_hours * 3600)?;
             println!("invitation for {user}, valid {ttl_hours} h, single use:");
             println!("{code}");
@@ -1933,7 +1958,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !sitrep_wire::api::valid_id(&user) {
                 bail!("user ids are 1-64 of letters, digits, '.', '_' and '-'");
             }
-            let (org, _) = sitrep_server::org::Org::open_or_create(&data, None)?;
+            let org = sitrep_server::org::Org::open(&data)?;
             let mut p =
                 sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
             p.records_user = Some(user.clone());

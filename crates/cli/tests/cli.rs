@@ -300,3 +300,58 @@ fn pid_scan_writes_one_json_object_per_input_line() {
     assert_eq!(lines[2]["findings"].as_array().map(Vec::len), Some(0));
     assert_eq!(lines[3]["findings"][0]["kind"], "email");
 }
+
+/// An organisation is set up on purpose: `serve` and every `admin` command
+/// refuse a data directory that was never initialised (a mistyped `--data`
+/// creates nothing) and say how to create one; `init` creates it once.
+#[test]
+fn an_organisation_is_created_by_init_and_never_by_a_mistyped_data_directory() {
+    let tmp = TempDir::new("init");
+    let d = tmp.path().join("trust");
+    let d = d.to_str().expect("path");
+    let typo = tmp.path().join("trsut");
+    let typo = typo.to_str().expect("path");
+    for args in [
+        vec![
+            "admin", "invite", "--data", typo, "--user", "alice", "--name", "A", "--role", "x",
+        ],
+        vec!["admin", "policy", "show", "--data", typo],
+        vec!["admin", "audit", "verify", "--data", typo],
+        vec!["serve", "--data", typo, "--listen", "127.0.0.1:0"],
+    ] {
+        let out = sitrep(&args);
+        assert!(!out.status.success(), "{args:?} must refuse");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("holds no Sitrep organisation") && err.contains("sitrep init"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !std::path::Path::new(typo).join("org.key").exists()
+                && !std::path::Path::new(typo).join("sitrep.db").exists(),
+            "{args:?} created an organisation"
+        );
+    }
+    let out = ok(&["init", "--data", d, "--org", "Northfield NHS Trust"]);
+    assert!(
+        out.contains("Northfield NHS Trust") && out.contains("fingerprint"),
+        "{out}"
+    );
+    let again = sitrep(&["init", "--data", d, "--org", "Another"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let port = free_port();
+    let _server = serve_on(d, port);
+    let url = format!("http://127.0.0.1:{port}");
+    let profiles = TempDir::new("init-profiles");
+    let prof = profiles.path().join("alice");
+    let out = common::cli_enrol(PASS, d, &url, prof.to_str().expect("path"), "alice");
+    assert!(
+        out.contains("Northfield NHS Trust"),
+        "the name init gave: {out}"
+    );
+}

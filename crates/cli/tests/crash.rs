@@ -12,7 +12,7 @@ use sitrep_core::INTEROP_CIPHERSUITE;
 #[allow(clippy::zombie_processes)] // the caller kills and waits for the returned child
 async fn spawn_server(data: &std::path::Path, port: u16) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_sitrep"))
-        .args(["serve", "--data"])
+        .args(["serve", "--init", "--data"])
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("SITREP_LOG", "warn")

@@ -944,3 +944,17 @@ async fn delivery_and_read_status_per_member() {
         .expect("request");
     assert_eq!(r.status(), 403);
 }
+
+/// `/readyz` says the store answers (for a load balancer); `/healthz` that
+/// the process is alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_once_the_store_does() {
+    let server = TestServer::start().await;
+    let r = reqwest::get(format!("{}/readyz", server.url))
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["status"], "ready");
+    server.stop().await;
+}

@@ -232,6 +232,13 @@ pub struct Db {
 
 /// Open a connection with the settings every process (server and admin CLI) uses.
 pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
+    // Never start a store in a directory no organisation was created in
+    // (a mistyped `--data`).
+    if !dir.join("org.key").exists() {
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            crate::ServeError::NotInitialised(dir.display().to_string()).into(),
+        ));
+    }
     private_files(dir).map_err(|_| rusqlite::Error::InvalidPath(dir.into()))?;
     let conn = Connection::open(dir.join("sitrep.db"))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -1328,6 +1335,16 @@ impl Db {
         Ok(false)
     }
 
+    /// Whether the store answers (for `/readyz`): a read on the writer's
+    /// connection, so a store that is locked or gone is not ready.
+    pub fn ready(&self) -> Result<(), ApiErr> {
+        let g = self.lock();
+        g.conn
+            .query_row("SELECT COUNT(*) FROM meta", [], |r| r.get::<_, i64>(0))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// A user's devices.
     pub fn devices_of(&self, user_id: &str) -> Result<Vec<(String, u64, Option<u64>)>, ApiErr> {
         let g = self.lock();
@@ -1820,7 +1837,7 @@ fn admin_tx<T>(
     dir: &Path,
     f: impl FnOnce(&rusqlite::Transaction<'_>, &ed25519_dalek::SigningKey) -> Result<T, rusqlite::Error>,
 ) -> Result<T, rusqlite::Error> {
-    let (org, _) = crate::org::Org::open_or_create(dir, None)
+    let org = crate::org::Org::open(dir)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
     let mut conn = connect(dir)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1878,7 +1895,7 @@ pub fn audit_dir(
     action: &str,
     detail: &str,
 ) -> Result<(u64, [u8; 32]), Box<dyn std::error::Error + Send + Sync>> {
-    let (org, _) = crate::org::Org::open_or_create(dir, None).map_err(|e| e.to_string())?;
+    let org = crate::org::Org::open(dir).map_err(|e| e.to_string())?;
     let mut conn = connect(dir)?;
     Ok(crate::audit::append(
         &mut conn,
@@ -1892,7 +1909,7 @@ pub fn audit_dir(
 
 /// Verify the audit log in `dir`; returns the number of entries.
 pub fn audit_verify(dir: &Path) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-    let (org, _) = crate::org::Org::open_or_create(dir, None).map_err(|e| e.to_string())?;
+    let org = crate::org::Org::open(dir).map_err(|e| e.to_string())?;
     let conn = connect(dir)?;
     Ok(crate::audit::verify(&conn, &org.public_key())?)
 }
@@ -1914,7 +1931,7 @@ mod tests {
             "sitrep-db-{tag}-{}",
             hex::encode(crate::random::<6>())
         ));
-        std::fs::create_dir_all(&d).expect("dir");
+        crate::org::Org::create(&d, "Test Trust").expect("organisation");
         d
     }
 

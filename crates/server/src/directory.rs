@@ -62,14 +62,14 @@ pub fn admin_update(
     action: &str,
     f: impl FnOnce(&mut Directory) -> Result<String, DirectoryError>,
 ) -> Result<Directory, BoxErr> {
-    let (org, _) = crate::org::Org::open_or_create(dir, None).map_err(|e| e.to_string())?;
+    let org = crate::org::Org::open(dir).map_err(|e| e.to_string())?;
     let mut conn = crate::db::connect(dir)?;
     update(&mut conn, &org.key, &crate::admin_actor(), action, f)
 }
 
 /// The directory in `dir`, verified.
 pub fn show(dir: &Path) -> Result<Directory, BoxErr> {
-    let (org, _) = crate::org::Org::open_or_create(dir, None).map_err(|e| e.to_string())?;
+    let org = crate::org::Org::open(dir).map_err(|e| e.to_string())?;
     let conn = crate::db::connect(dir)?;
     load(&conn, &org.public_key())
 }

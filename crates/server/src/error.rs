@@ -97,6 +97,10 @@ impl ApiErr {
             "too many requests; slow down",
         )
     }
+    /// 503: not ready to serve (the store is not answering).
+    pub fn unavailable(code: &str, message: &str) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
     /// 500, with nothing internal in it.
     pub fn internal() -> Self {
         Self::new(

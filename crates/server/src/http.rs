@@ -55,6 +55,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     // The routes without a token: per-address buckets, before any body is read.
     let public = Router::new()
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route(
             "/v1/enrol",
             post(enrol)
@@ -459,6 +460,20 @@ async fn health(State(st): St) -> Json<api::Health> {
         status: "ok".into(),
         org_fingerprint: st.org.fingerprint(),
     })
+}
+
+/// # GET /readyz
+/// 200 once the store answers within 2 s, else 503 `not_ready` (for a load
+/// balancer or an orchestrator; `/healthz` only says the process is alive).
+async fn ready(State(st): St) -> Result<Json<serde_json::Value>, ApiErr> {
+    let check = blocking(move || st.db.ready());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), check).await {
+        Ok(Ok(())) => Ok(Json(serde_json::json!({ "status": "ready" }))),
+        _ => Err(ApiErr::unavailable(
+            "not_ready",
+            "the store is not answering",
+        )),
+    }
 }
 
 /// # GET /v1/devices

@@ -160,14 +160,15 @@ async fn flush_acks(state: &Arc<AppState>) {
     let _ = tokio::task::spawn_blocking(move || st.db.ack_many(&batch)).await;
 }
 
-/// Open (or create) the organisation and the store, then serve on `listener`
-/// until `shutdown` resolves.
+/// Open the organisation and the store (the data directory must have been
+/// initialised: [`org::Org::create`]), then serve on `listener` until
+/// `shutdown` resolves.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (org, _) = org::Org::open_or_create(&config.data_dir, None)?;
+    let org = org::Org::open(&config.data_dir)?;
     let db = Db::open(&config.data_dir)?;
     let state = Arc::new(AppState {
         db,
@@ -452,6 +453,15 @@ pub enum ServeError {
     /// File or socket trouble.
     #[error("{0}")]
     Io(String),
+    /// The data directory was never initialised (a mistyped `--data`
+    /// must not silently start a new organisation).
+    #[error(
+        "{0} holds no Sitrep organisation: create one with `sitrep init --data {0} --org NAME` (or start `sitrep serve --init`)"
+    )]
+    NotInitialised(String),
+    /// `sitrep init` on a directory that holds one already.
+    #[error("{0} already holds a Sitrep organisation ({1:?})")]
+    AlreadyInitialised(String, String),
 }
 
 impl From<std::io::Error> for ServeError {

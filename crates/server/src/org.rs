@@ -34,8 +34,31 @@ pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Org {
-    /// Load the organisation from `dir`, creating it (and the directory) on first
-    /// start. Returns whether it was created.
+    /// Load the organisation from `dir`; an error naming `sitrep init` if
+    /// there is none (nothing is created).
+    pub fn open(dir: &Path) -> Result<Self, ServeError> {
+        if !dir.join(KEY_FILE).exists() {
+            return Err(ServeError::NotInitialised(dir.display().to_string()));
+        }
+        Ok(Self::open_or_create(dir, None)?.0)
+    }
+
+    /// Create the organisation `name` in `dir` (made 0700 if new); refused
+    /// if `dir` holds one already.
+    pub fn create(dir: &Path, name: &str) -> Result<Self, ServeError> {
+        if dir.join(KEY_FILE).exists() {
+            let existing = Self::open(dir)?;
+            return Err(ServeError::AlreadyInitialised(
+                dir.display().to_string(),
+                existing.name,
+            ));
+        }
+        Ok(Self::open_or_create(dir, Some(name))?.0)
+    }
+
+    /// Load the organisation from `dir`, creating it (and the directory) if
+    /// there is none (for `sitrep serve --init`, the drill and tests).
+    /// Returns whether it was created.
     pub fn open_or_create(dir: &Path, name: Option<&str>) -> Result<(Self, bool), ServeError> {
         private_dir(dir)?;
         let key_path = dir.join(KEY_FILE);

@@ -59,6 +59,7 @@ impl TestServer {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        sitrep_server::org::Org::open_or_create(dir.path(), None).expect("organisation");
         let mut config = sitrep_server::Config::new(dir.path());
         tune(&mut config);
         let task = tokio::spawn(async move {
@@ -170,6 +171,7 @@ pub fn serve_on(d: &str, port: u16) -> Served {
     let server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
         .args([
             "serve",
+            "--init",
             "--data",
             d,
             "--listen",
