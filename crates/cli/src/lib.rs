@@ -403,7 +403,17 @@ pub async fn enrol(
     passcode: &str,
     cs: impl Into<Option<Ciphersuite>>,
 ) -> anyhow::Result<Profile> {
+    let invite = sitrep_wire::invite::Invite::parse(code)?;
     let remote = Remote::new(server, None);
+    // The invitation names its organisation's key: a server that offers
+    // another is refused before the code leaves this device.
+    let health: api::Health = remote.get("/healthz").await?;
+    if !invite.matches_fingerprint(&health.org_fingerprint) {
+        bail!(
+            "the server at {server} is not the organisation this invitation is from (its key fingerprint is {}); nothing was sent to it",
+            health.org_fingerprint
+        );
+    }
     let signed_policy = fetch_policy(&remote).await?;
     // Without an explicit choice, the organisation's policy names the suite.
     let cs = match cs.into() {
@@ -424,8 +434,13 @@ pub async fn enrol(
     }
     let pending = PendingEnrolment::new(cs)?;
     let resp: api::EnrolResponse = remote
-        .post("/v1/enrol", &pending.enrol_request(code.trim())?)
+        .post("/v1/enrol", &pending.enrol_request(&invite.secret)?)
         .await?;
+    if !invite.matches_key(&resp.org_public_key) {
+        bail!(
+            "the server at {server} enrolled this device under a key that is not its invitation's organisation's; refused"
+        );
+    }
     let mut client = pending.finish(server, resp)?;
     if let Some(sp) = signed_policy {
         client.apply_policy(&sp)?;

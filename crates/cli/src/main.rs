@@ -1023,9 +1023,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if name.is_empty() || name.len() > 64 || role.is_empty() || role.len() > 64 {
                 bail!("name and role are 1 to 64 bytes");
             }
-            sitrep_server::org::Org::open(&data)?;
+            let org = sitrep_server::org::Org::open(&data)?;
             let code = sitrep_server::create_invite(&data, &user, &name, &role, ttl_hours * 3600)?;
-            println!("invitation for {user}, valid {ttl_hours} h, single use:");
+            println!(
+                "invitation for {user} to {:?}, valid {ttl_hours} h, single use; the code names the organisation's key (fingerprint {}), and a device refuses a server with another:",
+                org.name,
+                org.fingerprint()
+            );
             println!("{code}");
         }
         Cmd::Enrol {
@@ -1198,6 +1202,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             m.display_name, m.user_id, m.role, m.device_id
                         );
                     }
+                    println!(
+                        "every member's credential is signed by {:?}, key fingerprint {}",
+                        p.client.org_name(),
+                        p.client.org_fingerprint()
+                    );
                 }
             }
         }
@@ -2010,8 +2019,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "active"
                     };
                     let me = if d.this_device { " (this device)" } else { "" };
-                    println!("{}\t{state}\tenrolled {}{me}", d.device_id, d.enrolled_at);
+                    println!(
+                        "{}\t{state}\tenrolled {}{me}",
+                        d.device_id,
+                        fmt_time(d.enrolled_at.saturating_mul(1000))
+                    );
                 }
+            }
+            if !json {
+                println!(
+                    "organisation {:?}, key fingerprint {} (compare it with the one your admin has)",
+                    p.client.org_name(),
+                    p.client.org_fingerprint()
+                );
             }
         }
         Cmd::Wipe { device } => {

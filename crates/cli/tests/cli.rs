@@ -152,7 +152,11 @@ fn three_staff_chat_through_the_cli() {
     let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
     for u in ["alice", "bob", "carol"] {
         let code = common::cli_invite(PASS, &d, u);
-        assert_eq!(code.len(), 19, "code on the last line: {code}");
+        assert_eq!(
+            code.len(),
+            39,
+            "code on the last line, with its organisation: {code}"
+        );
         ok(&[
             "--profile",
             &prof(u),

@@ -958,3 +958,49 @@ async fn readyz_answers_once_the_store_does() {
     assert_eq!(v["status"], "ready");
     server.stop().await;
 }
+
+/// An invitation names its organisation's key: a device refuses to enrol
+/// with a server that offers another (a rogue server, or a machine in the
+/// middle), before the code leaves it, so the code still works at the real
+/// one; a code with a check altered is refused too. The fingerprint is shown
+/// to staff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_refuses_a_server_that_is_not_the_invitations_organisation() {
+    let real = TestServer::start().await;
+    let rogue = TestServer::start().await;
+    let code = real.invite("alice");
+    assert_eq!(code.len(), 39, "{code}");
+    let dir = TempDir::new("rogue-profile");
+    let err = sitrep_cli::enrol(dir.path(), &rogue.url, &code, PASSCODE, INTEROP_CIPHERSUITE)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("not the organisation this invitation is from"),
+        "{err:#}"
+    );
+    // A check changed by one character: refused as well.
+    let mut forged: Vec<char> = code.chars().collect();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == '0' { '1' } else { '0' };
+    let forged: String = forged.into_iter().collect();
+    let dir2 = TempDir::new("forged-profile");
+    assert!(
+        sitrep_cli::enrol(
+            dir2.path(),
+            &real.url,
+            &forged,
+            PASSCODE,
+            INTEROP_CIPHERSUITE
+        )
+        .await
+        .is_err()
+    );
+    // The code was never given to the rogue server: it still enrols at the real one.
+    let (_d, p) = device(&real.url, &code, INTEROP_CIPHERSUITE).await;
+    let (org, _) = sitrep_server::org::Org::open_or_create(real.dir.path(), None).expect("org");
+    assert_eq!(p.client.org_fingerprint(), org.fingerprint());
+    rogue.stop().await;
+    real.stop().await;
+}

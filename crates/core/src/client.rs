@@ -379,7 +379,13 @@ impl Client {
     pub fn display_name(&self) -> &str {
         &self.state.device.display_name
     }
-    /// Organisation name.
+    /// The organisation key's fingerprint, as `sitrep init` and `serve`
+    /// print it, for staff to compare.
+    pub fn org_fingerprint(&self) -> String {
+        sitrep_wire::credential::fingerprint(&self.state.device.org_public_key)
+    }
+
+    /// The organisation's name, from enrolment.
     pub fn org_name(&self) -> &str {
         &self.state.device.org_name
     }

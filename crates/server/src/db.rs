@@ -1855,12 +1855,13 @@ pub fn create_invite(
     role: &str,
     ttl_secs: u64,
 ) -> Result<String, rusqlite::Error> {
-    let code = crate::org::new_code();
+    let secret = crate::org::new_code();
     let now = crate::now_secs();
-    admin_tx(dir, |tx, key| {
+    let code = admin_tx(dir, |tx, key| {
+        let code = sitrep_wire::invite::code(&secret, &key.verifying_key().to_bytes());
         tx.execute(
             "INSERT INTO invites (code_hash, user_id, display_name, role, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![crate::org::code_hash(&code), user_id, display_name, role, now as i64, (now + ttl_secs) as i64],
+            params![crate::org::code_hash(&secret), user_id, display_name, role, now as i64, (now + ttl_secs) as i64],
         )?;
         crate::audit::append_in(
             tx,
@@ -1870,7 +1871,7 @@ pub fn create_invite(
             &format!("user={user_id} ttl_secs={ttl_secs}"),
             now,
         )?;
-        Ok(())
+        Ok(code)
     })?;
     Ok(code)
 }

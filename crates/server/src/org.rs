@@ -119,7 +119,8 @@ impl Org {
 /// Crockford base32 without I, L, O, U: easy to read out over a phone.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// A new enrolment code: 16 characters (80 bits) in groups of four.
+/// The secret of a new enrolment code: 16 characters (80 bits) in groups of
+/// four; the code given out adds the organisation check ([`sitrep_wire::invite`]).
 pub fn new_code() -> String {
     let bytes = crate::random::<16>();
     let chars: Vec<u8> = bytes.iter().map(|b| ALPHABET[(b & 31) as usize]).collect();
@@ -131,12 +132,18 @@ pub fn new_code() -> String {
 }
 
 /// What the store keeps of a code: its hash, after normalising case and dashes.
+/// A code with its organisation check counts by its secret part alone
+/// ([`sitrep_wire::invite`]).
 pub fn code_hash(code: &str) -> Vec<u8> {
-    let norm: String = code
+    let mut norm: String = code
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
         .collect();
+    let full = sitrep_wire::invite::SECRET_CHARS + sitrep_wire::invite::CHECK_CHARS;
+    if norm.len() == full {
+        norm.truncate(sitrep_wire::invite::SECRET_CHARS);
+    }
     Sha256::digest(norm.as_bytes()).to_vec()
 }
 

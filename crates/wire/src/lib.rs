@@ -17,6 +17,7 @@ pub mod credential;
 pub mod directory;
 pub mod frame;
 pub mod incident;
+pub mod invite;
 pub mod meta;
 pub mod policy;
 
