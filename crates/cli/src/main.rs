@@ -524,6 +524,20 @@ enum PidCmd {
 }
 
 #[derive(Subcommand)]
+enum AdminUserCmd {
+    /// A leaver: revoke every device (each is removed from every
+    /// conversation and wipes itself when it next connects) and cancel their
+    /// enrolment codes. Works while the server runs.
+    Disable {
+        /// User id.
+        user: String,
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCmd {
     /// Print the device policy in force (JSON).
     Show {
@@ -678,6 +692,31 @@ enum AdminCmd {
         /// Device id.
         #[arg(long)]
         device: String,
+    },
+    /// Every user invited or enrolled: devices, open invitations, last seen.
+    Users {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every device, or one user's: enrolled, last seen, revoked.
+    Devices {
+        /// Only this user's.
+        user: Option<String>,
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A user's account.
+    User {
+        #[command(subcommand)]
+        cmd: AdminUserCmd,
     },
     /// The organisation's signed device policy.
     Policy {
@@ -2042,6 +2081,95 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Admin {
+            cmd: AdminCmd::Users { data, json },
+        } => {
+            let users = sitrep_server::list_users(&data)?;
+            if json {
+                for u in &users {
+                    println!("{}", serde_json::to_string(u)?);
+                }
+            } else {
+                let mut rows = vec![[
+                    "USER".to_string(),
+                    "NAME".into(),
+                    "ROLE".into(),
+                    "DEVICES".into(),
+                    "LAST SEEN".into(),
+                ]];
+                for u in &users {
+                    let devices = match (u.active_devices, u.revoked_devices, u.open_invites) {
+                        (0, 0, i) if i > 0 => "invited, not enrolled".to_string(),
+                        (0, r, _) if r > 0 => "disabled".into(),
+                        (a, r, _) => {
+                            let mut d = format!("{a} active");
+                            if r > 0 {
+                                d.push_str(&format!(", {r} revoked"));
+                            }
+                            d
+                        }
+                    };
+                    rows.push([
+                        u.user_id.clone(),
+                        u.display_name.clone(),
+                        u.role.clone(),
+                        devices,
+                        u.last_seen
+                            .map_or_else(|| "never".into(), |t| fmt_time(t.saturating_mul(1000))),
+                    ]);
+                }
+                print_columns(&rows);
+            }
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Devices { user, data, json },
+        } => {
+            let devices = sitrep_server::list_devices(&data, user.as_deref())?;
+            if json {
+                for d in &devices {
+                    println!("{}", serde_json::to_string(d)?);
+                }
+            } else {
+                let mut rows = vec![[
+                    "DEVICE".to_string(),
+                    "USER".into(),
+                    "ENROLLED".into(),
+                    "LAST SEEN".into(),
+                    "STATE".into(),
+                ]];
+                for d in &devices {
+                    rows.push([
+                        d.device_id.clone(),
+                        d.user_id.clone(),
+                        fmt_time(d.enrolled_at.saturating_mul(1000)),
+                        d.last_seen
+                            .map_or_else(|| "never".into(), |t| fmt_time(t.saturating_mul(1000))),
+                        d.revoked_at.map_or_else(
+                            || "active".into(),
+                            |t| format!("revoked {}", fmt_time(t.saturating_mul(1000))),
+                        ),
+                    ]);
+                }
+                print_columns(&rows);
+            }
+        }
+        Cmd::Admin {
+            cmd:
+                AdminCmd::User {
+                    cmd: AdminUserCmd::Disable { user, data },
+                },
+        } => match sitrep_server::disable_user(&data, &user)? {
+            None => bail!("no user {user:?} was ever invited"),
+            Some(d) => println!(
+                "{user} disabled: {} revoked (each is removed from its conversations and wipes itself when it next connects), {} cancelled",
+                plural(d.devices_revoked as usize, "device", "devices"),
+                plural(
+                    d.invites_cancelled as usize,
+                    "enrolment code",
+                    "enrolment codes"
+                ),
+            ),
+        },
+        Cmd::Admin {
             cmd: AdminCmd::Wipe { data, device },
         } => {
             if !sitrep_server::revoke_device(&data, &device)? {
@@ -2154,6 +2282,27 @@ fn fmt_clock(ms: u64) -> String {
 /// A day heading: "Wednesday 2 December 2026".
 fn fmt_day(ms: u64) -> String {
     local(ms).strftime("%A %-d %B %Y").to_string()
+}
+
+/// Rows in aligned columns (the last one not padded).
+fn print_columns<const N: usize>(rows: &[[String; N]]) {
+    let mut width = [0usize; N];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {

@@ -359,3 +359,96 @@ fn an_organisation_is_created_by_init_and_never_by_a_mistyped_data_directory() {
         "the name init gave: {out}"
     );
 }
+
+/// A trust's admin sees its users and devices (with when each was last
+/// seen) and disables a leaver: every device revoked and out of every
+/// conversation, open enrolment codes cancelled, in the audit log.
+#[test]
+fn admin_lists_users_and_devices_and_disables_a_leaver() {
+    let data = TempDir::new("leaver-data");
+    let d = data.path().to_str().expect("path").to_string();
+    let (_server, url) = serve(&d);
+    let profiles = TempDir::new("leaver-profiles");
+    let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
+    for u in ["alice", "bob"] {
+        enrol(&d, &url, &prof(u), u);
+    }
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "chat",
+        "create",
+        "ward",
+        "--members",
+        "bob",
+    ]);
+    ok(&["--profile", &prof("bob"), "sync"]);
+    let spare = common::cli_invite(PASS, &d, "bob");
+    let users = ok(&["admin", "users", "--data", &d]);
+    let bob_row = users
+        .lines()
+        .find(|l| l.starts_with("bob"))
+        .expect("bob listed");
+    assert!(bob_row.contains("1 active"), "{users}");
+    assert!(users.lines().any(|l| l.starts_with("alice")), "{users}");
+    // Last seen is written within a second or so of a request.
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = ok(&["admin", "devices", "bob", "--data", &d]);
+        if !seen.lines().nth(1).expect("a row").contains("never") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !seen.lines().nth(1).expect("row").contains("never"),
+        "{seen}"
+    );
+    assert_eq!(seen.lines().count(), 2, "only bob's device: {seen}");
+
+    let out = ok(&["admin", "user", "disable", "bob", "--data", &d]);
+    assert!(
+        out.contains("1 device revoked") && out.contains("1 enrolment code cancelled"),
+        "{out}"
+    );
+    let nobody = sitrep(&["admin", "user", "disable", "nobody", "--data", &d]);
+    assert!(!nobody.status.success());
+    // Bob's device learns it was wiped; his spare code no longer enrols.
+    let b = sitrep(&["--profile", &prof("bob"), "sync"]);
+    assert!(!b.status.success());
+    assert!(
+        String::from_utf8_lossy(&b.stderr).contains("wiped"),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let again = sitrep(&[
+        "--profile",
+        &prof("bob2"),
+        "enrol",
+        "--server",
+        &url,
+        "--code",
+        &spare,
+    ]);
+    assert!(!again.status.success(), "a cancelled code enrols nobody");
+    // Alice's conversation no longer has bob (her syncs commit the removal).
+    let mut info = String::new();
+    for _ in 0..20 {
+        ok(&["--profile", &prof("alice"), "sync"]);
+        info = ok(&["--profile", &prof("alice"), "chat", "info", "ward"]);
+        if !info.contains("(bob)") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(!info.contains("(bob)"), "{info}");
+    let users = ok(&["admin", "users", "--data", &d]);
+    assert!(
+        users
+            .lines()
+            .any(|l| l.starts_with("bob") && l.contains("disabled")),
+        "{users}"
+    );
+    let audit = ok(&["admin", "audit", "show", "--data", &d]);
+    assert!(audit.contains("user.disable"), "{audit}");
+}

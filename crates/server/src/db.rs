@@ -228,6 +228,10 @@ struct Counters {
 /// The store.
 pub struct Db {
     inner: Mutex<Inner>,
+    /// When each device last made an authenticated request (seconds), kept
+    /// in memory and written every few seconds ([`Db::flush_seen`]): an
+    /// admin's "last seen", not worth a write per request.
+    seen: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Open a connection with the settings every process (server and admin CLI) uses.
@@ -248,6 +252,13 @@ pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
+    // Columns added since the first release.
+    if conn
+        .prepare("SELECT last_seen FROM devices LIMIT 0")
+        .is_err()
+    {
+        conn.execute_batch("ALTER TABLE devices ADD COLUMN last_seen INTEGER")?;
+    }
     Ok(conn)
 }
 
@@ -301,6 +312,7 @@ impl Db {
                 conn,
                 counters: Counters { next_seq },
             }),
+            seen: Mutex::default(),
         })
     }
 
@@ -378,6 +390,39 @@ impl Db {
 
     /// Look up a bearer token.
     pub fn authenticate(&self, token_hash: &[u8]) -> Result<Option<DeviceRow>, ApiErr> {
+        let row = self.authenticate_row(token_hash)?;
+        if let Some(d) = &row
+            && let Ok(mut seen) = self.seen.lock()
+        {
+            seen.insert(d.device_id.clone(), crate::now_secs());
+        }
+        Ok(row)
+    }
+
+    /// Write the "last seen" times gathered since the last flush.
+    pub fn flush_seen(&self) -> Result<(), ApiErr> {
+        let batch = match self.seen.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(_) => return Ok(()),
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Losing a "last seen" in a crash is harmless.
+        self.without_fsync(|tx| {
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?2) WHERE device_id = ?1",
+                )
+                .map_err(db_err)?;
+            for (device, at) in &batch {
+                st.execute(params![device, *at as i64]).map_err(db_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn authenticate_row(&self, token_hash: &[u8]) -> Result<Option<DeviceRow>, ApiErr> {
         let g = self.lock();
         g.conn
             .query_row(
@@ -1828,6 +1873,144 @@ pub fn revoke_device(dir: &Path, device_id: &str) -> Result<bool, rusqlite::Erro
             )?;
         }
         Ok(n > 0)
+    })
+}
+
+/// One user, for `sitrep admin users`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserRow {
+    /// User id.
+    pub user_id: String,
+    /// Name as invited.
+    pub display_name: String,
+    /// Role as invited.
+    pub role: String,
+    /// Devices not revoked.
+    pub active_devices: u64,
+    /// Devices revoked (wiped, or the user disabled).
+    pub revoked_devices: u64,
+    /// Enrolment codes not yet used and not expired.
+    pub open_invites: u64,
+    /// Latest request from any of the user's devices (seconds), if any.
+    pub last_seen: Option<u64>,
+}
+
+/// One device, for `sitrep admin devices`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceAdminRow {
+    /// Device id.
+    pub device_id: String,
+    /// Its user.
+    pub user_id: String,
+    /// When it enrolled (seconds).
+    pub enrolled_at: u64,
+    /// Its latest request (seconds; written every few seconds).
+    pub last_seen: Option<u64>,
+    /// When it was revoked (seconds).
+    pub revoked_at: Option<u64>,
+}
+
+/// Every user the organisation has invited or enrolled.
+pub fn list_users(dir: &Path) -> Result<Vec<UserRow>, rusqlite::Error> {
+    let conn = connect(dir)?;
+    let now = crate::now_secs() as i64;
+    let mut st = conn.prepare(
+        "WITH u AS (
+             SELECT user_id, display_name, role, created_at FROM devices
+             UNION ALL SELECT user_id, display_name, role, created_at FROM invites
+         ), latest AS (
+             SELECT user_id, display_name, role,
+                    ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY created_at DESC) AS n
+             FROM u
+         )
+         SELECT l.user_id, l.display_name, l.role,
+             (SELECT COUNT(*) FROM devices d WHERE d.user_id = l.user_id AND d.revoked_at IS NULL),
+             (SELECT COUNT(*) FROM devices d WHERE d.user_id = l.user_id AND d.revoked_at IS NOT NULL),
+             (SELECT COUNT(*) FROM invites i WHERE i.user_id = l.user_id AND i.used_at IS NULL AND i.expires_at > ?1),
+             (SELECT MAX(last_seen) FROM devices d WHERE d.user_id = l.user_id)
+         FROM latest l WHERE l.n = 1 ORDER BY l.user_id",
+    )?;
+    let rows = st.query_map([now], |r| {
+        Ok(UserRow {
+            user_id: r.get(0)?,
+            display_name: r.get(1)?,
+            role: r.get(2)?,
+            active_devices: r.get::<_, i64>(3)? as u64,
+            revoked_devices: r.get::<_, i64>(4)? as u64,
+            open_invites: r.get::<_, i64>(5)? as u64,
+            last_seen: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Every device, or one user's.
+pub fn list_devices(
+    dir: &Path,
+    user: Option<&str>,
+) -> Result<Vec<DeviceAdminRow>, rusqlite::Error> {
+    let conn = connect(dir)?;
+    let mut st = conn.prepare(
+        "SELECT device_id, user_id, created_at, last_seen, revoked_at FROM devices
+         WHERE ?1 IS NULL OR user_id = ?1 ORDER BY user_id, created_at, device_id",
+    )?;
+    let rows = st.query_map([user], |r| {
+        Ok(DeviceAdminRow {
+            device_id: r.get(0)?,
+            user_id: r.get(1)?,
+            enrolled_at: r.get::<_, i64>(2)? as u64,
+            last_seen: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+            revoked_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+        })
+    })?;
+    rows.collect()
+}
+
+/// What disabling a leaver did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Disabled {
+    /// Devices revoked now (each is removed from every conversation by
+    /// the revocation sweep, and wipes itself when it next connects).
+    pub devices_revoked: u64,
+    /// Enrolment codes cancelled.
+    pub invites_cancelled: u64,
+}
+
+/// Disable a leaver: every device revoked, every open enrolment code
+/// cancelled, in one transaction with its audit entry. `None`: no such user.
+pub fn disable_user(dir: &Path, user_id: &str) -> Result<Option<Disabled>, rusqlite::Error> {
+    admin_tx(dir, |tx, key| {
+        let now = crate::now_secs() as i64;
+        let known: i64 = tx.query_row(
+            "SELECT (SELECT COUNT(*) FROM devices WHERE user_id = ?1) + (SELECT COUNT(*) FROM invites WHERE user_id = ?1)",
+            [user_id],
+            |r| r.get(0),
+        )?;
+        if known == 0 {
+            return Ok(None);
+        }
+        let devices_revoked = tx.execute(
+            "UPDATE devices SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+            params![user_id, now],
+        )? as u64;
+        let invites_cancelled = tx.execute(
+            "UPDATE invites SET used_at = ?2, expires_at = MIN(expires_at, ?2) WHERE user_id = ?1 AND used_at IS NULL",
+            params![user_id, now],
+        )? as u64;
+        crate::audit::append_in(
+            tx,
+            key,
+            &admin_actor(),
+            "user.disable",
+            &format!(
+                "user={user_id} devices_revoked={devices_revoked} invites_cancelled={invites_cancelled}"
+            ),
+            now as u64,
+        )?;
+        Ok(Some(Disabled {
+            devices_revoked,
+            invites_cancelled,
+        }))
     })
 }
 

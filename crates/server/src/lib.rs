@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use db::{
-    Db, admin_actor, audit_dir, audit_entries, audit_verify, create_invite, revoke_device,
-    set_policy, show_policy,
+    Db, DeviceAdminRow, Disabled, UserRow, admin_actor, audit_dir, audit_entries, audit_verify,
+    create_invite, disable_user, list_devices, list_users, revoke_device, set_policy, show_policy,
 };
 pub use error::ApiErr;
 
@@ -191,7 +191,8 @@ pub async fn run(
                 if ticks.is_multiple_of(25) {
                     let st2 = st.clone();
                     let _ = tokio::task::spawn_blocking(move || {
-                        st2.db.sweep_revocations(now_secs(), |p| st2.hub.publish(p))
+                        let _ = st2.db.sweep_revocations(now_secs(), |p| st2.hub.publish(p));
+                        st2.db.flush_seen()
                     })
                     .await;
                 }
