@@ -889,7 +889,10 @@ fn print_events(events: &[Event]) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // Logs: plain text, coloured only on a terminal, or one JSON object per
+    // line with SITREP_LOG_FORMAT=json (for a log collector). They carry ids
+    // and sizes, never message text, names or keys.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SITREP_LOG").unwrap_or_else(|_| {
                 // The server reports what it does; client commands stay quiet.
@@ -897,8 +900,12 @@ fn main() -> anyhow::Result<()> {
                 tracing_subscriber::EnvFilter::new(if serve { "info" } else { "warn" })
             }),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match std::env::var("SITREP_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        Ok("text") | Err(_) => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => anyhow::bail!("SITREP_LOG_FORMAT is text or json, not {other:?}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -964,16 +971,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("created organisation {:?} in {}", org.name, data.display());
             }
             println!("organisation key fingerprint: {}", org.fingerprint());
+            let stop = shutdown_signal()?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            println!("listening on http://{}", listener.local_addr()?);
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+            let addr = listener.local_addr()?;
+            println!("listening on http://{addr}");
+            tracing::info!(
+                listen = %addr,
+                org_fingerprint = %org.fingerprint(),
+                version = env!("CARGO_PKG_VERSION"),
+                "sitrep serve started"
+            );
+            let shutdown = async move {
+                stop.await;
+                tracing::info!("shutting down: finishing the requests in progress");
             };
             let mut config = sitrep_server::Config::new(data);
             config.trusted_proxies = trusted_proxy;
             sitrep_server::run(listener, config, shutdown).await?;
+            tracing::info!("sitrep serve stopped");
         }
         Cmd::Admin {
             cmd: AdminCmd::Policy { cmd },
@@ -2282,6 +2299,30 @@ fn fmt_clock(ms: u64) -> String {
 /// A day heading: "Wednesday 2 December 2026".
 fn fmt_day(ms: u64) -> String {
     local(ms).strftime("%A %-d %B %Y").to_string()
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (a service manager's stop), listened for
+/// from the moment this is called (before the port is bound, so a stop sent
+/// as soon as the server answers is not missed).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 /// Rows in aligned columns (the last one not padded).

@@ -452,3 +452,60 @@ fn admin_lists_users_and_devices_and_disables_a_leaver() {
     let audit = ok(&["admin", "audit", "show", "--data", &d]);
     assert!(audit.contains("user.disable"), "{audit}");
 }
+
+/// The server's log: start and shutdown (on SIGTERM, as a service manager
+/// stops it) are logged; no colour codes when not a terminal; one JSON
+/// object per line with SITREP_LOG_FORMAT=json.
+#[test]
+fn the_server_logs_start_and_shutdown_plainly_or_as_json() {
+    for format in ["text", "json"] {
+        let data = TempDir::new("logs");
+        let d = data.path().to_str().expect("path").to_string();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_sitrep"))
+            .args([
+                "serve",
+                "--init",
+                "--data",
+                &d,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env_remove("SITREP_LOG")
+            .env("SITREP_LOG_FORMAT", format)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve");
+        let mut up = false;
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(up, "the server started");
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let out = child.wait_with_output().expect("exits");
+        assert!(out.status.success(), "a clean shutdown: {:?}", out.status);
+        let log = String::from_utf8(out.stderr).expect("utf8");
+        assert!(
+            !log.contains('\u{1b}'),
+            "no colour codes when not a terminal: {log}"
+        );
+        assert!(log.contains("sitrep serve started"), "{log}");
+        assert!(log.contains("sitrep serve stopped"), "{log}");
+        if format == "json" {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).expect("a JSON object per line");
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+        }
+    }
+}
