@@ -3,6 +3,7 @@
 //! Integration tests drive these same functions against a real server.
 
 pub mod bench;
+pub mod config;
 pub mod drill;
 pub mod incident;
 pub mod records;

@@ -40,18 +40,24 @@ enum Cmd {
     },
     /// Run the server (delivery and authentication service) on its embedded store.
     Serve {
-        /// Data directory (database and organisation key), made by `sitrep init`.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8448")]
-        listen: SocketAddr,
+        /// Data directory (database and organisation key), made by `sitrep init`
+        /// [default: sitrep-data].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:8448].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Every setting, in TOML (docs/configuration.md); flags and the
+        /// environment win over it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Create the organisation if the data directory holds none.
         #[arg(long)]
         init: bool,
-        /// Organisation name, used by `--init` when the data directory is new.
-        #[arg(long, default_value = "Sitrep Organisation")]
-        org_name: String,
+        /// Organisation name, used by `--init` when the data directory is new
+        /// [default: Sitrep Organisation].
+        #[arg(long)]
+        org_name: Option<String>,
         /// Address of a reverse proxy whose `X-Forwarded-For` names the
         /// client (for per-address limits); repeat for several.
         #[arg(long)]
@@ -892,25 +898,40 @@ fn main() -> anyhow::Result<()> {
     // Logs: plain text, coloured only on a terminal, or one JSON object per
     // line with SITREP_LOG_FORMAT=json (for a log collector). They carry ids
     // and sizes, never message text, names or keys.
+    // The server's settings: its file with the environment over it.
+    let settings = match &cli.cmd {
+        Cmd::Serve { config, .. } => {
+            sitrep_cli::config::File::load(config.as_deref(), |k| std::env::var(k).ok())?
+        }
+        _ => sitrep_cli::config::File::default(),
+    };
+    let serve = matches!(cli.cmd, Cmd::Serve { .. });
+    let level = std::env::var("SITREP_LOG")
+        .ok()
+        .or(settings.log.level.clone())
+        // The server reports what it does; client commands stay quiet.
+        .unwrap_or_else(|| if serve { "info" } else { "warn" }.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SITREP_LOG").unwrap_or_else(|_| {
-                // The server reports what it does; client commands stay quiet.
-                let serve = matches!(cli.cmd, Cmd::Serve { .. });
-                tracing_subscriber::EnvFilter::new(if serve { "info" } else { "warn" })
-            }),
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .with_context(|| format!("log level {level:?} is not a tracing filter"))?,
         )
         .with_writer(std::io::stderr);
-    match std::env::var("SITREP_LOG_FORMAT").as_deref() {
-        Ok("json") => logs.json().init(),
-        Ok("text") | Err(_) => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        Ok(other) => anyhow::bail!("SITREP_LOG_FORMAT is text or json, not {other:?}"),
+    let format = settings
+        .log
+        .format
+        .clone()
+        .or_else(|| std::env::var("SITREP_LOG_FORMAT").ok());
+    match format.as_deref() {
+        Some("json") => logs.json().init(),
+        Some("text") | None => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        Some(other) => anyhow::bail!("SITREP_LOG_FORMAT is text or json, not {other:?}"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let profile = cli.profile.clone();
-    let result = rt.block_on(run(cli));
+    let result = rt.block_on(run(cli, settings));
     if let Err(e) = &result
         && sitrep_cli::is_wiped(e)
     {
@@ -947,7 +968,7 @@ fn message_state(
     (word, Some(t))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Init { data, org } => {
             let org = sitrep_server::org::Org::create(&data, &org)?;
@@ -958,10 +979,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve {
             data,
             listen,
+            config: _,
             org_name,
             trusted_proxy,
             init,
         } => {
+            let data = data
+                .or(settings.data.clone())
+                .unwrap_or_else(|| PathBuf::from("sitrep-data"));
+            let listen = listen
+                .or(settings.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8448)));
+            let org_name = org_name
+                .or(settings.org_name.clone())
+                .unwrap_or_else(|| "Sitrep Organisation".into());
+            let mut config = settings.server_config(data.clone())?;
+            if !trusted_proxy.is_empty() {
+                config.trusted_proxies = trusted_proxy;
+            }
             let (org, created) = if init {
                 sitrep_server::org::Org::open_or_create(&data, Some(&org_name))?
             } else {
@@ -987,8 +1022,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stop.await;
                 tracing::info!("shutting down: finishing the requests in progress");
             };
-            let mut config = sitrep_server::Config::new(data);
-            config.trusted_proxies = trusted_proxy;
             sitrep_server::run(listener, config, shutdown).await?;
             tracing::info!("sitrep serve stopped");
         }

@@ -509,3 +509,56 @@ fn the_server_logs_start_and_shutdown_plainly_or_as_json() {
         }
     }
 }
+
+/// `serve --config FILE`: the file's settings are used (here the address);
+/// a misspelt key is an error naming it, and nothing starts.
+#[test]
+fn serve_takes_its_settings_from_a_config_file_and_refuses_unknown_keys() {
+    let data = TempDir::new("config");
+    let d = data.path().join("trust");
+    let file = data.path().join("sitrep.toml");
+    let port = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "data = {:?}\nlisten = \"127.0.0.1:{port}\"\n[limits]\nmax_message_bytes = 65536\n[log]\nformat = \"json\"\n",
+            d.to_str().expect("path")
+        ),
+    )
+    .expect("write");
+    let bad = data.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_mesage_bytes = 1\n").expect("write");
+    let out = sitrep(&["serve", "--init", "--config", bad.to_str().expect("path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_mesage_bytes"),
+        "names the unknown key: {err}"
+    );
+
+    let child = Command::new(env!("CARGO_BIN_EXE_sitrep"))
+        .args(["serve", "--init", "--config", file.to_str().expect("path")])
+        .env_remove("SITREP_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut up = false;
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(up, "listening where the file says");
+    assert!(d.join("org.key").exists(), "the file's data directory");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = child.wait_with_output().expect("exits");
+    let log = String::from_utf8(out.stderr).expect("utf8");
+    let first = log.lines().next().expect("a log line");
+    serde_json::from_str::<serde_json::Value>(first).expect("the file's log format: json");
+}

@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS devices (
     -- Set once the groups were told of the revocation.
     revocation_done INTEGER NOT NULL DEFAULT 0,
     -- Everything up to here was acknowledged by the device.
-    cursor INTEGER NOT NULL DEFAULT 0
+    cursor INTEGER NOT NULL DEFAULT 0,
+    -- Its latest request (seconds), written every few seconds.
+    last_seen INTEGER
 );
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS key_packages (
@@ -235,6 +237,16 @@ pub struct Db {
 }
 
 /// Open a connection with the settings every process (server and admin CLI) uses.
+/// Add a column to a table made before it existed. Two processes may open
+/// an old store at once (the server and an admin command): whichever adds
+/// it second finds it there.
+fn add_column(conn: &Connection, table: &str, decl: &str) -> Result<(), rusqlite::Error> {
+    match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {decl}")) {
+        Err(e) if !e.to_string().contains("duplicate column") => Err(e),
+        _ => Ok(()),
+    }
+}
+
 pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     // Never start a store in a directory no organisation was created in
     // (a mistyped `--data`).
@@ -252,13 +264,8 @@ pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
-    // Columns added since the first release.
-    if conn
-        .prepare("SELECT last_seen FROM devices LIMIT 0")
-        .is_err()
-    {
-        conn.execute_batch("ALTER TABLE devices ADD COLUMN last_seen INTEGER")?;
-    }
+    // Columns added since the first release, for a store made before them.
+    add_column(&conn, "devices", "last_seen INTEGER")?;
     Ok(conn)
 }
 
@@ -2135,6 +2142,28 @@ mod tests {
             .conn
             .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
             .expect("count")
+    }
+
+    /// A store made before `devices.last_seen` gains it; adding it again
+    /// (a second process racing the first) is not an error.
+    #[test]
+    fn an_old_store_gains_new_columns_even_when_two_processes_open_it() {
+        let d = dir("migrate");
+        {
+            let c = Connection::open(d.join("sitrep.db")).expect("open");
+            c.execute_batch(
+                "CREATE TABLE devices (device_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, display_name TEXT NOT NULL, role TEXT NOT NULL, token_hash BLOB NOT NULL UNIQUE, signature_key BLOB NOT NULL, credential BLOB NOT NULL, created_at INTEGER NOT NULL, revoked_at INTEGER, revocation_done INTEGER NOT NULL DEFAULT 0, cursor INTEGER NOT NULL DEFAULT 0);",
+            )
+            .expect("old schema");
+        }
+        let c = connect(&d).expect("migrated");
+        c.prepare("SELECT last_seen FROM devices")
+            .expect("the new column");
+        // The race: both add it.
+        add_column(&c, "devices", "x INTEGER").expect("first");
+        add_column(&c, "devices", "x INTEGER").expect("second finds it there");
+        connect(&d).expect("opens again");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
