@@ -370,19 +370,7 @@ fn admin_lists_users_and_devices_and_disables_a_leaver() {
     let (_server, url) = serve(&d);
     let profiles = TempDir::new("leaver-profiles");
     let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
-    for u in ["alice", "bob"] {
-        enrol(&d, &url, &prof(u), u);
-    }
-    ok(&[
-        "--profile",
-        &prof("alice"),
-        "chat",
-        "create",
-        "ward",
-        "--members",
-        "bob",
-    ]);
-    ok(&["--profile", &prof("bob"), "sync"]);
+    common::alice_and_bob_in_ward(PASS, &d, &url, prof);
     let spare = common::cli_invite(PASS, &d, "bob");
     let users = ok(&["admin", "users", "--data", &d]);
     let bob_row = users
@@ -477,15 +465,7 @@ fn the_server_logs_start_and_shutdown_plainly_or_as_json() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("serve");
-        let mut up = false;
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                up = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        assert!(up, "the server started");
+        assert!(common::listening(port), "the server started");
         let killed = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
@@ -543,15 +523,7 @@ fn serve_takes_its_settings_from_a_config_file_and_refuses_unknown_keys() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("serve");
-    let mut up = false;
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    assert!(up, "listening where the file says");
+    assert!(common::listening(port), "listening where the file says");
     assert!(d.join("org.key").exists(), "the file's data directory");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

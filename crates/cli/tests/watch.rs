@@ -135,19 +135,7 @@ fn watch_is_live_and_other_commands_work_beside_it_through_a_server_restart() {
     let url = format!("http://127.0.0.1:{port}");
     let mut server = serve_on(&d, port);
     let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
-    for u in ["alice", "bob"] {
-        enrol(&d, &url, &prof(u), u);
-    }
-    ok(&[
-        "--profile",
-        &prof("alice"),
-        "chat",
-        "create",
-        "ward",
-        "--members",
-        "bob",
-    ]);
-    ok(&["--profile", &prof("bob"), "sync"]);
+    common::alice_and_bob_in_ward(PASS, &d, &url, prof);
 
     let mut w = Watching::start(&prof("bob"), "ward");
     // A push, not a poll: well within the fallback poll's 30 s.
@@ -387,19 +375,7 @@ fn watch_locks_when_idle_and_shows_nothing_until_unlocked() {
     let url = format!("http://127.0.0.1:{port}");
     let _server = serve_on(&d, port);
     let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
-    for u in ["alice", "bob"] {
-        enrol(&d, &url, &prof(u), u);
-    }
-    ok(&[
-        "--profile",
-        &prof("alice"),
-        "chat",
-        "create",
-        "ward",
-        "--members",
-        "bob",
-    ]);
-    ok(&["--profile", &prof("bob"), "sync"]);
+    common::alice_and_bob_in_ward(PASS, &d, &url, prof);
     let mut w = Watching::start_with(&prof("bob"), "ward", &[("SITREP_IDLE_LOCK_SECS", "2")]);
     w.expect("watching", Duration::from_secs(10));
     w.expect("locked (idle)", Duration::from_secs(10));

@@ -2404,17 +2404,10 @@ fn device_entry(payload: &[u8]) -> Result<(String, String), Error> {
 /// The kinds an item can be queued (again) under: any but a transfer
 /// (whose body is the transferred message's id, not its content).
 fn kind_from_name(name: &str) -> Option<Kind> {
-    Some(match name {
-        "text" => Kind::Text,
-        "incident" => Kind::Incident,
-        "callin" => Kind::Callin,
-        "alert" => Kind::Alert,
-        "ack" => Kind::Ack,
-        "receipt" => Kind::Receipt,
-        "decision" => Kind::Decision,
-        "casualty" => Kind::Casualty,
-        _ => return None,
-    })
+    match name {
+        "text" => Some(Kind::Text),
+        other => crate::incident::structured_kind(other),
+    }
 }
 
 fn kind_name(kind: &Kind) -> &'static str {

@@ -183,13 +183,39 @@ pub fn serve_on(d: &str, port: u16) -> Served {
         .spawn()
         .expect("serve");
     let served = Served(server);
+    assert!(listening(port), "server did not start");
+    served
+}
+
+/// Whether something accepts connections on loopback `port` within 10 s.
+pub fn listening(port: u16) -> bool {
     for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return served;
+            return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    panic!("server did not start");
+    false
+}
+
+/// Alice and Bob enrolled (with `enrol`), in conversation "ward" that Alice
+/// created, Bob synced into it.
+pub fn alice_and_bob_in_ward(passcode: &str, d: &str, url: &str, prof: impl Fn(&str) -> String) {
+    for u in ["alice", "bob"] {
+        cli_enrol(passcode, d, url, &prof(u), u);
+    }
+    let create = [
+        "--profile",
+        &prof("alice"),
+        "chat",
+        "create",
+        "ward",
+        "--members",
+        "bob",
+    ];
+    cli_ok(cli(passcode, &create), &create);
+    let sync = ["--profile", &prof("bob"), "sync"];
+    cli_ok(cli(passcode, &sync), &sync);
 }
 
 /// The `sitrep` binary as a script runs it: the passcode from the
