@@ -724,6 +724,28 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: AdminUserCmd,
     },
+    /// Copy the store to a new file, consistent as of one moment, while the
+    /// server runs. The organisation key (org.key) is not in it: keep that
+    /// safe on its own.
+    Backup {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// The file to write (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup in place of the store (the server stopped; the data
+    /// directory initialised with the same organisation key). The replaced
+    /// store is kept as sitrep.db.before-restore.
+    Restore {
+        /// Data directory of the server.
+        #[arg(long, default_value = "sitrep-data")]
+        data: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// The organisation's signed device policy.
     Policy {
         #[command(subcommand)]
@@ -2128,6 +2150,29 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             sitrep_cli::wipe_device(&p, &device).await?;
             println!(
                 "device {device} revoked: it is removed from its conversations and wipes itself when it next connects"
+            );
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Backup { data, out },
+        } => {
+            let b = sitrep_server::backup(&data, &out)?;
+            println!(
+                "backup written to {} ({} bytes, through position {} of the log, organisation {})",
+                out.display(),
+                b.bytes,
+                b.last_seq,
+                b.org_fingerprint
+            );
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Restore { data, from },
+        } => {
+            let b = sitrep_server::restore(&data, &from)?;
+            println!(
+                "restored {} (taken {}, through position {} of the log); start the server again",
+                from.display(),
+                fmt_time(b.taken_at.saturating_mul(1000)),
+                b.last_seq
             );
         }
         Cmd::Admin {

@@ -534,3 +534,95 @@ fn serve_takes_its_settings_from_a_config_file_and_refuses_unknown_keys() {
     let first = log.lines().next().expect("a log line");
     serde_json::from_str::<serde_json::Value>(first).expect("the file's log format: json");
 }
+
+/// A backup taken while the server runs and messages are being sent, then
+/// restored: every message acknowledged before the backup is there; the
+/// log's positions never go back (a device that saw later ones still
+/// receives what comes after the restore); a restore is refused while the
+/// server runs and for another organisation's directory.
+#[test]
+fn backup_under_load_then_restore_keeps_every_acknowledged_message() {
+    let data = TempDir::new("backup-data");
+    let d = data.path().join("trust");
+    let d = d.to_str().expect("path").to_string();
+    let out = data.path().join("backup.db");
+    let out = out.to_str().expect("path").to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = serve_on(&d, port);
+    let profiles = TempDir::new("backup-profiles");
+    let prof = |u: &str| profiles.path().join(u).to_str().expect("path").to_string();
+    common::alice_and_bob_in_ward(PASS, &d, &url, prof);
+    let before: Vec<String> = (0..6).map(|i| format!("before backup {i}")).collect();
+    for t in &before {
+        ok(&["--profile", &prof("alice"), "send", "ward", t]);
+    }
+    // Under load: Alice keeps sending while the backup is taken.
+    let alice = prof("alice");
+    let load = std::thread::spawn(move || {
+        for i in 0..4 {
+            let _ = common::cli(
+                PASS,
+                &["--profile", &alice, "send", "ward", &format!("during {i}")],
+            )
+            .output();
+        }
+    });
+    let b = ok(&["admin", "backup", "--data", &d, "--out", &out]);
+    assert!(b.contains("backup written"), "{b}");
+    load.join().expect("load");
+    // Bob sees everything, including what came after the backup (so his
+    // device has seen positions the backup does not hold).
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "ward",
+        "after the backup",
+    ]);
+    ok(&["--profile", &prof("bob"), "sync"]);
+    let refused = sitrep(&["admin", "restore", "--data", &d, "--from", &out]);
+    assert!(!refused.status.success(), "not while the server runs");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it"));
+    let other = TempDir::new("backup-other");
+    let o = other.path().to_str().expect("path");
+    ok(&["init", "--data", o, "--org", "Another Trust"]);
+    let wrong = sitrep(&["admin", "restore", "--data", o, "--from", &out]);
+    assert!(!wrong.status.success(), "another organisation");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("another organisation"));
+
+    drop(server);
+    let r = ok(&["admin", "restore", "--data", &d, "--from", &out]);
+    assert!(r.contains("restored"), "{r}");
+    let _server = serve_on(&d, port);
+    ok(&[
+        "--profile",
+        &prof("alice"),
+        "send",
+        "ward",
+        "after the restore",
+    ]);
+    ok(&["--profile", &prof("bob"), "sync"]);
+    let hist = ok(&["--profile", &prof("bob"), "history", "ward", "--json"]);
+    let texts: Vec<String> = hist
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .filter(|v| v["kind"] == "text")
+        .map(|v| v["body"].as_str().expect("body").to_string())
+        .collect();
+    for t in &before {
+        assert!(
+            texts.contains(t),
+            "{t} acknowledged before the backup: {texts:?}"
+        );
+    }
+    assert!(
+        texts.iter().any(|t| t == "after the restore"),
+        "positions did not go back: {texts:?}"
+    );
+    let audit = ok(&["admin", "audit", "show", "--data", &d]);
+    assert!(
+        audit.contains("backup") && audit.contains("restore"),
+        "{audit}"
+    );
+}

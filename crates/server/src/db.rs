@@ -2021,6 +2021,194 @@ pub fn disable_user(dir: &Path, user_id: &str) -> Result<Option<Disabled>, rusql
     })
 }
 
+/// The lock a running server holds on its data directory.
+pub(crate) fn serve_lock(dir: &Path) -> Result<std::fs::File, crate::ServeError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("serve.lock"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(crate::ServeError::Io(format!(
+            "a sitrep server is already running on {}",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Backup {
+    /// The organisation it belongs to (its key's fingerprint).
+    pub org_fingerprint: String,
+    /// When it was taken (seconds).
+    pub taken_at: u64,
+    /// The last position in the log it holds.
+    pub last_seq: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+fn admin_err(e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
+}
+
+/// Copy the store to `out`, consistent as of one moment, while the server
+/// runs (`VACUUM INTO` reads one snapshot of the WAL database). The copy
+/// is stamped with its organisation's fingerprint, and the backup is in the
+/// audit log. The organisation key is not in it: keep `org.key` safe on its
+/// own (a restore needs a data directory initialised with it).
+pub fn backup(dir: &Path, out: &Path) -> Result<Backup, rusqlite::Error> {
+    let org = crate::org::Org::open(dir).map_err(admin_err)?;
+    if out.exists() {
+        return Err(admin_err(format!(
+            "{} exists: a backup never overwrites a file",
+            out.display()
+        )));
+    }
+    let path = out
+        .to_str()
+        .ok_or_else(|| admin_err("the backup path is not UTF-8"))?;
+    // In the audit log before the copy, so the backup holds its own entry.
+    let taken_at = crate::now_secs();
+    admin_tx(dir, |tx, key| {
+        crate::audit::append_in(tx, key, &admin_actor(), "backup", "", taken_at)
+    })?;
+    let conn = connect(dir)?;
+    conn.execute("VACUUM INTO ?1", [path])?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o600)).map_err(admin_err)?;
+    }
+    let b = Connection::open(out)?;
+    b.execute_batch(
+        "CREATE TABLE backup_info (org_fingerprint TEXT NOT NULL, taken_at INTEGER NOT NULL)",
+    )?;
+    b.execute(
+        "INSERT INTO backup_info VALUES (?1, ?2)",
+        params![org.fingerprint(), taken_at as i64],
+    )?;
+    let last_seq: i64 = b.query_row("SELECT COALESCE(MAX(seq), 0) FROM sent_log", [], |r| {
+        r.get(0)
+    })?;
+    drop(b);
+    let bytes = std::fs::metadata(out).map_err(admin_err)?.len();
+    Ok(Backup {
+        org_fingerprint: org.fingerprint(),
+        taken_at,
+        last_seq: last_seq as u64,
+        bytes,
+    })
+}
+
+/// How far above a backup's last position a restore without the replaced
+/// store starts numbering (more entries than any trust writes between a
+/// backup and losing its store).
+const RESTORE_GAP: i64 = 1_000_000_000;
+
+/// Put a backup in place of the store in `dir`, which must be initialised
+/// with the same organisation key and have no server running. The old store
+/// is kept beside it (`sitrep.db.before-restore`).
+pub fn restore(dir: &Path, from: &Path) -> Result<Backup, rusqlite::Error> {
+    let org = crate::org::Org::open(dir).map_err(admin_err)?;
+    let _running = serve_lock(dir).map_err(|_| {
+        admin_err(format!(
+            "a sitrep server is running on {}: stop it before restoring",
+            dir.display()
+        ))
+    })?;
+    let (fingerprint, taken_at, last_seq) = {
+        let b = Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let (fp, at): (String, i64) = b
+            .query_row(
+                "SELECT org_fingerprint, taken_at FROM backup_info",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|_| admin_err(format!("{} is not a Sitrep backup", from.display())))?;
+        let ok: String = b.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if ok != "ok" {
+            return Err(admin_err(format!("{} is damaged: {ok}", from.display())));
+        }
+        let last: i64 = b.query_row("SELECT COALESCE(MAX(seq), 0) FROM sent_log", [], |r| {
+            r.get(0)
+        })?;
+        (fp, at as u64, last as u64)
+    };
+    if fingerprint != org.fingerprint() {
+        return Err(admin_err(format!(
+            "the backup is of another organisation (key {fingerprint}), not the one in {} ({})",
+            dir.display(),
+            org.fingerprint()
+        )));
+    }
+    let live = dir.join("sitrep.db");
+    let tmp = dir.join("sitrep.db.restoring");
+    std::fs::copy(from, &tmp).map_err(admin_err)?;
+    // Positions in the log must never go back: a device that saw position
+    // n skips anything numbered n or below. New entries continue above the
+    // store being replaced (or, without it, far above the backup's).
+    let next_of = |c: &Connection| -> Option<i64> {
+        c.query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+            r.get(0)
+        })
+        .ok()
+    };
+    let live_next = Connection::open_with_flags(&live, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()
+        .and_then(|c| next_of(&c));
+    {
+        let t = Connection::open(&tmp)?;
+        let backup_next = next_of(&t).unwrap_or(1).max(last_seq as i64 + 1);
+        let next = match live_next {
+            Some(n) => n.max(backup_next),
+            None => backup_next + RESTORE_GAP,
+        };
+        t.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)",
+            [next],
+        )?;
+        t.execute_batch("DROP TABLE backup_info")?;
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(admin_err)?;
+    if live.exists() {
+        // Fold the old store's log into it first, so the kept copy is whole.
+        if let Ok(c) = Connection::open(&live) {
+            let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        }
+        std::fs::rename(&live, dir.join("sitrep.db.before-restore")).map_err(admin_err)?;
+    }
+    for f in ["sitrep.db-wal", "sitrep.db-shm"] {
+        match std::fs::remove_file(dir.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(admin_err(e)),
+            _ => {}
+        }
+    }
+    std::fs::rename(&tmp, &live).map_err(admin_err)?;
+    let bytes = std::fs::metadata(&live).map_err(admin_err)?.len();
+    admin_tx(dir, |tx, key| {
+        crate::audit::append_in(
+            tx,
+            key,
+            &admin_actor(),
+            "restore",
+            &format!("last_seq={last_seq} taken_at={taken_at}"),
+            crate::now_secs(),
+        )
+    })?;
+    Ok(Backup {
+        org_fingerprint: fingerprint,
+        taken_at,
+        last_seq,
+        bytes,
+    })
+}
+
 /// Run an admin change and its audit entry in one transaction on the store
 /// in `dir`, with the organisation key kept there.
 fn admin_tx<T>(

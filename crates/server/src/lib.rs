@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use db::{
-    Db, DeviceAdminRow, Disabled, UserRow, admin_actor, audit_dir, audit_entries, audit_verify,
-    create_invite, disable_user, list_devices, list_users, revoke_device, set_policy, show_policy,
+    Backup, Db, DeviceAdminRow, Disabled, UserRow, admin_actor, audit_dir, audit_entries,
+    audit_verify, backup, create_invite, disable_user, list_devices, list_users, restore,
+    revoke_device, set_policy, show_policy,
 };
 pub use error::ApiErr;
 
@@ -169,6 +170,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let org = org::Org::open(&config.data_dir)?;
+    // One server per data directory, held while it runs (a restore checks it).
+    let _running = db::serve_lock(&config.data_dir)?;
     let db = Db::open(&config.data_dir)?;
     let state = Arc::new(AppState {
         db,
