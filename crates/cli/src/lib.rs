@@ -233,15 +233,7 @@ impl Profile {
     /// [`sitrep_core::store::ProfileStore::write_lazy`]).
     pub fn save_lazy(&mut self) -> anyhow::Result<()> {
         let changes = self.changes();
-        if self.lock.is_none() {
-            self.client.persist_unknown();
-            bail!("internal: the profile was saved without its lock");
-        }
-        if let Err(e) = self.store.write_lazy(&changes) {
-            self.client.persist_unknown();
-            return Err(e.into());
-        }
-        Ok(())
+        self.write_with(&changes, true)
     }
 
     /// What changed since the last write, sealed ([`Client::changes`]).
@@ -252,11 +244,24 @@ impl Profile {
     /// Write changes taken from the client ([`Client::changes`]) in one
     /// transaction; on failure the next write is a complete one.
     pub fn write(&mut self, changes: &sitrep_core::persist::Changes) -> anyhow::Result<()> {
+        self.write_with(changes, false)
+    }
+
+    fn write_with(
+        &mut self,
+        changes: &sitrep_core::persist::Changes,
+        lazy: bool,
+    ) -> anyhow::Result<()> {
         if self.lock.is_none() {
             self.client.persist_unknown();
             bail!("internal: the profile was saved without its lock");
         }
-        if let Err(e) = self.store.write(changes) {
+        let written = if lazy {
+            self.store.write_lazy(changes)
+        } else {
+            self.store.write(changes)
+        };
+        if let Err(e) = written {
             self.client.persist_unknown();
             return Err(e.into());
         }

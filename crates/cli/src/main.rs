@@ -2133,7 +2133,7 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                     println!(
                         "{}\t{state}\tenrolled {}{me}",
                         d.device_id,
-                        fmt_time(d.enrolled_at.saturating_mul(1000))
+                        fmt_secs(d.enrolled_at)
                     );
                 }
             }
@@ -2171,7 +2171,7 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             println!(
                 "restored {} (taken {}, through position {} of the log); start the server again",
                 from.display(),
-                fmt_time(b.taken_at.saturating_mul(1000)),
+                fmt_secs(b.taken_at),
                 b.last_seq
             );
         }
@@ -2180,9 +2180,7 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
         } => {
             let users = sitrep_server::list_users(&data)?;
             if json {
-                for u in &users {
-                    println!("{}", serde_json::to_string(u)?);
-                }
+                print_json_lines(&users)?;
             } else {
                 let mut rows = vec![[
                     "USER".to_string(),
@@ -2208,8 +2206,7 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                         u.display_name.clone(),
                         u.role.clone(),
                         devices,
-                        u.last_seen
-                            .map_or_else(|| "never".into(), |t| fmt_time(t.saturating_mul(1000))),
+                        fmt_seen(u.last_seen),
                     ]);
                 }
                 print_columns(&rows);
@@ -2220,9 +2217,7 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
         } => {
             let devices = sitrep_server::list_devices(&data, user.as_deref())?;
             if json {
-                for d in &devices {
-                    println!("{}", serde_json::to_string(d)?);
-                }
+                print_json_lines(&devices)?;
             } else {
                 let mut rows = vec![[
                     "DEVICE".to_string(),
@@ -2235,12 +2230,11 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                     rows.push([
                         d.device_id.clone(),
                         d.user_id.clone(),
-                        fmt_time(d.enrolled_at.saturating_mul(1000)),
-                        d.last_seen
-                            .map_or_else(|| "never".into(), |t| fmt_time(t.saturating_mul(1000))),
+                        fmt_secs(d.enrolled_at),
+                        fmt_seen(d.last_seen),
                         d.revoked_at.map_or_else(
                             || "active".into(),
-                            |t| format!("revoked {}", fmt_time(t.saturating_mul(1000))),
+                            |t| format!("revoked {}", fmt_secs(t)),
                         ),
                     ]);
                 }
@@ -2401,6 +2395,24 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             let _ = tokio::signal::ctrl_c().await;
         })
     }
+}
+
+/// A time given in seconds, in local time.
+fn fmt_secs(secs: u64) -> String {
+    fmt_time(secs.saturating_mul(1000))
+}
+
+/// When last seen (seconds), or never.
+fn fmt_seen(secs: Option<u64>) -> String {
+    secs.map_or_else(|| "never".into(), fmt_secs)
+}
+
+/// One JSON object per line.
+fn print_json_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
+    for i in items {
+        println!("{}", serde_json::to_string(i)?);
+    }
+    Ok(())
 }
 
 /// Rows in aligned columns (the last one not padded).
