@@ -159,7 +159,16 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 struct Server {
     dir: PathBuf,
     url: String,
+    /// The private CA its TLS certificate chains to, when it speaks TLS.
+    ca: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Server {
+    /// A client of this server, trusting its CA.
+    fn remote(&self, token: Option<&str>) -> anyhow::Result<Remote> {
+        Remote::with_ca(&self.url, token, self.ca.as_deref())
+    }
 }
 
 impl Drop for Server {
@@ -172,11 +181,27 @@ impl Drop for Server {
 }
 
 async fn start_server(tune: impl FnOnce(&mut sitrep_server::Config)) -> anyhow::Result<Server> {
+    start_server_tls(false, tune).await
+}
+
+/// The server, over TLS (a certificate from a CA made here, for
+/// `localhost`) or plain HTTP.
+async fn start_server_tls(
+    tls: bool,
+    tune: impl FnOnce(&mut sitrep_server::Config),
+) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("sitrep-bench-{}", hex::encode(rand16())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let port = listener.local_addr()?.port();
     sitrep_server::org::Org::open_or_create(&dir, Some("Bench Trust"))?;
     let mut config = sitrep_server::Config::new(&dir);
+    let (url, ca) = if tls {
+        let made = crate::tls::make_private_ca(&dir.join("tls"), &["localhost"])?;
+        config.tls = Some(made.files);
+        (format!("https://localhost:{port}"), Some(made.ca_pem))
+    } else {
+        (format!("http://127.0.0.1:{port}"), None)
+    };
     tune(&mut config);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -185,12 +210,13 @@ async fn start_server(tune: impl FnOnce(&mut sitrep_server::Config)) -> anyhow::
         })
         .await;
     });
-    let r = Remote::new(&url, None);
+    let r = Remote::with_ca(&url, None, ca.as_deref())?;
     for _ in 0..200 {
         if r.get::<api::Health>("/healthz").await.is_ok() {
             return Ok(Server {
                 dir,
                 url,
+                ca,
                 stop: Some(tx),
             });
         }
@@ -216,12 +242,15 @@ async fn device(
 ) -> anyhow::Result<Client> {
     let code = sitrep_server::create_invite(&server.dir, user, user, "bench", 3600)?;
     let pending = PendingEnrolment::new(cs)?;
-    let resp: api::EnrolResponse = Remote::new(&server.url, None)
+    let resp: api::EnrolResponse = server
+        .remote(None)?
         .post("/v1/enrol", &pending.enrol_request(&code)?)
         .await?;
     let mut c = pending.finish(&server.url, resp)?;
+    c.set_server_ca(server.ca.clone());
     let up = c.key_packages(kps)?;
-    let _: api::KeyPackageCount = Remote::new(&server.url, Some(c.token()))
+    let _: api::KeyPackageCount = server
+        .remote(Some(c.token()))?
         .post("/v1/keypackages", &up)
         .await?;
     c.last_resort_uploaded();
@@ -235,7 +264,7 @@ async fn conversation(
     name: &str,
     users: &[String],
 ) -> anyhow::Result<String> {
-    let r = Remote::new(&server.url, Some(sender.token()));
+    let r = server.remote(Some(sender.token()))?;
     let (gid, req) = sender.create_conversation(name, "off")?;
     let _: serde_json::Value = r.post("/v1/groups", &req).await?;
     let (kps, _) = crate::claim_key_packages(&r, users).await?;
@@ -273,7 +302,7 @@ async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> any
     let mut a = device(&server, "alice", cs, 2).await?;
     let _b = device(&server, "bob", cs, 2 + history.len()).await?;
     let gid = conversation(&server, &mut a, "bench", &["bob".to_string()]).await?;
-    let r = Remote::new(&server.url, Some(a.token()));
+    let r = server.remote(Some(a.token()))?;
     let path = format!("/v1/groups/{gid}/messages");
     let outs: Vec<_> = (0..count)
         .map(|i| {
@@ -334,7 +363,7 @@ async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> any
         let mut lat = Vec::with_capacity(client_count);
         let mut written = Vec::with_capacity(client_count);
         let mut parts: [Vec<f64>; 4] = Default::default();
-        let r = r_for(&p);
+        let r = r_for(&p)?;
         let path = format!("/v1/groups/{gid}/messages");
         let t0 = Instant::now();
         for i in 0..client_count {
@@ -520,7 +549,7 @@ async fn bench_watch(messages: usize) -> anyhow::Result<()> {
         }
         bail!("{marker:?} was not shown")
     };
-    let r = Remote::new(&server.url, Some(a.token()));
+    let r = server.remote(Some(a.token()))?;
     let path = format!("/v1/groups/{gid}/messages");
     let mut lat = Vec::with_capacity(messages);
     for i in 0..=messages {
@@ -553,7 +582,7 @@ async fn bench_catchup(messages: usize, convs: usize, rounds: usize) -> anyhow::
         gids.push(conversation(&server, &mut a, &format!("ward {c}"), &["bob".to_string()]).await?);
     }
     crate::sync(&mut bob).await?;
-    let r = Remote::new(&server.url, Some(a.token()));
+    let r = server.remote(Some(a.token()))?;
     let mut times = Vec::new();
     for round in 0..rounds {
         // Bob is offline: Alice writes round robin over the conversations,
@@ -604,8 +633,8 @@ async fn bench_catchup(messages: usize, convs: usize, rounds: usize) -> anyhow::
     Ok(())
 }
 
-fn r_for(p: &crate::Profile) -> Remote {
-    Remote::new(p.client.server(), Some(p.client.token()))
+fn r_for(p: &crate::Profile) -> anyhow::Result<Remote> {
+    p.remote()
 }
 
 async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::Result<()> {
@@ -632,11 +661,12 @@ async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::
     // the Welcome (acknowledged over HTTP, never downloaded): with thousands of
     // members it is megabytes per device, all held in this one process.
     if let Some(first) = tokens.first() {
-        let r = Remote::new(&server.url, Some(first));
+        let r = server.remote(Some(first))?;
         let inbox: api::InboxResponse = r.get("/v1/inbox?after=0&limit=1").await?;
         let up_to = inbox.entries.first().map_or(0, |e| e.seq);
         for t in &tokens {
-            let _: serde_json::Value = Remote::new(&server.url, Some(t))
+            let _: serde_json::Value = server
+                .remote(Some(t))?
                 .post("/v1/inbox/ack", &api::AckRequest { up_to })
                 .await?;
         }
@@ -655,15 +685,12 @@ async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::
         Arc::new((0..total_msgs).map(|_| AtomicU64::new(0)).collect());
     let delivered = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
-    let ws_url = server.url.replacen("http://", "ws://", 1) + "/v1/ws";
     let mut tasks = Vec::new();
     let ready = Arc::new(AtomicU64::new(0));
     for token in tokens {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        let mut req = ws_url.as_str().into_client_request()?;
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        let ws = server
+            .remote(Some(&token))?
+            .ws("/v1/ws", Duration::from_secs(30))
             .await
             .context("websocket")?;
         // Connected past the skipped Welcome: what is published from now on
@@ -720,7 +747,7 @@ async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::
     while ready.load(Ordering::Relaxed) < receivers as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = Remote::new(&server.url, Some(sender.token()));
+    let r = server.remote(Some(sender.token()))?;
     let path = format!("/v1/groups/{gid}/messages");
     let outs: Vec<_> = (0..total_msgs)
         .map(|i| sender.encrypt_text("fanout", &format!("major incident update {i}"), 0))
@@ -822,7 +849,7 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
         device(&server, &u, cs, 1).await?;
         users.push(u);
     }
-    let r = Remote::new(&server.url, Some(sender.token()));
+    let r = server.remote(Some(sender.token()))?;
     let (gid, req) = sender.create_conversation("commits", "off")?;
     let _: serde_json::Value = r.post("/v1/groups", &req).await?;
     // Added in batches, as incidents do: every add is itself validated.
@@ -915,7 +942,7 @@ async fn bench_status(members: usize, queries: usize) -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let gid = conversation(&server, &mut sender, "status", &users).await?;
-    let r = Remote::new(&server.url, Some(sender.token()));
+    let r = server.remote(Some(sender.token()))?;
     let out = sender.encrypt_text("status", "who has not seen this?", 0)?;
     let sent: api::SendResponse = r
         .post(&format!("/v1/groups/{gid}/messages"), &out.request)
@@ -924,9 +951,10 @@ async fn bench_status(members: usize, queries: usize) -> anyhow::Result<()> {
     let half = others.len() / 2;
     futures_util::stream::iter(others.iter().take(half).enumerate())
         .map(|(i, c)| {
-            let r = Remote::new(&server.url, Some(c.token()));
+            let r = server.remote(Some(c.token()));
             let gid = gid.clone();
             async move {
+                let r = r?;
                 let _: serde_json::Value = r
                     .post("/v1/inbox/ack", &api::AckRequest { up_to: sent.seq })
                     .await?;
@@ -1021,7 +1049,7 @@ async fn bench_tally(replies: usize) -> anyhow::Result<()> {
                 let (url, done) = (url.clone(), done.clone());
                 // A task each, so the joins use both cores.
                 let task = tokio::spawn(async move {
-                    let r = Remote::new(&url, Some(c.token()));
+                    let r = Remote::new(&url, Some(c.token()))?;
                     let d: serde_json::Value = r.get("/v1/directory").await?;
                     let b64 = d["directory"].as_str().context("no directory")?;
                     c.apply_directory(&sitrep_wire::b64::decode(b64).context("base64")?)?;

@@ -34,6 +34,21 @@ pub struct File {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// TLS.
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificate chain, PEM, leaf first (re-read on SIGHUP).
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key: Option<PathBuf>,
+    /// Plain HTTP on a non-loopback address (behind a TLS-terminating proxy).
+    pub plain_http: Option<bool>,
 }
 
 /// `[limits]`.
@@ -115,6 +130,9 @@ const KEYS: &[(&str, &str)] = &[
     ("timeouts", "body_read_secs"),
     ("log", "level"),
     ("log", "format"),
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("tls", "plain_http"),
 ];
 
 /// The environment variable for a key.
@@ -228,6 +246,17 @@ impl File {
         if let Some(p) = &self.trusted_proxies {
             c.trusted_proxies = p.clone();
         }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => {
+                c.tls = Some(sitrep_server::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                });
+            }
+            (None, None) => {}
+            _ => bail!("tls.cert and tls.key go together"),
+        }
+        c.plain_http = self.tls.plain_http.unwrap_or(false);
         if c.max_message > c.max_body {
             bail!(
                 "limits.max_message_bytes ({}) is larger than limits.max_body_bytes ({})",
@@ -248,11 +277,14 @@ mod tests {
     #[test]
     fn the_documented_example_parses_and_every_key_is_known() {
         let doc = include_str!("../../../docs/configuration.md");
-        let example = doc
+        let mut examples = doc
             .split("```toml")
-            .nth(1)
-            .and_then(|s| s.split("```").next())
+            .skip(1)
+            .filter_map(|s| s.split("```").next());
+        let example = examples
+            .next()
             .expect("an example in docs/configuration.md");
+        let production = examples.next().expect("a production example");
         let dir = std::env::temp_dir().join(format!("sitrep-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("sitrep.toml");
@@ -261,11 +293,22 @@ mod tests {
         let c = f.server_config(PathBuf::from("d")).expect("valid");
         assert_eq!(c.rate_per_sec, 2_000.0);
         for (section, key) in KEYS {
+            // A key without a default is shown commented out.
             assert!(
-                example.contains(&format!("\n{key} =")),
+                example.contains(&format!("\n{key} ="))
+                    || example.contains(&format!("\n# {key} =")),
                 "{section}.{key} is in the example"
             );
         }
+        assert!(c.tls.is_none() && !c.plain_http);
+        std::fs::write(&path, production).expect("write");
+        let f = File::load(Some(&path), |_| None).expect("the production example parses");
+        let c = f.server_config(PathBuf::from("d")).expect("valid");
+        assert!(c.tls.is_some());
+        // A certificate without its key is refused.
+        std::fs::write(&path, "[tls]\ncert = \"c.pem\"\n").expect("write");
+        let f = File::load(Some(&path), |_| None).expect("parses");
+        assert!(f.server_config(PathBuf::from("d")).is_err());
         // Unknown keys are errors, in the file and in a section.
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_adress = \"x\"\n").expect("write");
         let e = File::load(Some(&path), |_| None).expect_err("unknown key");

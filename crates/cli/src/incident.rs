@@ -356,7 +356,7 @@ pub async fn casualty(p: &mut Profile, conv: &str, c: Casualty) -> anyhow::Resul
 pub async fn role_change(p: &mut Profile, role: &str, take: bool) -> anyhow::Result<()> {
     let verb = if take { "take" } else { "handback" };
     let _: serde_json::Value = p
-        .remote()
+        .remote()?
         .post(&format!("/v1/roles/{role}/{verb}"), &())
         .await?;
     sync(p).await?;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod drill;
 pub mod incident;
 pub mod records;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -268,8 +269,13 @@ impl Profile {
         Ok(())
     }
 
-    fn remote(&self) -> Remote {
-        Remote::new(self.client.server(), Some(self.client.token()))
+    /// A client of this profile's server, with its token and trust.
+    pub fn remote(&self) -> anyhow::Result<Remote> {
+        Remote::with_ca(
+            self.client.server(),
+            Some(self.client.token()),
+            self.client.server_ca(),
+        )
     }
 }
 
@@ -289,20 +295,67 @@ pub struct Remote {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    trust: tls::Trust,
 }
 
+/// A WebSocket to the server.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 impl Remote {
-    /// A client for `base` (e.g. `http://127.0.0.1:8448`).
-    pub fn new(base: &str, token: Option<&str>) -> Self {
+    /// A client for `base` (`https://sitrep.example.nhs.uk:8448`, or
+    /// `http://127.0.0.1:8448` on this machine), trusting the system's roots.
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        Self::with_ca(base, token, None)
+    }
+
+    /// A client that also trusts a private CA (PEM). Plain HTTP is refused
+    /// to anything but loopback ([`tls::check_url`]).
+    pub fn with_ca(base: &str, token: Option<&str>, ca_pem: Option<&str>) -> anyhow::Result<Self> {
+        tls::check_url(base)?;
+        let trust = tls::trust(ca_pem)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .use_preconfigured_tls((*trust.http).clone())
+            // A redirect could lead to plain HTTP elsewhere: the API has none.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .expect("a plain HTTP client builds");
-        Self {
+            .context("cannot set up HTTPS")?;
+        Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
             token: token.map(String::from),
+            trust,
+        })
+    }
+
+    /// The server's address.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Open the WebSocket at `path` (`/v1/ws`), with this client's token
+    /// and trust, within `timeout`.
+    pub async fn ws(&self, path: &str, timeout: Duration) -> anyhow::Result<Ws> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let url = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}{path}")
+        } else {
+            format!("ws://{}{path}", self.base.trim_start_matches("http://"))
+        };
+        let mut req = url.as_str().into_client_request()?;
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse()?);
         }
+        let connector = tokio_tungstenite::Connector::Rustls(self.trust.ws.clone());
+        let (ws, _) = tokio::time::timeout(
+            timeout,
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)),
+        )
+        .await
+        .context("timed out")??;
+        Ok(ws)
     }
 
     async fn call<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -409,8 +462,21 @@ pub async fn enrol(
     passcode: &str,
     cs: impl Into<Option<Ciphersuite>>,
 ) -> anyhow::Result<Profile> {
+    enrol_with_ca(dir, server, code, passcode, cs, None).await
+}
+
+/// [`enrol`] with a server whose certificate chains to a private CA (PEM,
+/// [`tls::read_ca`]), which the profile keeps for every later request.
+pub async fn enrol_with_ca(
+    dir: &Path,
+    server: &str,
+    code: &str,
+    passcode: &str,
+    cs: impl Into<Option<Ciphersuite>>,
+    ca_pem: Option<String>,
+) -> anyhow::Result<Profile> {
     let invite = sitrep_wire::invite::Invite::parse(code)?;
-    let remote = Remote::new(server, None);
+    let remote = Remote::with_ca(server, None, ca_pem.as_deref())?;
     // The invitation names its organisation's key: a server that offers
     // another is refused before the code leaves this device.
     let health: api::Health = remote.get("/healthz").await?;
@@ -448,6 +514,7 @@ pub async fn enrol(
         );
     }
     let mut client = pending.finish(server, resp)?;
+    client.set_server_ca(ca_pem);
     if let Some(sp) = signed_policy {
         client.apply_policy(&sp)?;
     }
@@ -496,7 +563,7 @@ pub async fn catch_up(p: &mut Profile) -> anyhow::Result<Vec<Event>> {
 /// "read" of delivery status. A conversation with nothing from the server
 /// yet is skipped.
 pub async fn mark_read(p: &Profile, names: &[String]) -> anyhow::Result<()> {
-    let remote = p.remote();
+    let remote = p.remote()?;
     for name in names {
         let conv = p.client.conversation(name)?;
         if !conv.active {
@@ -520,7 +587,7 @@ pub async fn mark_read(p: &Profile, names: &[String]) -> anyhow::Result<()> {
 pub async fn receipts(p: &Profile, name: &str) -> anyhow::Result<api::Receipts> {
     let gid = p.client.group_hex(name)?;
     let r: api::Receipts = p
-        .remote()
+        .remote()?
         .get(&format!("/v1/groups/{gid}/receipts"))
         .await?;
     Ok(r)
@@ -551,7 +618,7 @@ pub async fn message_status(p: &Profile, name: &str, id: &str) -> anyhow::Result
         bail!("message {id} has no place in the server's log yet (not sent, or a system line)");
     }
     let st: api::MessageStatus = p
-        .remote()
+        .remote()?
         .get(&format!(
             "/v1/groups/{}/status?seq={}",
             p.client.group_hex(name)?,
@@ -603,13 +670,13 @@ pub fn retryable(e: &anyhow::Error) -> bool {
 
 /// A user's devices; the first column of the CLI output is the id.
 pub async fn devices(p: &Profile) -> anyhow::Result<Vec<api::DeviceInfo>> {
-    p.remote().get("/v1/devices").await
+    p.remote()?.get("/v1/devices").await
 }
 
 /// Revoke (remote-wipe) another of this user's devices.
 pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
     let _: serde_json::Value = p
-        .remote()
+        .remote()?
         .post(&format!("/v1/devices/{device_id}/wipe"), &())
         .await?;
     Ok(())
@@ -621,7 +688,7 @@ pub async fn wipe_device(p: &Profile, device_id: &str) -> anyhow::Result<()> {
 /// out its backoffs on the real clock. This loop is the whole of the CLI's
 /// part in a sync, a commit or an outbox flush.
 pub async fn drive<T: Task + ?Sized>(p: &mut Profile, task: &mut T) -> anyhow::Result<Vec<Event>> {
-    let remote = p.remote();
+    let remote = p.remote()?;
     loop {
         let action = match task.poll(&mut p.client, now_ms()) {
             Ok(a) => a,

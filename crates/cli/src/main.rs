@@ -62,6 +62,16 @@ enum Cmd {
         /// client (for per-address limits); repeat for several.
         #[arg(long)]
         trusted_proxy: Vec<std::net::IpAddr>,
+        /// TLS certificate chain (PEM, leaf first); re-read on SIGHUP.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM); re-read on SIGHUP.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Speak plain HTTP on an address other machines reach (only behind
+        /// a reverse proxy that terminates TLS); loopback needs no flag.
+        #[arg(long)]
+        plain_http: bool,
     },
     /// Administration on the server's data directory (works while it runs).
     Admin {
@@ -70,12 +80,17 @@ enum Cmd {
     },
     /// Enrol this device with an invitation code.
     Enrol {
-        /// Server URL, e.g. http://127.0.0.1:8448
+        /// Server URL, e.g. https://sitrep.example.nhs.uk:8448 (plain
+        /// http:// only to this machine, e.g. http://127.0.0.1:8448).
         #[arg(long)]
         server: String,
         /// The code from `sitrep admin invite`.
         #[arg(long)]
         code: String,
+        /// The trust's private CA (PEM), if the server's certificate is not
+        /// from a CA the system trusts; kept in the sealed profile.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// MLS ciphersuite: `pq` or `classic` (RFC 9420's mandatory suite);
         /// by default the one the organisation's policy names (`pq` unless set).
         #[arg(long)]
@@ -647,6 +662,17 @@ enum AdminRoleCmd {
 
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// Make a private CA and a TLS certificate for the server, for a trust
+    /// with no PKI of its own (or a laptop when IT is down): `serve` takes
+    /// the certificate and key, each device enrols with `--ca ca.pem`.
+    TlsCert {
+        /// Directory to write ca.pem, server-cert.pem and server-key.pem to.
+        #[arg(long)]
+        out: PathBuf,
+        /// A DNS name or IP address devices reach the server by; repeat.
+        #[arg(long, required = true)]
+        name: Vec<String>,
+    },
     /// Roles and teams of the organisation's directory (signed).
     Role {
         #[command(subcommand)]
@@ -1005,6 +1031,9 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             org_name,
             trusted_proxy,
             init,
+            tls_cert,
+            tls_key,
+            plain_http,
         } => {
             let data = data
                 .or(settings.data.clone())
@@ -1019,6 +1048,10 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             if !trusted_proxy.is_empty() {
                 config.trusted_proxies = trusted_proxy;
             }
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                config.tls = Some(sitrep_server::TlsFiles { cert, key });
+            }
+            config.plain_http |= plain_http;
             let (org, created) = if init {
                 sitrep_server::org::Org::open_or_create(&data, Some(&org_name))?
             } else {
@@ -1033,9 +1066,15 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr()?;
-            println!("listening on http://{addr}");
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("listening on {scheme}://{addr}");
             tracing::info!(
                 listen = %addr,
+                tls = config.tls.is_some(),
                 org_fingerprint = %org.fingerprint(),
                 version = env!("CARGO_PKG_VERSION"),
                 "sitrep serve started"
@@ -1146,14 +1185,18 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
         Cmd::Enrol {
             server,
             code,
+            ca,
             ciphersuite,
         } => {
             let cs = match ciphersuite {
                 Some(c) => Some(sitrep_core::parse_ciphersuite(&c).context("unknown ciphersuite")?),
                 None => None,
             };
+            let ca = ca.as_deref().map(sitrep_cli::tls::read_ca).transpose()?;
+            // Checked before the passcode is asked for.
+            sitrep_cli::tls::check_url(&server)?;
             let pass = new_passcode("SITREP_PASSCODE", "passcode")?;
-            let p = sitrep_cli::enrol(&cli.profile, &server, &code, &pass, cs).await?;
+            let p = sitrep_cli::enrol_with_ca(&cli.profile, &server, &code, &pass, cs, ca).await?;
             if let Some(uri) = p.client.totp_uri() {
                 println!(
                     "two-step verification: add this to an authenticator app; every unlock then asks for its 6-digit code (scripts set SITREP_TOTP)"
@@ -2150,6 +2193,27 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             sitrep_cli::wipe_device(&p, &device).await?;
             println!(
                 "device {device} revoked: it is removed from its conversations and wipes itself when it next connects"
+            );
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::TlsCert { out, name },
+        } => {
+            if out.join("server-key.pem").exists() {
+                anyhow::bail!(
+                    "{} already holds a server key; choose another directory",
+                    out.display()
+                );
+            }
+            let names: Vec<&str> = name.iter().map(String::as_str).collect();
+            let ca = sitrep_cli::tls::make_private_ca(&out, &names)?;
+            println!(
+                "CA certificate (for `sitrep enrol --ca`): {}",
+                ca.ca_file.display()
+            );
+            println!(
+                "server: sitrep serve --tls-cert {} --tls-key {}",
+                ca.files.cert.display(),
+                ca.files.key.display()
             );
         }
         Cmd::Admin {

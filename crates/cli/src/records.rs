@@ -18,7 +18,7 @@ use crate::{Profile, now_ms, sync};
 
 /// Write an audit entry; the caller goes ahead only if this succeeded.
 async fn audit(p: &Profile, req: api::AuditRequest) -> anyhow::Result<api::AuditResponse> {
-    p.remote()
+    p.remote()?
         .post("/v1/audit", &req)
         .await
         .context("the organisation's audit log did not record this action, so it was not done")

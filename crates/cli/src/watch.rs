@@ -18,7 +18,6 @@ use std::collections::HashSet;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use sitrep_cli::{Profile, now_ms};
 use sitrep_core::Event;
@@ -51,29 +50,10 @@ impl Style {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use sitrep_cli::Ws;
 
 async fn connect(p: &Profile) -> anyhow::Result<Ws> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let base = p.client.server();
-    let url = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}/v1/ws")
-    } else {
-        format!("ws://{}/v1/ws", base.trim_start_matches("http://"))
-    };
-    let mut req = url.as_str().into_client_request()?;
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", p.client.token()).parse()?,
-    );
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .context("timed out")??;
-    Ok(ws)
+    p.remote()?.ws("/v1/ws", Duration::from_secs(10)).await
 }
 
 /// What the user typed, parsed.

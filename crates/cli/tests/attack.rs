@@ -816,7 +816,7 @@ async fn lying_and_garbage_commits_do_not_break_the_group() {
 
     // A genuine add of Eve with a garbage Welcome, or none: Eve would sit in
     // the tree with nothing to join by. Refused.
-    let remote = sitrep_cli::Remote::new(&server.url, Some(&t));
+    let remote = sitrep_cli::Remote::new(&server.url, Some(&t)).expect("remote");
     let (kps, _) = sitrep_cli::claim_key_packages(&remote, &["eve".to_string()])
         .await
         .expect("claim");

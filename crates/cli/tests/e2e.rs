@@ -172,8 +172,8 @@ async fn t4_concurrent_commits_one_wins_other_retries() {
     // Two commits built on the same epoch: exactly one is accepted.
     let pa = d[0].1.client.prepare_update("ward").expect("a builds");
     let pb = d[1].1.client.prepare_update("ward").expect("b builds");
-    let ra = sitrep_cli::Remote::new(&server.url, Some(d[0].1.client.token()));
-    let rb = sitrep_cli::Remote::new(&server.url, Some(d[1].1.client.token()));
+    let ra = sitrep_cli::Remote::new(&server.url, Some(d[0].1.client.token())).expect("remote");
+    let rb = sitrep_cli::Remote::new(&server.url, Some(d[1].1.client.token())).expect("remote");
     let url_a = format!("/v1/groups/{}/commit", pa.group_hex);
     let (a, b) = tokio::join!(
         ra.post::<_, api::CommitResponse>(&url_a, &pa.request),
@@ -470,7 +470,7 @@ async fn t9_malformed_and_oversized_requests_get_clear_4xx() {
     // Idempotent retry: the same client id twice stores one message.
     let gid = a.client.group_hex("x").expect("group");
     let out = a.client.encrypt_text("x", "one", 0).expect("encrypt");
-    let r = sitrep_cli::Remote::new(u, Some(&token));
+    let r = sitrep_cli::Remote::new(u, Some(&token)).expect("remote");
     let first: api::SendResponse = r
         .post(&format!("/v1/groups/{gid}/messages"), &out.request)
         .await

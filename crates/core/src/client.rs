@@ -96,6 +96,7 @@ impl PendingEnrolment {
                 credential: ByteBuf::from(resp.credential),
                 ciphersuite: u16::from(self.ciphersuite),
                 signer_public: ByteBuf::from(self.signer.public().to_vec()),
+                server_ca: None,
             },
             mls: Vec::new(),
             conversations: BTreeMap::new(),
@@ -363,6 +364,17 @@ impl Client {
     pub fn server(&self) -> &str {
         &self.state.device.server
     }
+    /// The private CA (PEM) the server's certificate chains to, if the
+    /// organisation uses one.
+    pub fn server_ca(&self) -> Option<&str> {
+        self.state.device.server_ca.as_deref()
+    }
+
+    /// Trust a private CA for the server (set at enrolment).
+    pub fn set_server_ca(&mut self, pem: Option<String>) {
+        self.state.device.server_ca = pem;
+    }
+
     /// Bearer token for the server.
     pub fn token(&self) -> &str {
         &self.state.device.token

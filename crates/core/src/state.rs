@@ -19,6 +19,10 @@ pub(crate) struct Device {
     pub credential: ByteBuf,
     pub ciphersuite: u16,
     pub signer_public: ByteBuf,
+    /// A private CA (PEM) the server's TLS certificate chains to, when the
+    /// trust runs one; the system's roots are trusted besides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ca: Option<String>,
 }
 
 /// One line of a conversation's history.

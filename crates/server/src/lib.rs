@@ -20,6 +20,7 @@ mod http;
 mod hub;
 mod mls;
 pub mod org;
+mod tls;
 mod ws;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub use db::{
     revoke_device, set_policy, show_policy,
 };
 pub use error::ApiErr;
+pub use tls::TlsFiles;
 
 /// Server settings; the defaults suit one trust on one machine.
 #[derive(Debug, Clone)]
@@ -89,6 +91,12 @@ pub struct Config {
     /// to accept more. Capped at start to three quarters of the process's
     /// open-file limit.
     pub max_connections: usize,
+    /// TLS certificate and key; without them the server speaks plain HTTP,
+    /// which it does only on a loopback address unless `plain_http` is set.
+    pub tls: Option<TlsFiles>,
+    /// Plain HTTP on a non-loopback address: for a reverse proxy in front
+    /// that terminates TLS itself.
+    pub plain_http: bool,
 }
 
 impl Config {
@@ -113,6 +121,8 @@ impl Config {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 8_192,
+            tls: None,
+            plain_http: false,
         }
     }
 }
@@ -169,6 +179,16 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(tls::Tls::new(files)?)),
+        None => {
+            let addr = listener.local_addr()?;
+            if !addr.ip().is_loopback() && !config.plain_http {
+                return Err(ServeError::PlainNotLoopback(addr.to_string()));
+            }
+            None
+        }
+    };
     let org = org::Org::open(&config.data_dir)?;
     // One server per data directory, held while it runs (a restore checks it).
     let _running = db::serve_lock(&config.data_dir)?;
@@ -212,34 +232,79 @@ pub async fn run(
             }
         })
     };
+    let reloader = reload_on_hangup(tls.clone())?;
     let app = http::router(state.clone());
-    accept_loop(listener, app, &state.config, shutdown).await;
+    accept_loop(listener, app, &state.config, tls, shutdown).await;
+    reloader.abort();
     flusher.abort();
     flush_acks(&state).await;
     Ok(())
+}
+
+/// On SIGHUP, read the certificate and key again (the usual way to tell a
+/// service its certificate was renewed). Listened for before the first
+/// connection is accepted; without TLS the signal is logged and ignored
+/// rather than ending the server.
+fn reload_on_hangup(tls: Option<Arc<tls::Tls>>) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match &tls {
+                    None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                    Some(t) => match t.reload() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "TLS certificate not reloaded; the one in use stays"
+                        ),
+                    },
+                }
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tls;
+        Ok(tokio::spawn(async {}))
+    }
 }
 
 /// Largest request line and headers (hyper's buffer, per connection).
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Accept connections until `shutdown`, at most `Config::max_connections` at
-/// once, each with a header-read timeout and a write timeout; then let the open
-/// HTTP exchanges finish. Upgraded WebSockets run on by themselves, as they did
-/// under `axum::serve`.
+/// once, each with a header-read timeout (which bounds the TLS handshake too)
+/// and a write timeout; then let the open HTTP exchanges finish. Upgraded
+/// WebSockets run on by themselves, as they did under `axum::serve`. Plain
+/// connections speak HTTP/1.1; TLS ones HTTP/2 or HTTP/1.1 as ALPN chose.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     config: &Config,
+    tls: Option<Arc<tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let max = connection_limit(config.max_connections);
     let permits = Arc::new(tokio::sync::Semaphore::new(max));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(MAX_HEAD);
+    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http2
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD as u32)
+        .keep_alive_interval(Some(H2_PING))
+        .keep_alive_timeout(config.header_read_timeout);
+    let builders = Arc::new((http1, http2));
     let write_timeout = config.write_timeout;
+    let handshake_timeout = config.header_read_timeout;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // The permit is taken before accepting: past the limit, connections
@@ -261,12 +326,12 @@ async fn accept_loop(
                 }
             },
         };
-        let io = hyper_util::rt::TokioIo::new(TimedStream {
+        let io = TimedStream {
             io: tcp,
             write_timeout,
             stalled: None,
             _permit: permit,
-        });
+        };
         let app = app.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -275,7 +340,7 @@ async fn accept_loop(
                 let mut app = app.clone();
                 async move { tower_service::Service::call(&mut app, req).await }
             });
-        let conn = http.serve_connection(io, svc).with_upgrades();
+        let (builders, tls) = (builders.clone(), tls.clone());
         // Held until the connection ends: the loop's end waits for them all.
         let alive = stop_rx.clone();
         tokio::spawn(async move {
@@ -283,12 +348,36 @@ async fn accept_loop(
             let stopping = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stopping => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(write_timeout, conn).await;
+            let (http1, http2) = &*builders;
+            match tls {
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(io);
+                    let conn = http1.serve_connection(io, svc).with_upgrades();
+                    drive_connection(conn, stopping, write_timeout).await;
+                }
+                Some(tls) => {
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, tls.acceptor.accept(io));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            _ => return,
+                        },
+                        () = stopping => return,
+                    };
+                    let mut stop = alive.clone();
+                    let stopping = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    if h2 {
+                        let conn = http2.serve_connection(io, svc);
+                        drive_connection(conn, stopping, write_timeout).await;
+                    } else {
+                        let conn = http1.serve_connection(io, svc).with_upgrades();
+                        drive_connection(conn, stopping, write_timeout).await;
+                    }
                 }
             }
             drop(alive);
@@ -299,6 +388,62 @@ async fn accept_loop(
     drop(stop_rx);
     // Every connection task holds a receiver until it ends.
     stop_tx.closed().await;
+}
+
+/// Most requests in flight on one HTTP/2 connection.
+const MAX_STREAMS: u32 = 128;
+
+/// How often an idle HTTP/2 connection is pinged (a dead peer is found and
+/// its connection closed).
+const H2_PING: Duration = Duration::from_secs(30);
+
+/// A hyper connection that can be asked to finish what it has started.
+trait Graceful: std::future::Future {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    Self: std::future::Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    Self: std::future::Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Run a connection to its end, or once the server stops, let it finish the
+/// exchanges in progress for at most `grace`.
+async fn drive_connection<C: Graceful>(
+    conn: C,
+    stopping: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stopping => {
+            conn.as_mut().graceful();
+            let _ = tokio::time::timeout(grace, conn).await;
+        }
+    }
 }
 
 /// Errors of one connection come and go; running out of descriptors or memory
@@ -463,6 +608,14 @@ pub enum ServeError {
         "{0} holds no Sitrep organisation: create one with `sitrep init --data {0} --org NAME` (or start `sitrep serve --init`)"
     )]
     NotInitialised(String),
+    /// A certificate or key that cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Plain HTTP asked for on an address other machines reach.
+    #[error(
+        "{0} is not a loopback address: give a certificate (--tls-cert and --tls-key), or --plain-http behind a reverse proxy that terminates TLS"
+    )]
+    PlainNotLoopback(String),
     /// `sitrep init` on a directory that holds one already.
     #[error("{0} already holds a Sitrep organisation ({1:?})")]
     AlreadyInitialised(String, String),
