@@ -259,8 +259,9 @@ pub(crate) fn set_up_directory(
         argon2: (8 * 1024, 1, 1),
         ..sitrep_core::OrgPolicy::default()
     };
-    sitrep_server::set_policy(data, &org, policy).map_err(|e| anyhow::anyhow!("{e}"))?;
-    sitrep_server::directory::admin_update(data, "role.set", |d| {
+    sitrep_server::set_policy(data, &org, policy, &sitrep_server::admin_actor())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    sitrep_server::directory::admin_update(data, &sitrep_server::admin_actor(), "role.set", |d| {
         let role =
             |id: &str, team: &str, holders: Vec<String>, deputy: Option<&str>, declare: bool| {
                 Role {

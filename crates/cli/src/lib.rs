@@ -2,6 +2,7 @@
 //! (sealed), the HTTP client, and the operations the `sitrep` command offers.
 //! Integration tests drive these same functions against a real server.
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod drill;
@@ -400,6 +401,26 @@ impl Remote {
             body,
         }
         .into())
+    }
+
+    /// A JSON request with extra headers (`body` `None`: no body).
+    pub async fn request<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<R> {
+        self.call_with(method, path, |mut req| {
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            match body {
+                Some(b) => req.json(b),
+                None => req,
+            }
+        })
+        .await
     }
 
     /// POST JSON.

@@ -518,6 +518,20 @@ enum RecordCmd {
     },
 }
 
+/// Where an admin command goes: the server's data directory, or its API as
+/// this profile's admin device.
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// Data directory of the server (on the server's machine).
+    #[arg(long, default_value = "sitrep-data")]
+    data: PathBuf,
+    /// The server's URL instead: the request goes over the API as this
+    /// profile's device, whose user needs an admin grant (and, where the
+    /// policy asks, SITREP_ADMIN_TOTP or a prompt for the two-step code).
+    #[arg(long, conflicts_with = "data")]
+    server: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Check the hash chain and the organisation's signatures.
@@ -528,9 +542,8 @@ enum AuditCmd {
     },
     /// Print the audit log.
     Show {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -552,9 +565,8 @@ enum AdminUserCmd {
     Disable {
         /// User id.
         user: String,
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
     },
 }
 
@@ -562,16 +574,14 @@ enum AdminUserCmd {
 enum PolicyCmd {
     /// Print the device policy in force (JSON).
     Show {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
     },
     /// Change the device policy: signed with the organisation key, taken up
     /// by every device at its next sync. Unset options keep their value.
     Set {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// Lock after this many seconds idle (10-3600; default 120).
         #[arg(long)]
         lock_after_idle: Option<u32>,
@@ -662,6 +672,29 @@ enum AdminRoleCmd {
 
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// Give a user admin rights over the API (`--server` from their own
+    /// device); prints a TOTP secret for the two-step code the policy may ask for.
+    Grant {
+        /// User id (enrolled or invited).
+        user: String,
+        #[command(flatten)]
+        at: Target,
+    },
+    /// Take a user's admin rights away.
+    Ungrant {
+        /// User id.
+        user: String,
+        #[command(flatten)]
+        at: Target,
+    },
+    /// Who has admin rights.
+    Admins {
+        #[command(flatten)]
+        at: Target,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a private CA and a TLS certificate for the server, for a trust
     /// with no PKI of its own (or a laptop when IT is down): `serve` takes
     /// the certificate and key, each device enrols with `--ca ca.pem`.
@@ -718,18 +751,16 @@ enum AdminCmd {
     },
     /// Revoke a device and have it wipe itself (works while the server runs).
     Wipe {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// Device id.
         #[arg(long)]
         device: String,
     },
     /// Every user invited or enrolled: devices, open invitations, last seen.
     Users {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -738,9 +769,8 @@ enum AdminCmd {
     Devices {
         /// Only this user's.
         user: Option<String>,
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -779,9 +809,8 @@ enum AdminCmd {
     },
     /// Create a single-use, expiring enrolment code (printed on the last line).
     Invite {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// User id (letters, digits, `.`, `_`, `-`).
         #[arg(long)]
         user: String,
@@ -884,6 +913,26 @@ fn new_passcode(env: &str, what: &str) -> anyhow::Result<String> {
 /// requires two-step verification (from SITREP_TOTP or a prompt). At a
 /// terminal a wrong passcode or code may be typed again; every try counts
 /// towards the organisation's limit, and the message says how many are left.
+/// Where an admin command goes: the data directory, or the API as this
+/// profile's device (unlocked here).
+fn admin_target(profile: &std::path::Path, at: Target) -> anyhow::Result<sitrep_cli::admin::Admin> {
+    match at.server {
+        None => Ok(sitrep_cli::admin::Admin::Data(at.data)),
+        Some(url) => {
+            sitrep_cli::tls::check_url(&url)?;
+            let p = open_profile(profile)?;
+            sitrep_cli::admin::Admin::api(&p, &url)
+        }
+    }
+}
+
+fn valid_id_or_bail(id: &str) -> anyhow::Result<bool> {
+    if !sitrep_wire::api::valid_id(id) {
+        bail!("ids are 1-64 of letters, digits, '.', '_' and '-'");
+    }
+    Ok(true)
+}
+
 fn open_profile(dir: &std::path::Path) -> anyhow::Result<Profile> {
     use sitrep_core::UnlockError;
     let interactive = std::io::stdin().is_terminal();
@@ -1089,14 +1138,12 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
         Cmd::Admin {
             cmd: AdminCmd::Policy { cmd },
         } => match cmd {
-            PolicyCmd::Show { data } => {
-                let org = sitrep_server::org::Org::open(&data)?;
-                let p =
-                    sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
+            PolicyCmd::Show { at } => {
+                let p = admin_target(&cli.profile, at)?.policy().await?;
                 println!("{}", policy_json(&p));
             }
             PolicyCmd::Set {
-                data,
+                at,
                 lock_after_idle,
                 max_failed_unlocks,
                 min_passcode,
@@ -1109,9 +1156,8 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 record_all,
                 delete_after_transfer,
             } => {
-                let org = sitrep_server::org::Org::open(&data)?;
-                let mut p =
-                    sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let admin = admin_target(&cli.profile, at)?;
+                let mut p = admin.policy().await?;
                 if let Some(v) = lock_after_idle {
                     p.lock_after_idle_secs = v;
                 }
@@ -1152,15 +1198,14 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 if let Some(v) = delete_after_transfer {
                     p.delete_after_transfer = v;
                 }
-                let p = sitrep_server::set_policy(&data, &org, p)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let p = admin.set_policy(p).await?;
                 println!("{}", policy_json(&p));
             }
         },
         Cmd::Admin {
             cmd:
                 AdminCmd::Invite {
-                    data,
+                    at,
                     user,
                     name,
                     role,
@@ -1173,12 +1218,18 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             if name.is_empty() || name.len() > 64 || role.is_empty() || role.len() > 64 {
                 bail!("name and role are 1 to 64 bytes");
             }
-            let org = sitrep_server::org::Org::open(&data)?;
-            let code = sitrep_server::create_invite(&data, &user, &name, &role, ttl_hours * 3600)?;
+            let admin = admin_target(&cli.profile, at)?;
+            let (org_name, fingerprint) = admin.organisation()?;
+            let code = admin
+                .invite(&sitrep_server::admin::InviteRequest {
+                    user_id: user.clone(),
+                    display_name: name,
+                    role,
+                    ttl_secs: ttl_hours.saturating_mul(3600),
+                })
+                .await?;
             println!(
-                "invitation for {user} to {:?}, valid {ttl_hours} h, single use; the code names the organisation's key (fingerprint {}), and a device refuses a server with another:",
-                org.name,
-                org.fingerprint()
+                "invitation for {user} to {org_name:?}, valid {ttl_hours} h, single use; the code names the organisation's key (fingerprint {fingerprint}), and a device refuses a server with another:"
             );
             println!("{code}");
         }
@@ -1952,37 +2003,47 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 can_declare,
                 commander,
             } => {
-                let d = sitrep_server::directory::admin_update(&data, "role.set", |d| {
-                    d.roles.retain(|r| r.id != id);
-                    let mut eligible = eligible;
-                    for h in &holders {
-                        if !eligible.contains(h) {
-                            eligible.push(h.clone());
+                let d = sitrep_server::directory::admin_update(
+                    &data,
+                    &sitrep_server::admin_actor(),
+                    "role.set",
+                    |d| {
+                        d.roles.retain(|r| r.id != id);
+                        let mut eligible = eligible;
+                        for h in &holders {
+                            if !eligible.contains(h) {
+                                eligible.push(h.clone());
+                            }
                         }
-                    }
-                    d.roles.push(sitrep_wire::directory::Role {
-                        id: id.clone(),
-                        name,
-                        team,
-                        holders,
-                        deputy,
-                        can_declare,
-                        commander,
-                        eligible,
-                        eligible_teams,
-                    });
-                    Ok(format!("role={id}"))
-                })
+                        d.roles.push(sitrep_wire::directory::Role {
+                            id: id.clone(),
+                            name,
+                            team,
+                            holders,
+                            deputy,
+                            can_declare,
+                            commander,
+                            eligible,
+                            eligible_teams,
+                        });
+                        Ok(format!("role={id}"))
+                    },
+                )
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
                 println!("role {id} set (directory serial {})", d.serial);
             }
             AdminRoleCmd::Remove { data, id } => {
-                let d = sitrep_server::directory::admin_update(&data, "role.remove", |d| {
-                    d.roles.retain(|r| r.id != id);
-                    d.callout_standby.retain(|r| *r != id);
-                    d.callout_declared.retain(|r| *r != id);
-                    Ok(format!("role={id}"))
-                })
+                let d = sitrep_server::directory::admin_update(
+                    &data,
+                    &sitrep_server::admin_actor(),
+                    "role.remove",
+                    |d| {
+                        d.roles.retain(|r| r.id != id);
+                        d.callout_standby.retain(|r| *r != id);
+                        d.callout_declared.retain(|r| *r != id);
+                        Ok(format!("role={id}"))
+                    },
+                )
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
                 println!("role {id} removed (directory serial {})", d.serial);
             }
@@ -1995,16 +2056,21 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
         Cmd::Admin {
             cmd: AdminCmd::Team { data, id, members },
         } => {
-            let d = sitrep_server::directory::admin_update(&data, "team.set", |d| {
-                d.teams.retain(|t| t.id != id);
-                if !members.is_empty() {
-                    d.teams.push(sitrep_wire::directory::Team {
-                        id: id.clone(),
-                        members,
-                    });
-                }
-                Ok(format!("team={id}"))
-            })
+            let d = sitrep_server::directory::admin_update(
+                &data,
+                &sitrep_server::admin_actor(),
+                "team.set",
+                |d| {
+                    d.teams.retain(|t| t.id != id);
+                    if !members.is_empty() {
+                        d.teams.push(sitrep_wire::directory::Team {
+                            id: id.clone(),
+                            members,
+                        });
+                    }
+                    Ok(format!("team={id}"))
+                },
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("team {id} set (directory serial {})", d.serial);
         }
@@ -2012,18 +2078,23 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             cmd: AdminCmd::Callout { data, level, roles },
         } => {
             let lvl = level.clone();
-            let d = sitrep_server::directory::admin_update(&data, "callout.set", |d| {
-                match lvl.as_str() {
-                    "standby" => d.callout_standby = roles.clone(),
-                    "declared" => d.callout_declared = roles.clone(),
-                    _ => {
-                        return Err(sitrep_wire::directory::DirectoryError::Invalid(
-                            "level: standby or declared",
-                        ));
+            let d = sitrep_server::directory::admin_update(
+                &data,
+                &sitrep_server::admin_actor(),
+                "callout.set",
+                |d| {
+                    match lvl.as_str() {
+                        "standby" => d.callout_standby = roles.clone(),
+                        "declared" => d.callout_declared = roles.clone(),
+                        _ => {
+                            return Err(sitrep_wire::directory::DirectoryError::Invalid(
+                                "level: standby or declared",
+                            ));
+                        }
                     }
-                }
-                Ok(format!("level={lvl} roles={}", roles.join(",")))
-            })
+                    Ok(format!("level={lvl} roles={}", roles.join(",")))
+                },
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "call-out list for {level} set (directory serial {})",
@@ -2125,10 +2196,15 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             let mut p =
                 sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
             p.records_user = Some(user.clone());
-            let p =
-                sitrep_server::set_policy(&data, &org, p).map_err(|e| anyhow::anyhow!("{e}"))?;
-            sitrep_server::audit_dir(&data, "records.account", &format!("user={user}"))
+            let p = sitrep_server::set_policy(&data, &org, p, &sitrep_server::admin_actor())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            sitrep_server::audit_dir(
+                &data,
+                &sitrep_server::admin_actor(),
+                "records.account",
+                &format!("user={user}"),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "records account: {user} (policy serial {}); devices take it up at their next sync",
                 p.serial
@@ -2144,8 +2220,8 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                     "audit log verified: {n} entries, chained and signed by the organisation key"
                 );
             }
-            AuditCmd::Show { data, json } => {
-                for e in sitrep_server::audit_entries(&data).map_err(|e| anyhow::anyhow!("{e}"))? {
+            AuditCmd::Show { at, json } => {
+                for e in admin_target(&cli.profile, at)?.audit().await? {
                     if json {
                         println!("{}", serde_json::to_string(&e)?);
                     } else {
@@ -2240,9 +2316,9 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             );
         }
         Cmd::Admin {
-            cmd: AdminCmd::Users { data, json },
+            cmd: AdminCmd::Users { at, json },
         } => {
-            let users = sitrep_server::list_users(&data)?;
+            let users = admin_target(&cli.profile, at)?.users().await?;
             if json {
                 print_json_lines(&users)?;
             } else {
@@ -2277,9 +2353,16 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             }
         }
         Cmd::Admin {
-            cmd: AdminCmd::Devices { user, data, json },
+            cmd: AdminCmd::Devices { user, at, json },
         } => {
-            let devices = sitrep_server::list_devices(&data, user.as_deref())?;
+            if let Some(u) = &user
+                && !sitrep_wire::api::valid_id(u)
+            {
+                bail!("user ids are 1-64 of letters, digits, '.', '_' and '-'");
+            }
+            let devices = admin_target(&cli.profile, at)?
+                .devices(user.as_deref())
+                .await?;
             if json {
                 print_json_lines(&devices)?;
             } else {
@@ -2308,9 +2391,9 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
         Cmd::Admin {
             cmd:
                 AdminCmd::User {
-                    cmd: AdminUserCmd::Disable { user, data },
+                    cmd: AdminUserCmd::Disable { user, at },
                 },
-        } => match sitrep_server::disable_user(&data, &user)? {
+        } => match admin_target(&cli.profile, at)?.disable(&user).await? {
             None => bail!("no user {user:?} was ever invited"),
             Some(d) => println!(
                 "{user} disabled: {} revoked (each is removed from its conversations and wipes itself when it next connects), {} cancelled",
@@ -2323,9 +2406,60 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             ),
         },
         Cmd::Admin {
-            cmd: AdminCmd::Wipe { data, device },
+            cmd: AdminCmd::Grant { user, at },
         } => {
-            if !sitrep_server::revoke_device(&data, &device)? {
+            valid_id_or_bail(&user)?;
+            let Some(g) = admin_target(&cli.profile, at)?.grant(&user).await? else {
+                bail!("no user {user:?} is enrolled or invited");
+            };
+            println!(
+                "{user} may now administer from their enrolled devices (sitrep admin ... --server URL)."
+            );
+            println!(
+                "Their two-step secret, for an authenticator app (asked for when the policy requires two-step verification; shown only now):"
+            );
+            println!("{}", g.otpauth_uri);
+            if let Ok(qr) = qrcode::QrCode::new(g.otpauth_uri.as_bytes()) {
+                println!(
+                    "{}",
+                    qr.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                );
+            }
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Ungrant { user, at },
+        } => {
+            valid_id_or_bail(&user)?;
+            if !admin_target(&cli.profile, at)?.ungrant(&user).await? {
+                bail!("{user} has no admin grant");
+            }
+            println!("{user} no longer has admin rights");
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Admins { at, json },
+        } => {
+            let admins = admin_target(&cli.profile, at)?.admins().await?;
+            if json {
+                print_json_lines(&admins)?;
+            } else {
+                let mut rows = vec![["USER".to_string(), "GRANTED".into(), "BY".into()]];
+                for a in &admins {
+                    rows.push([
+                        a.user_id.clone(),
+                        fmt_secs(a.granted_at),
+                        a.granted_by.clone(),
+                    ]);
+                }
+                print_columns(&rows);
+            }
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Wipe { at, device },
+        } => {
+            if !valid_id_or_bail(&device)? || !admin_target(&cli.profile, at)?.wipe(&device).await?
+            {
                 bail!("no device {device}");
             }
             println!(

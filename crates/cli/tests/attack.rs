@@ -63,7 +63,7 @@ fn org(data: &std::path::Path) -> sitrep_server::org::Org {
 async fn a_member_cannot_make_herself_incident_commander() {
     let server = TestServer::start().await;
     let data = server.dir.path();
-    sitrep_server::directory::admin_update(data, "role.set", |d| {
+    sitrep_server::directory::admin_update(data, &sitrep_server::admin_actor(), "role.set", |d| {
         d.roles = vec![
             role("ed-consultant", &["alice"], true),
             role("anaesthetist", &["bob"], false),
@@ -635,7 +635,7 @@ async fn only_the_records_account_writes_records_audit_entries() {
         records_user: Some("records".into()),
         ..sitrep_core::OrgPolicy::default()
     };
-    sitrep_server::set_policy(data, &o, policy).expect("policy");
+    sitrep_server::set_policy(data, &o, policy, &sitrep_server::admin_actor()).expect("policy");
     let (_dm, mallory) = device(&server.url, &server.invite("mallory"), INTEROP_CIPHERSUITE).await;
     let (_dr, records) = device(&server.url, &server.invite("records"), INTEROP_CIPHERSUITE).await;
     let hmac = "ab".repeat(32);

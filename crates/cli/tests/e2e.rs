@@ -600,7 +600,8 @@ async fn signed_policy_reaches_devices_and_a_forged_one_is_refused() {
         max_failed_unlocks: 5,
         ..sitrep_core::OrgPolicy::default()
     };
-    sitrep_server::set_policy(server.dir.path(), &org, p).expect("set");
+    sitrep_server::set_policy(server.dir.path(), &org, p, &sitrep_server::admin_actor())
+        .expect("set");
     sitrep_cli::sync(&mut a).await.expect("sync");
     assert_eq!(a.client.policy().lock_after_idle_secs, 60);
     assert_eq!(a.client.policy().max_failed_unlocks, 5);
@@ -670,7 +671,14 @@ async fn remote_wipe_revokes_removes_from_groups_and_destroys_local_data() {
     let carol_device = d[2].1.client.device_id().to_string();
     let carol_token = d[2].1.client.token().to_string();
     // The admin wipes carol's lost phone while the server runs.
-    assert!(sitrep_server::revoke_device(server.dir.path(), &carol_device).expect("revoke"));
+    assert!(
+        sitrep_server::revoke_device(
+            server.dir.path(),
+            &carol_device,
+            &sitrep_server::admin_actor()
+        )
+        .expect("revoke")
+    );
     let http = reqwest::Client::new();
     for (method, path) in [
         ("GET", "/v1/inbox"),
@@ -792,7 +800,8 @@ async fn two_step_policy_needs_the_authenticator_code_to_open_a_profile() {
         two_step_required: true,
         ..sitrep_core::OrgPolicy::default()
     };
-    sitrep_server::set_policy(server.dir.path(), &org, p).expect("set");
+    sitrep_server::set_policy(server.dir.path(), &org, p, &sitrep_server::admin_actor())
+        .expect("set");
     sitrep_cli::sync(&mut a).await.expect("takes up the policy");
     drop(a);
     let err = sitrep_cli::Profile::open_with_code(dir.path(), PASSCODE, None)

@@ -35,7 +35,7 @@ fn role(
 async fn declare_call_in_alert_decide_and_stand_down() {
     let server = TestServer::start().await;
     let data = server.dir.path();
-    sitrep_server::directory::admin_update(data, "role.set", |d| {
+    sitrep_server::directory::admin_update(data, &sitrep_server::admin_actor(), "role.set", |d| {
         d.roles = vec![
             role(
                 "ed-consultant",

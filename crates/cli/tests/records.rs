@@ -27,7 +27,13 @@ async fn ward() -> Ward {
         records_user: Some("records".into()),
         ..sitrep_core::OrgPolicy::default()
     };
-    sitrep_server::set_policy(server.dir.path(), &org, policy).expect("policy");
+    sitrep_server::set_policy(
+        server.dir.path(),
+        &org,
+        policy,
+        &sitrep_server::admin_actor(),
+    )
+    .expect("policy");
     let alice = device(&server.url, &server.invite("alice"), INTEROP_CIPHERSUITE).await;
     let bob = device(&server.url, &server.invite("bob"), INTEROP_CIPHERSUITE).await;
     let records = device(&server.url, &server.invite("records"), INTEROP_CIPHERSUITE).await;

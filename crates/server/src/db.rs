@@ -137,6 +137,15 @@ CREATE TABLE IF NOT EXISTS group_state (
     group_id BLOB PRIMARY KEY,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS admins (
+    user_id TEXT PRIMARY KEY,
+    totp_secret BLOB NOT NULL,
+    last_step INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER NOT NULL DEFAULT 0,
+    granted_at INTEGER NOT NULL,
+    granted_by TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -277,12 +286,24 @@ fn private_files(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(dir.join("sitrep.db"))?;
+        // Only when it does not exist yet: closing a descriptor of a database
+        // file drops every POSIX lock this process holds on it, including
+        // SQLite's of the server's own connection, and an admin request
+        // served in the server process opens a second connection (closing
+        // our descriptor there once corrupted the store while another
+        // process wrote).
+        let db = dir.join("sitrep.db");
+        if !db.exists() {
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&db)
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
         for f in ["sitrep.db", "sitrep.db-wal", "sitrep.db-shm"] {
             match std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -1812,6 +1833,7 @@ pub fn set_policy(
     dir: &Path,
     org: &crate::org::Org,
     mut policy: sitrep_wire::policy::OrgPolicy,
+    actor: &str,
 ) -> Result<sitrep_wire::policy::OrgPolicy, Box<dyn std::error::Error + Send + Sync>> {
     let mut conn = connect(dir)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1839,7 +1861,7 @@ pub fn set_policy(
     crate::audit::append_in(
         &tx,
         &org.key,
-        &admin_actor(),
+        actor,
         "policy.set",
         &detail,
         crate::now_secs(),
@@ -1863,7 +1885,7 @@ pub fn show_policy(
 /// Revoke (remote-wipe) a device: `sitrep admin wipe`, also while the server
 /// runs. The server refuses the device's token at once; its groups are told
 /// within seconds (see [`Db::sweep_revocations`]).
-pub fn revoke_device(dir: &Path, device_id: &str) -> Result<bool, rusqlite::Error> {
+pub fn revoke_device(dir: &Path, device_id: &str, actor: &str) -> Result<bool, rusqlite::Error> {
     admin_tx(dir, |tx, key| {
         let n = tx.execute(
             "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
@@ -1873,7 +1895,7 @@ pub fn revoke_device(dir: &Path, device_id: &str) -> Result<bool, rusqlite::Erro
             crate::audit::append_in(
                 tx,
                 key,
-                &admin_actor(),
+                actor,
                 "device.wipe",
                 &format!("device={device_id}"),
                 crate::now_secs(),
@@ -1884,7 +1906,7 @@ pub fn revoke_device(dir: &Path, device_id: &str) -> Result<bool, rusqlite::Erro
 }
 
 /// One user, for `sitrep admin users`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserRow {
     /// User id.
     pub user_id: String,
@@ -1903,7 +1925,7 @@ pub struct UserRow {
 }
 
 /// One device, for `sitrep admin devices`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceAdminRow {
     /// Device id.
     pub device_id: String,
@@ -1974,7 +1996,7 @@ pub fn list_devices(
 }
 
 /// What disabling a leaver did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Disabled {
     /// Devices revoked now (each is removed from every conversation by
     /// the revocation sweep, and wipes itself when it next connects).
@@ -1985,7 +2007,11 @@ pub struct Disabled {
 
 /// Disable a leaver: every device revoked, every open enrolment code
 /// cancelled, in one transaction with its audit entry. `None`: no such user.
-pub fn disable_user(dir: &Path, user_id: &str) -> Result<Option<Disabled>, rusqlite::Error> {
+pub fn disable_user(
+    dir: &Path,
+    user_id: &str,
+    actor: &str,
+) -> Result<Option<Disabled>, rusqlite::Error> {
     admin_tx(dir, |tx, key| {
         let now = crate::now_secs() as i64;
         let known: i64 = tx.query_row(
@@ -2004,10 +2030,12 @@ pub fn disable_user(dir: &Path, user_id: &str) -> Result<Option<Disabled>, rusql
             "UPDATE invites SET used_at = ?2, expires_at = MIN(expires_at, ?2) WHERE user_id = ?1 AND used_at IS NULL",
             params![user_id, now],
         )? as u64;
+        // A leaver keeps no admin rights either.
+        tx.execute("DELETE FROM admins WHERE user_id = ?1", [user_id])?;
         crate::audit::append_in(
             tx,
             key,
-            &admin_actor(),
+            actor,
             "user.disable",
             &format!(
                 "user={user_id} devices_revoked={devices_revoked} invites_cancelled={invites_cancelled}"
@@ -2211,7 +2239,7 @@ pub fn restore(dir: &Path, from: &Path) -> Result<Backup, rusqlite::Error> {
 
 /// Run an admin change and its audit entry in one transaction on the store
 /// in `dir`, with the organisation key kept there.
-fn admin_tx<T>(
+pub(crate) fn admin_tx<T>(
     dir: &Path,
     f: impl FnOnce(&rusqlite::Transaction<'_>, &ed25519_dalek::SigningKey) -> Result<T, rusqlite::Error>,
 ) -> Result<T, rusqlite::Error> {
@@ -2233,6 +2261,18 @@ pub fn create_invite(
     role: &str,
     ttl_secs: u64,
 ) -> Result<String, rusqlite::Error> {
+    create_invite_as(dir, &admin_actor(), user_id, display_name, role, ttl_secs)
+}
+
+/// [`create_invite`] by `actor` (for the audit log).
+pub fn create_invite_as(
+    dir: &Path,
+    actor: &str,
+    user_id: &str,
+    display_name: &str,
+    role: &str,
+    ttl_secs: u64,
+) -> Result<String, rusqlite::Error> {
     let secret = crate::org::new_code();
     let now = crate::now_secs();
     let code = admin_tx(dir, |tx, key| {
@@ -2244,7 +2284,7 @@ pub fn create_invite(
         crate::audit::append_in(
             tx,
             key,
-            &admin_actor(),
+            actor,
             "invite",
             &format!("user={user_id} ttl_secs={ttl_secs}"),
             now,
@@ -2271,6 +2311,7 @@ pub fn admin_actor() -> String {
 /// organisation key there).
 pub fn audit_dir(
     dir: &Path,
+    actor: &str,
     action: &str,
     detail: &str,
 ) -> Result<(u64, [u8; 32]), Box<dyn std::error::Error + Send + Sync>> {
@@ -2279,7 +2320,7 @@ pub fn audit_dir(
     Ok(crate::audit::append(
         &mut conn,
         &org.key,
-        &admin_actor(),
+        actor,
         action,
         detail,
         crate::now_secs(),

@@ -59,12 +59,13 @@ pub fn update(
 /// [`update`] on the store in `dir` as the admin.
 pub fn admin_update(
     dir: &Path,
+    actor: &str,
     action: &str,
     f: impl FnOnce(&mut Directory) -> Result<String, DirectoryError>,
 ) -> Result<Directory, BoxErr> {
     let org = crate::org::Org::open(dir).map_err(|e| e.to_string())?;
     let mut conn = crate::db::connect(dir)?;
-    update(&mut conn, &org.key, &crate::admin_actor(), action, f)
+    update(&mut conn, &org.key, actor, action, f)
 }
 
 /// The directory in `dir`, verified.

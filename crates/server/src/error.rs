@@ -97,6 +97,10 @@ impl ApiErr {
             "too many requests; slow down",
         )
     }
+    /// 429 with its own code.
+    pub fn too_many(code: &str, message: &str) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+    }
     /// 503: not ready to serve (the store is not answering).
     pub fn unavailable(code: &str, message: &str) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)

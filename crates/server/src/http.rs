@@ -89,6 +89,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/roles/{role}/take", post(take_role))
         .route("/v1/roles/{role}/handback", post(handback_role))
         .route("/v1/ws", get(crate::ws::upgrade))
+        .merge(crate::admin::routes())
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
         // For any extractor other than `JsonBody`.
         .layer(DefaultBodyLimit::max(SMALL_BODY))

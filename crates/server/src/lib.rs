@@ -11,6 +11,7 @@
 //! routing metadata (group id, epoch, sender device, sizes, times). Its logs carry
 //! ids and sizes only.
 
+pub mod admin;
 pub mod audit;
 mod db;
 pub mod directory;

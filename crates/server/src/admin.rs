@@ -1,0 +1,496 @@
+//! Administration over the API: the admin's own enrolled device, with an
+//! admin grant (`sitrep admin grant USER`) and, where the policy asks for
+//! two-step verification, a TOTP code from the grant's own secret in
+//! `X-Sitrep-Totp`. Every action is in the signed audit log as
+//! `admin:<user>/<device>`. The same functions serve `sitrep admin ... --data`
+//! on the server's machine.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path as UrlPath, Query, State};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rusqlite::{OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+use sitrep_wire::api::valid_id;
+
+use crate::db::{admin_tx, connect};
+use crate::error::ApiErr;
+use crate::http::{Auth, JsonBody};
+use crate::{AppState, now_secs};
+
+/// The header carrying the admin's current TOTP code.
+pub const TOTP_HEADER: &str = "x-sitrep-totp";
+
+/// Wrong codes before a grant is locked for [`LOCKOUT_SECS`].
+const MAX_FAILURES: i64 = 5;
+const LOCKOUT_SECS: i64 = 300;
+const STEP_SECS: u64 = 30;
+
+/// One admin, for `sitrep admin grants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRow {
+    /// User id.
+    pub user_id: String,
+    /// When it was granted (seconds).
+    pub granted_at: u64,
+    /// Who granted it.
+    pub granted_by: String,
+}
+
+/// A new grant: the TOTP secret the admin adds to an authenticator app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Granted {
+    /// User id.
+    pub user_id: String,
+    /// `otpauth://` URI of the grant's TOTP secret (shown once).
+    pub otpauth_uri: String,
+}
+
+fn totp(secret: Vec<u8>, user: &str) -> Result<totp_rs::TOTP, rusqlite::Error> {
+    totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        STEP_SECS,
+        secret,
+        Some("Sitrep admin".into()),
+        user.to_string(),
+    )
+    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))
+}
+
+/// Make `user` an admin (a new TOTP secret each time). `None`: nobody of
+/// that id was ever invited, or the user was disabled.
+pub fn grant(dir: &Path, actor: &str, user: &str) -> Result<Option<Granted>, rusqlite::Error> {
+    let secret = crate::random::<20>().to_vec();
+    let uri = totp(secret.clone(), user)?.get_url();
+    admin_tx(dir, |tx, key| {
+        let active: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM devices WHERE user_id = ?1 AND revoked_at IS NULL",
+            [user],
+            |r| r.get(0),
+        )?;
+        let invited: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM invites WHERE user_id = ?1 AND used_at IS NULL AND expires_at > ?2",
+            params![user, now_secs() as i64],
+            |r| r.get(0),
+        )?;
+        if active + invited == 0 {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO admins (user_id, totp_secret, granted_at, granted_by) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(user_id) DO UPDATE SET totp_secret = excluded.totp_secret, last_step = 0,
+                 failures = 0, locked_until = 0, granted_at = excluded.granted_at, granted_by = excluded.granted_by",
+            params![user, secret, now_secs() as i64, actor],
+        )?;
+        crate::audit::append_in(
+            tx,
+            key,
+            actor,
+            "admin.grant",
+            &format!("user={user}"),
+            now_secs(),
+        )?;
+        Ok(Some(Granted {
+            user_id: user.to_string(),
+            otpauth_uri: uri,
+        }))
+    })
+}
+
+/// Take `user`'s admin grant away; whether there was one.
+pub fn ungrant(dir: &Path, actor: &str, user: &str) -> Result<bool, rusqlite::Error> {
+    admin_tx(dir, |tx, key| {
+        let n = tx.execute("DELETE FROM admins WHERE user_id = ?1", [user])?;
+        if n > 0 {
+            crate::audit::append_in(
+                tx,
+                key,
+                actor,
+                "admin.revoke",
+                &format!("user={user}"),
+                now_secs(),
+            )?;
+        }
+        Ok(n > 0)
+    })
+}
+
+/// Every admin.
+pub fn list(dir: &Path) -> Result<Vec<AdminRow>, rusqlite::Error> {
+    let conn = connect(dir)?;
+    let mut st =
+        conn.prepare("SELECT user_id, granted_at, granted_by FROM admins ORDER BY user_id")?;
+    let rows = st.query_map([], |r| {
+        Ok(AdminRow {
+            user_id: r.get(0)?,
+            granted_at: r.get::<_, i64>(1)? as u64,
+            granted_by: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Whether `user` may administer now: a grant, and where `need_totp`, a
+/// code of a step later than the last one used (no replay), within one step
+/// of `now`. Wrong codes count; past [`MAX_FAILURES`] the grant is locked.
+fn check(
+    dir: &Path,
+    user: &str,
+    code: Option<&str>,
+    need_totp: bool,
+    now: u64,
+) -> Result<(), ApiErr> {
+    let mut conn = connect(dir).map_err(|_| ApiErr::internal())?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|_| ApiErr::internal())?;
+    let row: Option<(Vec<u8>, i64, i64, i64)> = tx
+        .query_row(
+            "SELECT totp_secret, last_step, failures, locked_until FROM admins WHERE user_id = ?1",
+            [user],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(|_| ApiErr::internal())?;
+    let Some((secret, last_step, failures, locked_until)) = row else {
+        return Err(ApiErr::forbidden(
+            "not_admin",
+            "this device's user has no admin grant (sitrep admin grant)",
+        ));
+    };
+    if !need_totp {
+        return Ok(());
+    }
+    if (now as i64) < locked_until {
+        return Err(ApiErr::too_many(
+            "totp_locked",
+            "too many wrong admin codes: try again in a few minutes",
+        ));
+    }
+    let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Err(ApiErr::forbidden(
+            "totp_required",
+            "the policy asks for the admin's two-step code (X-Sitrep-Totp)",
+        ));
+    };
+    let t = totp(secret, user).map_err(|_| ApiErr::internal())?;
+    let step = now / STEP_SECS;
+    let matched = [step.saturating_sub(1), step, step + 1]
+        .into_iter()
+        .find(|s| *s as i64 > last_step && t.generate(s * STEP_SECS) == code);
+    let result = match matched {
+        Some(s) => tx.execute(
+            "UPDATE admins SET last_step = ?2, failures = 0 WHERE user_id = ?1",
+            params![user, s as i64],
+        ),
+        None if failures + 1 >= MAX_FAILURES => tx.execute(
+            "UPDATE admins SET failures = 0, locked_until = ?2 WHERE user_id = ?1",
+            params![user, now as i64 + LOCKOUT_SECS],
+        ),
+        None => tx.execute(
+            "UPDATE admins SET failures = failures + 1 WHERE user_id = ?1",
+            [user],
+        ),
+    };
+    result.map_err(|_| ApiErr::internal())?;
+    tx.commit().map_err(|_| ApiErr::internal())?;
+    match matched {
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!(user = %user, "wrong or reused admin two-step code");
+            Err(ApiErr::forbidden(
+                "totp_invalid",
+                "wrong, expired or already used admin code",
+            ))
+        }
+    }
+}
+
+/// A request from an admin's device; the actor recorded for what it does.
+pub(crate) struct AdminAuth {
+    pub actor: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for AdminAuth {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let Auth(dev) = Auth::from_request_parts(parts, state).await?;
+        let code = parts
+            .headers
+            .get(TOTP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 16)
+            .map(str::to_string);
+        let st = state.clone();
+        let user = dev.user_id.clone();
+        tokio::task::spawn_blocking(move || {
+            let need = crate::db::show_policy(&st.config.data_dir, &st.org)
+                .map(|p| p.two_step_required)
+                .map_err(|_| ApiErr::internal())?;
+            check(
+                &st.config.data_dir,
+                &user,
+                code.as_deref(),
+                need,
+                now_secs(),
+            )
+        })
+        .await
+        .map_err(|_| ApiErr::internal())??;
+        Ok(AdminAuth {
+            actor: format!("admin:{}/{}", dev.user_id, dev.device_id),
+        })
+    }
+}
+
+type St = State<Arc<AppState>>;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiErr> + Send + 'static,
+) -> Result<T, ApiErr> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiErr::internal())?
+}
+
+fn store(e: impl std::fmt::Display) -> ApiErr {
+    tracing::error!(error = %e, "admin request failed in the store");
+    ApiErr::internal()
+}
+
+fn user_id(u: &str) -> Result<(), ApiErr> {
+    if valid_id(u) {
+        Ok(())
+    } else {
+        Err(ApiErr::bad_request("bad_user", "invalid user id"))
+    }
+}
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/admin/users", get(users))
+        .route("/v1/admin/users/{user}/disable", post(disable))
+        .route("/v1/admin/devices", get(devices))
+        .route("/v1/admin/devices/{device}/wipe", post(wipe))
+        .route("/v1/admin/invites", post(invite))
+        .route("/v1/admin/policy", get(policy).post(set_policy))
+        .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/admins", get(admins))
+        .route("/v1/admin/admins/{user}", post(grant_route))
+        .route("/v1/admin/admins/{user}/revoke", post(ungrant_route))
+}
+
+/// # GET /v1/admin/users
+async fn users(State(st): St, _a: AdminAuth) -> Result<Json<Vec<crate::UserRow>>, ApiErr> {
+    let dir = st.config.data_dir.clone();
+    Ok(Json(
+        blocking(move || crate::db::list_users(&dir).map_err(store)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct DevicesQuery {
+    user: Option<String>,
+}
+
+/// # GET /v1/admin/devices?user=U
+async fn devices(
+    State(st): St,
+    _a: AdminAuth,
+    Query(q): Query<DevicesQuery>,
+) -> Result<Json<Vec<crate::DeviceAdminRow>>, ApiErr> {
+    if let Some(u) = &q.user {
+        user_id(u)?;
+    }
+    let dir = st.config.data_dir.clone();
+    Ok(Json(
+        blocking(move || crate::db::list_devices(&dir, q.user.as_deref()).map_err(store)).await?,
+    ))
+}
+
+/// Have the groups of revoked devices remove them now, not at the next sweep.
+async fn sweep(st: &Arc<AppState>) -> Result<(), ApiErr> {
+    let st = st.clone();
+    blocking(move || {
+        st.db
+            .sweep_revocations(now_secs(), |p| st.hub.publish(p))
+            .map(|_| ())
+    })
+    .await
+}
+
+/// # POST /v1/admin/users/{user}/disable
+async fn disable(
+    State(st): St,
+    a: AdminAuth,
+    UrlPath(user): UrlPath<String>,
+) -> Result<Json<crate::Disabled>, ApiErr> {
+    user_id(&user)?;
+    let dir = st.config.data_dir.clone();
+    let u = user.clone();
+    let d = blocking(move || crate::db::disable_user(&dir, &u, &a.actor).map_err(store))
+        .await?
+        .ok_or_else(|| ApiErr::not_found("no_user", "no such user was ever invited"))?;
+    sweep(&st).await?;
+    tracing::info!(user = %user, devices = d.devices_revoked, "user disabled by an admin");
+    Ok(Json(d))
+}
+
+/// # POST /v1/admin/devices/{device}/wipe
+async fn wipe(
+    State(st): St,
+    a: AdminAuth,
+    UrlPath(device): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    if !valid_id(&device) {
+        return Err(ApiErr::bad_request("bad_device", "invalid device id"));
+    }
+    let dir = st.config.data_dir.clone();
+    let d = device.clone();
+    if !blocking(move || crate::db::revoke_device(&dir, &d, &a.actor).map_err(store)).await? {
+        return Err(ApiErr::not_found("no_device", "no such device"));
+    }
+    sweep(&st).await?;
+    Ok(Json(serde_json::json!({ "revoked": device })))
+}
+
+/// An invitation asked for over the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    /// User id.
+    pub user_id: String,
+    /// Name colleagues see (1 to 64 bytes).
+    pub display_name: String,
+    /// Role (1 to 64 bytes).
+    pub role: String,
+    /// Seconds the code stays valid (at most 30 days).
+    pub ttl_secs: u64,
+}
+
+/// Longest an invitation may stay valid.
+pub const MAX_INVITE_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// # POST /v1/admin/invites
+async fn invite(
+    State(st): St,
+    a: AdminAuth,
+    JsonBody(r): JsonBody<InviteRequest>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    user_id(&r.user_id)?;
+    let ok = |s: &str| !s.is_empty() && s.len() <= 64 && !s.chars().any(char::is_control);
+    if !ok(&r.display_name) || !ok(&r.role) {
+        return Err(ApiErr::bad_request(
+            "bad_invite",
+            "name and role are 1 to 64 bytes of text",
+        ));
+    }
+    if r.ttl_secs == 0 || r.ttl_secs > MAX_INVITE_TTL_SECS {
+        return Err(ApiErr::bad_request(
+            "bad_invite",
+            "ttl_secs is between 1 and 30 days",
+        ));
+    }
+    let dir = st.config.data_dir.clone();
+    let code = blocking(move || {
+        crate::db::create_invite_as(
+            &dir,
+            &a.actor,
+            &r.user_id,
+            &r.display_name,
+            &r.role,
+            r.ttl_secs,
+        )
+        .map_err(store)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "code": code })))
+}
+
+/// # GET /v1/admin/policy
+async fn policy(
+    State(st): St,
+    _a: AdminAuth,
+) -> Result<Json<sitrep_wire::policy::OrgPolicy>, ApiErr> {
+    let st2 = st.clone();
+    Ok(Json(
+        blocking(move || crate::db::show_policy(&st2.config.data_dir, &st2.org).map_err(store))
+            .await?,
+    ))
+}
+
+/// # POST /v1/admin/policy
+/// The whole policy; the server validates it, gives it the next serial and
+/// signs it.
+async fn set_policy(
+    State(st): St,
+    a: AdminAuth,
+    JsonBody(p): JsonBody<sitrep_wire::policy::OrgPolicy>,
+) -> Result<Json<sitrep_wire::policy::OrgPolicy>, ApiErr> {
+    p.validate()
+        .map_err(|e| ApiErr::bad_request("bad_policy", &e.to_string()))?;
+    let st2 = st.clone();
+    Ok(Json(
+        blocking(move || {
+            crate::db::set_policy(&st2.config.data_dir, &st2.org, p, &a.actor).map_err(store)
+        })
+        .await?,
+    ))
+}
+
+/// # GET /v1/admin/audit
+async fn audit(
+    State(st): St,
+    _a: AdminAuth,
+) -> Result<Json<Vec<crate::audit::AuditEntry>>, ApiErr> {
+    let dir = st.config.data_dir.clone();
+    Ok(Json(
+        blocking(move || crate::db::audit_entries(&dir).map_err(store)).await?,
+    ))
+}
+
+/// # GET /v1/admin/admins
+async fn admins(State(st): St, _a: AdminAuth) -> Result<Json<Vec<AdminRow>>, ApiErr> {
+    let dir = st.config.data_dir.clone();
+    Ok(Json(blocking(move || list(&dir).map_err(store)).await?))
+}
+
+/// # POST /v1/admin/admins/{user}
+async fn grant_route(
+    State(st): St,
+    a: AdminAuth,
+    UrlPath(user): UrlPath<String>,
+) -> Result<Json<Granted>, ApiErr> {
+    user_id(&user)?;
+    let dir = st.config.data_dir.clone();
+    blocking(move || grant(&dir, &a.actor, &user).map_err(store))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiErr::not_found("no_user", "no such user is enrolled or invited"))
+}
+
+/// # POST /v1/admin/admins/{user}/revoke
+async fn ungrant_route(
+    State(st): St,
+    a: AdminAuth,
+    UrlPath(user): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    user_id(&user)?;
+    let dir = st.config.data_dir.clone();
+    if !blocking(move || ungrant(&dir, &a.actor, &user).map_err(store)).await? {
+        return Err(ApiErr::not_found(
+            "no_admin",
+            "that user has no admin grant",
+        ));
+    }
+    Ok(Json(serde_json::json!({ "revoked": true })))
+}
