@@ -365,11 +365,7 @@ impl Remote {
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<R> {
-        self.call_with(method, path, |req| match body {
-            Some(b) => req.json(b),
-            None => req,
-        })
-        .await
+        self.request(method, path, body, &[]).await
     }
 
     async fn call_with<R: serde::de::DeserializeOwned>(

@@ -14,21 +14,16 @@ use common::{PASSCODE as PASS, Served, TempDir, cli, cli_invite, cli_ok, free_po
 
 /// `sitrep serve` over TLS on `port`, once it accepts connections.
 fn serve_tls(d: &str, port: u16, ca: &sitrep_cli::tls::PrivateCa) -> Served {
-    let server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
-        .args(["serve", "--init", "--data", d, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tls-cert")
-        .arg(&ca.files.cert)
-        .arg("--tls-key")
-        .arg(&ca.files.key)
-        .env("SITREP_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let served = Served(server);
-    assert!(listening(port), "server did not start");
-    served
+    common::serve_on_with(
+        d,
+        port,
+        &[
+            "--tls-cert".as_ref(),
+            ca.files.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            ca.files.key.as_os_str(),
+        ],
+    )
 }
 
 fn run(args: &[&str]) -> std::process::Output {

@@ -18,7 +18,7 @@ use sitrep_wire::api::valid_id;
 
 use crate::db::{admin_tx, connect};
 use crate::error::ApiErr;
-use crate::http::{Auth, JsonBody};
+use crate::http::{Auth, JsonBody, blocking};
 use crate::{AppState, now_secs};
 
 /// The header carrying the admin's current TOTP code.
@@ -232,10 +232,16 @@ impl FromRequestParts<Arc<AppState>> for AdminAuth {
             .map(str::to_string);
         let st = state.clone();
         let user = dev.user_id.clone();
-        tokio::task::spawn_blocking(move || {
-            let need = crate::db::show_policy(&st.config.data_dir, &st.org)
-                .map(|p| p.two_step_required)
-                .map_err(|_| ApiErr::internal())?;
+        blocking(move || {
+            // The signed policy in force, from the server's own connection.
+            let need = match st.db.policy()? {
+                Some(b) => {
+                    sitrep_wire::policy::SignedPolicy::verify(&b, &st.org.public_key())
+                        .map_err(store)?
+                        .two_step_required
+                }
+                None => sitrep_wire::policy::OrgPolicy::default().two_step_required,
+            };
             check(
                 &st.config.data_dir,
                 &user,
@@ -244,8 +250,7 @@ impl FromRequestParts<Arc<AppState>> for AdminAuth {
                 now_secs(),
             )
         })
-        .await
-        .map_err(|_| ApiErr::internal())??;
+        .await?;
         Ok(AdminAuth {
             actor: format!("admin:{}/{}", dev.user_id, dev.device_id),
         })
@@ -253,14 +258,6 @@ impl FromRequestParts<Arc<AppState>> for AdminAuth {
 }
 
 type St = State<Arc<AppState>>;
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiErr> + Send + 'static,
-) -> Result<T, ApiErr> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiErr::internal())?
-}
 
 fn store(e: impl std::fmt::Display) -> ApiErr {
     tracing::error!(error = %e, "admin request failed in the store");

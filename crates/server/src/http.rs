@@ -417,7 +417,7 @@ mod rate_limiter_tests {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiErr> + Send + 'static,
 ) -> Result<T, ApiErr> {
     tokio::task::spawn_blocking(f)

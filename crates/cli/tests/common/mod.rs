@@ -167,6 +167,11 @@ impl Drop for Served {
 
 /// `sitrep serve --data d` on `port`, once it accepts connections.
 pub fn serve_on(d: &str, port: u16) -> Served {
+    serve_on_with(d, port, &[])
+}
+
+/// [`serve_on`] with more flags (e.g. `--tls-cert`).
+pub fn serve_on_with(d: &str, port: u16, more: &[&std::ffi::OsStr]) -> Served {
     use std::process::{Command, Stdio};
     let server = Command::new(env!("CARGO_BIN_EXE_sitrep"))
         .args([
@@ -177,6 +182,7 @@ pub fn serve_on(d: &str, port: u16) -> Served {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(more)
         .env("SITREP_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
