@@ -37,6 +37,17 @@ pub struct File {
     /// TLS.
     #[serde(default)]
     pub tls: Tls,
+    /// `/metrics`.
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// File holding the bearer token a scraper off loopback sends.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[tls]`.
@@ -133,6 +144,7 @@ const KEYS: &[(&str, &str)] = &[
     ("tls", "cert"),
     ("tls", "key"),
     ("tls", "plain_http"),
+    ("metrics", "token_file"),
 ];
 
 /// The environment variable for a key.
@@ -257,6 +269,15 @@ impl File {
             _ => bail!("tls.cert and tls.key go together"),
         }
         c.plain_http = self.tls.plain_http.unwrap_or(false);
+        if let Some(f) = &self.metrics.token_file {
+            let token = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read metrics.token_file {}", f.display()))?;
+            let token = token.trim();
+            if token.len() < 16 || token.len() > 128 || !token.is_ascii() {
+                bail!("metrics.token_file holds 16 to 128 ASCII characters");
+            }
+            c.metrics_token = Some(token.to_string());
+        }
         if c.max_message > c.max_body {
             bail!(
                 "limits.max_message_bytes ({}) is larger than limits.max_body_bytes ({})",

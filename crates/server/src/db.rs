@@ -236,6 +236,13 @@ struct Counters {
     next_seq: u64,
 }
 
+/// What `/metrics` reads from the store.
+pub struct Stats {
+    pub stored_entries: u64,
+    pub active_devices: u64,
+    pub revoked_devices: u64,
+}
+
 /// The store.
 pub struct Db {
     inner: Mutex<Inner>,
@@ -1416,6 +1423,28 @@ impl Db {
             .query_row("SELECT COUNT(*) FROM meta", [], |r| r.get::<_, i64>(0))
             .map_err(db_err)?;
         Ok(())
+    }
+
+    /// Counts for `/metrics`.
+    pub fn stats(&self) -> Result<Stats, ApiErr> {
+        let g = self.lock();
+        let stored_entries: i64 = g
+            .conn
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .map_err(db_err)?;
+        let (active, revoked): (i64, i64) = g
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(revoked_at IS NULL), 0), COALESCE(SUM(revoked_at IS NOT NULL), 0) FROM devices",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db_err)?;
+        Ok(Stats {
+            stored_entries: stored_entries as u64,
+            active_devices: active as u64,
+            revoked_devices: revoked as u64,
+        })
     }
 
     /// A user's devices.

@@ -63,6 +63,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .layer(middleware::from_fn_with_state(state.clone(), enrol_limit)),
         )
         .route("/v1/policy", get(policy))
+        .route("/metrics", get(crate::metrics::scrape))
         .route_layer(middleware::from_fn_with_state(state.clone(), public_limit));
     Router::new()
         .merge(public)
@@ -91,6 +92,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ws", get(crate::ws::upgrade))
         .merge(crate::admin::routes())
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         // For any extractor other than `JsonBody`.
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .with_state(state)
@@ -895,6 +900,9 @@ async fn commit(
         )
     })
     .await?;
+    if !duplicate {
+        st.metrics.committed();
+    }
     Ok(Json(api::CommitResponse { epoch, duplicate }))
 }
 
@@ -916,6 +924,7 @@ async fn send(
     if req.payload.is_empty() || req.payload.len() > st.config.max_message {
         return Err(ApiErr::too_large(st.config.max_message));
     }
+    let start = std::time::Instant::now();
     let st2 = st.clone();
     let (recipients, duplicate, seq) = blocking(move || {
         st2.db.send(
@@ -932,6 +941,7 @@ async fn send(
         )
     })
     .await?;
+    st.metrics.sent(duplicate, start.elapsed());
     Ok(Json(api::SendResponse {
         recipients,
         duplicate,
@@ -1090,11 +1100,13 @@ async fn inbox(
         q.map_err(|_| ApiErr::bad_request("bad_query", "after and limit are numbers"))?;
     let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let after = log_seq(q.after)?;
+    let st2 = st.clone();
     let (entries, more) = blocking(move || {
-        st.db
-            .fetch(&dev.device_id, after, limit, st.config.page_bytes)
+        st2.db
+            .fetch(&dev.device_id, after, limit, st2.config.page_bytes)
     })
     .await?;
+    st.metrics.delivered("fetch", entries.len() as u64);
     Ok(Json(api::InboxResponse {
         entries: entries
             .into_iter()

@@ -140,6 +140,12 @@ impl Hub {
         }
     }
 
+    /// Devices connected, and connections open (a device may hold several).
+    pub fn counts(&self) -> (usize, usize) {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        (conns.len(), conns.values().map(Vec::len).sum())
+    }
+
     /// Push entries that were just committed to the store.
     pub fn publish(&self, deliveries: Vec<Delivery>) {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());

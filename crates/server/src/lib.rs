@@ -19,6 +19,7 @@ mod ds;
 mod error;
 mod http;
 mod hub;
+mod metrics;
 mod mls;
 pub mod org;
 mod tls;
@@ -98,6 +99,9 @@ pub struct Config {
     /// Plain HTTP on a non-loopback address: for a reverse proxy in front
     /// that terminates TLS itself.
     pub plain_http: bool,
+    /// Bearer token that lets a scraper off loopback read `/metrics`;
+    /// without it, only loopback clients may.
+    pub metrics_token: Option<String>,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
             max_connections: 8_192,
             tls: None,
             plain_http: false,
+            metrics_token: None,
         }
     }
 }
@@ -141,6 +146,7 @@ pub(crate) struct AppState {
     /// per-device request buckets, so filling one never throttles the other.
     pub side_limiter: http::RateLimiter,
     pub acks: AckBatcher,
+    pub metrics: metrics::Metrics,
 }
 
 /// WebSocket acknowledgements, coalesced per device and applied in one
@@ -202,6 +208,7 @@ pub async fn run(
         addr_limiter: http::RateLimiter::new(config.addr_per_sec, config.addr_burst),
         side_limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
         acks: AckBatcher::default(),
+        metrics: metrics::Metrics::new(),
         config,
     });
     let flusher = {
@@ -215,7 +222,10 @@ pub async fn run(
                 if ticks.is_multiple_of(25) {
                     let st2 = st.clone();
                     let _ = tokio::task::spawn_blocking(move || {
-                        let _ = st2.db.sweep_revocations(now_secs(), |p| st2.hub.publish(p));
+                        if let Ok(n) = st2.db.sweep_revocations(now_secs(), |p| st2.hub.publish(p))
+                        {
+                            st2.metrics.swept(n as u64);
+                        }
                         st2.db.flush_seen()
                     })
                     .await;
@@ -226,9 +236,13 @@ pub async fn run(
                     st.side_limiter.prune();
                     let st2 = st.clone();
                     let (age, backlog) = (st.config.max_age_secs, st.config.max_backlog);
-                    let _ =
-                        tokio::task::spawn_blocking(move || st2.db.gc(now_secs(), age, backlog))
-                            .await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let start = std::time::Instant::now();
+                        if let Ok(n) = st2.db.gc(now_secs(), age, backlog) {
+                            st2.metrics.collected(n, start.elapsed());
+                        }
+                    })
+                    .await;
                 }
             }
         })

@@ -65,6 +65,7 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
                     st.hub.unsubscribe(&device_id, sub.id);
                     return;
                 };
+                st.metrics.delivered("push", entries.len() as u64);
                 for e in entries {
                     last_sent = e.seq;
                     let f = frame::encode(e.seq, e.kind, &e.payload);
@@ -92,9 +93,11 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
                 // Write everything already buffered, then flush once.
                 let mut next = Some(first);
                 let mut ok = true;
+                let mut pushed = 0u64;
                 while let Some(e) = next.take() {
                     if e.seq > last_sent {
                         last_sent = e.seq;
+                        pushed += 1;
                         if sink.feed(Message::Binary(e.frame)).await.is_err() {
                             ok = false;
                             break;
@@ -102,6 +105,7 @@ async fn serve(socket: WebSocket, st: Arc<AppState>, device_id: String) {
                     }
                     next = sub.try_recv();
                 }
+                st.metrics.delivered("push", pushed);
                 if !ok || sink.flush().await.is_err() {
                     break;
                 }
