@@ -264,6 +264,24 @@ impl Admin {
             Self::Api { .. } => self.get("/v1/admin/admins").await,
         }
     }
+
+    /// A new SCIM bearer token (the old one stops working).
+    pub async fn scim_token(&self) -> anyhow::Result<String> {
+        match self {
+            Self::Data(d) => Ok(sitrep_server::scim::new_token(
+                d,
+                &sitrep_server::admin_actor(),
+            )?),
+            Self::Api { .. } => {
+                #[derive(serde::Deserialize)]
+                struct T {
+                    token: String,
+                }
+                let t: T = self.post("/v1/admin/scim/token", &()).await?;
+                Ok(t.token)
+            }
+        }
+    }
 }
 
 /// The admin's two-step code, asked for on the terminal.

@@ -687,6 +687,13 @@ enum AdminCmd {
         #[command(flatten)]
         at: Target,
     },
+    /// A new bearer token for the identity system's SCIM client (Entra ID:
+    /// Provisioning, Tenant URL https://HOST/scim/v2, Secret Token); the
+    /// previous token stops working. Shown once.
+    ScimToken {
+        #[command(flatten)]
+        at: Target,
+    },
     /// Who has admin rights.
     Admins {
         #[command(flatten)]
@@ -2436,6 +2443,15 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 bail!("{user} has no admin grant");
             }
             println!("{user} no longer has admin rights");
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::ScimToken { at },
+        } => {
+            let token = admin_target(&cli.profile, at)?.scim_token().await?;
+            eprintln!(
+                "SCIM token (shown only now; the previous one no longer works). The tenant URL is the server's address followed by /scim/v2."
+            );
+            println!("{token}");
         }
         Cmd::Admin {
             cmd: AdminCmd::Admins { at, json },

@@ -211,7 +211,7 @@ pub fn fhir_instant(ms: u64) -> Result<String, Error> {
     let secs = ms / 1000;
     let days = secs / 86_400;
     let sod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = sitrep_wire::time::civil_from_days(days);
     Ok(format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
         sod / 3600,
@@ -219,21 +219,6 @@ pub fn fhir_instant(ms: u64) -> Result<String, Error> {
         sod % 60,
         ms % 1000
     ))
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`, for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Checks a 32-hex message id and formats it 8-4-4-4-12, lowercase.

@@ -284,6 +284,16 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/admin/admins", get(admins))
         .route("/v1/admin/admins/{user}", post(grant_route))
         .route("/v1/admin/admins/{user}/revoke", post(ungrant_route))
+        .route("/v1/admin/scim/token", post(scim_token))
+}
+
+/// # POST /v1/admin/scim/token
+/// A new bearer token for the identity system's SCIM client (the old one
+/// stops working); shown once.
+async fn scim_token(State(st): St, a: AdminAuth) -> Result<Json<serde_json::Value>, ApiErr> {
+    let dir = st.config.data_dir.clone();
+    let token = blocking(move || crate::scim::new_token(&dir, &a.actor).map_err(store)).await?;
+    Ok(Json(serde_json::json!({ "token": token })))
 }
 
 /// # GET /v1/admin/users
@@ -398,6 +408,13 @@ async fn invite(
         ));
     }
     let dir = st.config.data_dir.clone();
+    let (d, u) = (dir.clone(), r.user_id.clone());
+    if blocking(move || crate::scim::deactivated(&d, &u).map_err(store)).await? {
+        return Err(ApiErr::conflict(
+            "user_deactivated",
+            "the identity system (SCIM) has deactivated this user: reactivate them there first",
+        ));
+    }
     let code = blocking(move || {
         crate::db::create_invite_as(
             &dir,

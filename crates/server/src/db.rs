@@ -146,6 +146,23 @@ CREATE TABLE IF NOT EXISTS admins (
     granted_at INTEGER NOT NULL,
     granted_by TEXT NOT NULL
 );
+-- Staff provisioned by the trust's identity system over SCIM (scim.rs).
+CREATE TABLE IF NOT EXISTS scim_users (
+    id TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL UNIQUE,
+    external_id TEXT,
+    display_name TEXT NOT NULL,
+    title TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    modified_at INTEGER NOT NULL
+);
+-- The SCIM client's bearer token (its SHA-256), one at a time.
+CREATE TABLE IF NOT EXISTS scim_token (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token_hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -1976,6 +1993,7 @@ pub fn list_users(dir: &Path) -> Result<Vec<UserRow>, rusqlite::Error> {
         "WITH u AS (
              SELECT user_id, display_name, role, created_at FROM devices
              UNION ALL SELECT user_id, display_name, role, created_at FROM invites
+             UNION ALL SELECT user_name, display_name, title, modified_at FROM scim_users
          ), latest AS (
              SELECT user_id, display_name, role,
                     ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY created_at DESC) AS n
@@ -2041,7 +2059,17 @@ pub fn disable_user(
     user_id: &str,
     actor: &str,
 ) -> Result<Option<Disabled>, rusqlite::Error> {
-    admin_tx(dir, |tx, key| {
+    admin_tx(dir, |tx, key| disable_user_in(tx, key, user_id, actor))
+}
+
+/// [`disable_user`] inside the caller's transaction.
+pub(crate) fn disable_user_in(
+    tx: &rusqlite::Transaction<'_>,
+    key: &ed25519_dalek::SigningKey,
+    user_id: &str,
+    actor: &str,
+) -> Result<Option<Disabled>, rusqlite::Error> {
+    {
         let now = crate::now_secs() as i64;
         let known: i64 = tx.query_row(
             "SELECT (SELECT COUNT(*) FROM devices WHERE user_id = ?1) + (SELECT COUNT(*) FROM invites WHERE user_id = ?1)",
@@ -2075,7 +2103,7 @@ pub fn disable_user(
             devices_revoked,
             invites_cancelled,
         }))
-    })
+    }
 }
 
 /// The lock a running server holds on its data directory.
@@ -2305,6 +2333,14 @@ pub fn create_invite_as(
     let secret = crate::org::new_code();
     let now = crate::now_secs();
     let code = admin_tx(dir, |tx, key| {
+        if crate::scim::deactivated_in(tx, user_id)? {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                format!(
+                    "{user_id} is deactivated in the identity system (SCIM): reactivate them there first"
+                )
+                .into(),
+            ));
+        }
         let code = sitrep_wire::invite::code(&secret, &key.verifying_key().to_bytes());
         tx.execute(
             "INSERT INTO invites (code_hash, user_id, display_name, role, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

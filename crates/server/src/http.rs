@@ -91,6 +91,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/roles/{role}/handback", post(handback_role))
         .route("/v1/ws", get(crate::ws::upgrade))
         .merge(crate::admin::routes())
+        .merge(crate::scim::routes())
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

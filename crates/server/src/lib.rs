@@ -22,6 +22,7 @@ mod hub;
 mod metrics;
 mod mls;
 pub mod org;
+pub mod scim;
 mod tls;
 mod ws;
 

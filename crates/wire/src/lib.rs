@@ -20,6 +20,7 @@ pub mod incident;
 pub mod invite;
 pub mod meta;
 pub mod policy;
+pub mod time;
 
 /// Largest encoded [`content::Content`] we accept (plaintext inside MLS).
 pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
