@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use sitrep_server::admin::{AdminRow, Granted, InviteRequest, TOTP_HEADER};
+use sitrep_server::admin::{AdminRow, DirectoryChange, Granted, InviteRequest, TOTP_HEADER};
 use sitrep_server::audit::AuditEntry;
 use sitrep_server::{DeviceAdminRow, Disabled, UserRow};
+use sitrep_wire::directory::{Directory, DirectoryError};
 use sitrep_wire::policy::OrgPolicy;
 
 use crate::{Profile, Remote, ServerError};
@@ -26,6 +27,8 @@ pub enum Admin {
         totp: std::sync::Mutex<Option<String>>,
         /// The organisation the device enrolled in: name and key fingerprint.
         org: (String, String),
+        /// Its key, pinned at enrolment.
+        org_key: Vec<u8>,
     },
 }
 
@@ -49,6 +52,7 @@ impl Admin {
                 profile.client.org_name().to_string(),
                 profile.client.org_fingerprint(),
             ),
+            org_key: profile.client.org_key().to_vec(),
         })
     }
 
@@ -262,6 +266,69 @@ impl Admin {
         match self {
             Self::Data(d) => Ok(sitrep_server::admin::list(d)?),
             Self::Api { .. } => self.get("/v1/admin/admins").await,
+        }
+    }
+
+    /// Check the audit log's chain and signatures: on the data directory
+    /// with its key, or as listed by the server against the key this device
+    /// pinned at enrolment. The number of entries.
+    pub async fn verify_audit(&self) -> anyhow::Result<u64> {
+        let r = match self {
+            Self::Data(d) => sitrep_server::audit_verify(d).map_err(any),
+            Self::Api { org_key, .. } => {
+                let key: [u8; 32] = org_key
+                    .as_slice()
+                    .try_into()
+                    .context("the pinned organisation key is not 32 bytes")?;
+                let entries = self.audit().await?;
+                sitrep_server::audit::verify_entries(&entries, &key).map_err(any)
+            }
+        };
+        r.map_err(|e| anyhow::anyhow!("audit log FAILED verification: {e}"))
+    }
+
+    /// The organisation's directory.
+    pub async fn directory(&self) -> anyhow::Result<Directory> {
+        match self {
+            Self::Data(d) => sitrep_server::directory::show(d).map_err(|e| anyhow::anyhow!("{e}")),
+            Self::Api { .. } => self.get("/v1/admin/directory").await,
+        }
+    }
+
+    /// Change the directory with `f` (which returns the audit detail). Over
+    /// the API the change is made from the directory read and refused if it
+    /// changed meanwhile, then made again from the new one, a few times.
+    pub async fn update_directory(
+        &self,
+        action: &str,
+        f: impl Fn(&mut Directory) -> Result<String, DirectoryError>,
+    ) -> anyhow::Result<Directory> {
+        match self {
+            Self::Data(d) => {
+                sitrep_server::directory::admin_update(d, &sitrep_server::admin_actor(), action, f)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            }
+            Self::Api { .. } => {
+                for _ in 0..5 {
+                    let mut d = self.directory().await?;
+                    let serial = d.serial;
+                    let detail = f(&mut d)?;
+                    let change = DirectoryChange {
+                        serial,
+                        action: action.to_string(),
+                        detail,
+                        directory: d,
+                    };
+                    match self.post("/v1/admin/directory", &change).await {
+                        Err(e)
+                            if e.downcast_ref::<ServerError>().is_some_and(|s| {
+                                s.status == 409 && s.body.error == "directory_changed"
+                            }) => {}
+                        other => return other,
+                    }
+                }
+                bail!("the directory kept changing while this change was made: try again")
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bulk;
 pub mod config;
 pub mod drill;
 pub mod incident;

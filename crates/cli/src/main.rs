@@ -536,9 +536,8 @@ struct Target {
 enum AuditCmd {
     /// Check the hash chain and the organisation's signatures.
     Verify {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
     },
     /// Print the audit log.
     Show {
@@ -622,9 +621,8 @@ enum PolicyCmd {
 enum AdminRoleCmd {
     /// Add or replace a role.
     Add {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// Role id.
         #[arg(long)]
         id: String,
@@ -655,18 +653,16 @@ enum AdminRoleCmd {
     },
     /// Remove a role.
     Remove {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// Role id.
         #[arg(long)]
         id: String,
     },
     /// Print the directory (JSON).
     List {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
     },
 }
 
@@ -684,6 +680,24 @@ enum AdminCmd {
     Ungrant {
         /// User id.
         user: String,
+        #[command(flatten)]
+        at: Target,
+    },
+    /// One enrolment code per member of staff from a CSV with the header
+    /// user,name,role,team (team may be empty), written to a new owner-only
+    /// file as user,name,role,team,code,expires_at. Every row is checked
+    /// first; staff already enrolled or invited are skipped, so a stopped
+    /// run is run again; teams are added to the directory.
+    BulkInvite {
+        /// The staff list.
+        #[arg(long)]
+        csv: PathBuf,
+        /// The file to write the codes to (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days each code stays valid (at most 30).
+        #[arg(long, default_value_t = 14)]
+        ttl_days: u64,
         #[command(flatten)]
         at: Target,
     },
@@ -720,9 +734,8 @@ enum AdminCmd {
     },
     /// Set a team's members (for who may take which role).
     Team {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// Team id.
         #[arg(long)]
         id: String,
@@ -732,9 +745,8 @@ enum AdminCmd {
     },
     /// Set the call-out list for a level.
     Callout {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// standby or declared.
         #[arg(long)]
         level: String,
@@ -744,9 +756,8 @@ enum AdminCmd {
     },
     /// Name the organisation's records account (signed into the policy).
     Records {
-        /// Data directory of the server.
-        #[arg(long, default_value = "sitrep-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        at: Target,
         /// User id of the records account.
         #[arg(long)]
         user: String,
@@ -1999,7 +2010,7 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             cmd: AdminCmd::Role { cmd },
         } => match cmd {
             AdminRoleCmd::Add {
-                data,
+                at,
                 id,
                 name,
                 team,
@@ -2010,13 +2021,10 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 can_declare,
                 commander,
             } => {
-                let d = sitrep_server::directory::admin_update(
-                    &data,
-                    &sitrep_server::admin_actor(),
-                    "role.set",
-                    |d| {
+                let d = admin_target(&cli.profile, at)?
+                    .update_directory("role.set", |d| {
                         d.roles.retain(|r| r.id != id);
-                        let mut eligible = eligible;
+                        let mut eligible = eligible.clone();
                         for h in &holders {
                             if !eligible.contains(h) {
                                 eligible.push(h.clone());
@@ -2024,72 +2032,59 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                         }
                         d.roles.push(sitrep_wire::directory::Role {
                             id: id.clone(),
-                            name,
-                            team,
-                            holders,
-                            deputy,
+                            name: name.clone(),
+                            team: team.clone(),
+                            holders: holders.clone(),
+                            deputy: deputy.clone(),
                             can_declare,
                             commander,
                             eligible,
-                            eligible_teams,
+                            eligible_teams: eligible_teams.clone(),
                         });
                         Ok(format!("role={id}"))
-                    },
-                )
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    })
+                    .await?;
                 println!("role {id} set (directory serial {})", d.serial);
             }
-            AdminRoleCmd::Remove { data, id } => {
-                let d = sitrep_server::directory::admin_update(
-                    &data,
-                    &sitrep_server::admin_actor(),
-                    "role.remove",
-                    |d| {
+            AdminRoleCmd::Remove { at, id } => {
+                let d = admin_target(&cli.profile, at)?
+                    .update_directory("role.remove", |d| {
                         d.roles.retain(|r| r.id != id);
                         d.callout_standby.retain(|r| *r != id);
                         d.callout_declared.retain(|r| *r != id);
                         Ok(format!("role={id}"))
-                    },
-                )
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    })
+                    .await?;
                 println!("role {id} removed (directory serial {})", d.serial);
             }
-            AdminRoleCmd::List { data } => {
-                let d =
-                    sitrep_server::directory::show(&data).map_err(|e| anyhow::anyhow!("{e}"))?;
+            AdminRoleCmd::List { at } => {
+                let d = admin_target(&cli.profile, at)?.directory().await?;
                 println!("{}", serde_json::to_string_pretty(&d)?);
             }
         },
         Cmd::Admin {
-            cmd: AdminCmd::Team { data, id, members },
+            cmd: AdminCmd::Team { at, id, members },
         } => {
-            let d = sitrep_server::directory::admin_update(
-                &data,
-                &sitrep_server::admin_actor(),
-                "team.set",
-                |d| {
+            let d = admin_target(&cli.profile, at)?
+                .update_directory("team.set", |d| {
                     d.teams.retain(|t| t.id != id);
                     if !members.is_empty() {
                         d.teams.push(sitrep_wire::directory::Team {
                             id: id.clone(),
-                            members,
+                            members: members.clone(),
                         });
                     }
                     Ok(format!("team={id}"))
-                },
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                })
+                .await?;
             println!("team {id} set (directory serial {})", d.serial);
         }
         Cmd::Admin {
-            cmd: AdminCmd::Callout { data, level, roles },
+            cmd: AdminCmd::Callout { at, level, roles },
         } => {
             let lvl = level.clone();
-            let d = sitrep_server::directory::admin_update(
-                &data,
-                &sitrep_server::admin_actor(),
-                "callout.set",
-                |d| {
+            let d = admin_target(&cli.profile, at)?
+                .update_directory("callout.set", |d| {
                     match lvl.as_str() {
                         "standby" => d.callout_standby = roles.clone(),
                         "declared" => d.callout_declared = roles.clone(),
@@ -2100,9 +2095,8 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                         }
                     }
                     Ok(format!("level={lvl} roles={}", roles.join(",")))
-                },
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                })
+                .await?;
             println!(
                 "call-out list for {level} set (directory serial {})",
                 d.serial
@@ -2194,24 +2188,25 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             );
         }
         Cmd::Admin {
-            cmd: AdminCmd::Records { data, user },
+            cmd: AdminCmd::Records { at, user },
         } => {
             if !sitrep_wire::api::valid_id(&user) {
                 bail!("user ids are 1-64 of letters, digits, '.', '_' and '-'");
             }
-            let org = sitrep_server::org::Org::open(&data)?;
-            let mut p =
-                sitrep_server::show_policy(&data, &org).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let admin = admin_target(&cli.profile, at)?;
+            let mut p = admin.policy().await?;
             p.records_user = Some(user.clone());
-            let p = sitrep_server::set_policy(&data, &org, p, &sitrep_server::admin_actor())
+            let p = admin.set_policy(p).await?;
+            // Over the API the server's `policy.set` entry records it.
+            if let sitrep_cli::admin::Admin::Data(data) = &admin {
+                sitrep_server::audit_dir(
+                    data,
+                    &sitrep_server::admin_actor(),
+                    "records.account",
+                    &format!("user={user}"),
+                )
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            sitrep_server::audit_dir(
-                &data,
-                &sitrep_server::admin_actor(),
-                "records.account",
-                &format!("user={user}"),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
             println!(
                 "records account: {user} (policy serial {}); devices take it up at their next sync",
                 p.serial
@@ -2220,9 +2215,8 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
         Cmd::Admin {
             cmd: AdminCmd::Audit { cmd },
         } => match cmd {
-            AuditCmd::Verify { data } => {
-                let n = sitrep_server::audit_verify(&data)
-                    .map_err(|e| anyhow::anyhow!("audit log FAILED verification: {e}"))?;
+            AuditCmd::Verify { at } => {
+                let n = admin_target(&cli.profile, at)?.verify_audit().await?;
                 println!(
                     "audit log verified: {n} entries, chained and signed by the organisation key"
                 );
@@ -2443,6 +2437,40 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 bail!("{user} has no admin grant");
             }
             println!("{user} no longer has admin rights");
+        }
+        Cmd::Admin {
+            cmd:
+                AdminCmd::BulkInvite {
+                    csv,
+                    out,
+                    ttl_days,
+                    at,
+                },
+        } => {
+            if ttl_days == 0 || ttl_days > 30 {
+                bail!("--ttl-days is 1 to 30");
+            }
+            let bytes =
+                std::fs::read(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
+            let staff = sitrep_cli::bulk::parse(&bytes)?;
+            let admin = admin_target(&cli.profile, at)?;
+            let (org_name, fingerprint) = admin.organisation()?;
+            let r = sitrep_cli::bulk::invite_all(&admin, &staff, &out, ttl_days * 86_400).await?;
+            println!(
+                "{} codes for {org_name:?} (key fingerprint {fingerprint}) written to {}, valid {ttl_days} days, single use",
+                r.invited,
+                out.display()
+            );
+            if !r.skipped.is_empty() {
+                println!(
+                    "{} already enrolled or holding an open code, skipped: {}",
+                    r.skipped.len(),
+                    r.skipped.join(", ")
+                );
+            }
+            if r.teams > 0 {
+                println!("{} teams updated in the directory", r.teams);
+            }
         }
         Cmd::Admin {
             cmd: AdminCmd::ScimToken { at },

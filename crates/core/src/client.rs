@@ -397,6 +397,11 @@ impl Client {
         sitrep_wire::credential::fingerprint(&self.state.device.org_public_key)
     }
 
+    /// The organisation's public key, pinned at enrolment.
+    pub fn org_key(&self) -> &[u8] {
+        &self.state.device.org_public_key
+    }
+
     /// The organisation's name, from enrolment.
     pub fn org_name(&self) -> &str {
         &self.state.device.org_name

@@ -285,6 +285,86 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/admin/admins/{user}", post(grant_route))
         .route("/v1/admin/admins/{user}/revoke", post(ungrant_route))
         .route("/v1/admin/scim/token", post(scim_token))
+        .route(
+            "/v1/admin/directory",
+            get(directory_get).post(directory_set),
+        )
+}
+
+/// A change to the directory over the API: the whole new directory, made
+/// from the one at `serial` (compare and set: a change made meanwhile, by
+/// another admin or a role taken, is not overwritten), with what the audit
+/// log says of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectoryChange {
+    /// Serial of the directory the change was made from.
+    pub serial: u64,
+    /// `role.set`, `role.remove`, `team.set` or `callout.set`.
+    pub action: String,
+    /// Ids and counts for the audit log (at most 512 bytes of text).
+    pub detail: String,
+    /// The new directory (its serial is the server's to set).
+    pub directory: sitrep_wire::directory::Directory,
+}
+
+/// Actions a directory change may be audited as.
+pub const DIRECTORY_ACTIONS: &[&str] = &["role.set", "role.remove", "team.set", "callout.set"];
+
+/// # GET /v1/admin/directory
+async fn directory_get(
+    State(st): St,
+    _a: AdminAuth,
+) -> Result<Json<sitrep_wire::directory::Directory>, ApiErr> {
+    let dir = st.config.data_dir.clone();
+    Ok(Json(
+        blocking(move || crate::directory::show(&dir).map_err(store)).await?,
+    ))
+}
+
+/// # POST /v1/admin/directory
+async fn directory_set(
+    State(st): St,
+    a: AdminAuth,
+    JsonBody(c): JsonBody<DirectoryChange>,
+) -> Result<Json<sitrep_wire::directory::Directory>, ApiErr> {
+    if !DIRECTORY_ACTIONS.contains(&c.action.as_str()) {
+        return Err(ApiErr::bad_request(
+            "bad_action",
+            "action is role.set, role.remove, team.set or callout.set",
+        ));
+    }
+    if c.detail.len() > 512 || c.detail.chars().any(char::is_control) {
+        return Err(ApiErr::bad_request(
+            "bad_detail",
+            "detail is at most 512 bytes of text",
+        ));
+    }
+    c.directory
+        .validate()
+        .map_err(|e| ApiErr::bad_request("bad_directory", &e.to_string()))?;
+    let dir = st.config.data_dir.clone();
+    blocking(move || {
+        let changed = std::cell::Cell::new(false);
+        let r = crate::directory::admin_update(&dir, &a.actor, &c.action, |d| {
+            if d.serial != c.serial {
+                changed.set(true);
+                return Err(sitrep_wire::directory::DirectoryError::Invalid("changed"));
+            }
+            let serial = d.serial;
+            *d = c.directory;
+            d.serial = serial;
+            Ok(c.detail)
+        });
+        match r {
+            Ok(d) => Ok(Json(d)),
+            Err(_) if changed.get() => Err(ApiErr::conflict(
+                "directory_changed",
+                "the directory changed since it was read: read it again",
+            )),
+            Err(e) => Err(store(e)),
+        }
+    })
+    .await
 }
 
 /// # POST /v1/admin/scim/token

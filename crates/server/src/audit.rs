@@ -33,6 +33,10 @@ pub struct AuditEntry {
     pub prev: String,
     /// Hex hash of this entry.
     pub hash: String,
+    /// Hex Ed25519 signature of the hash by the organisation key (empty
+    /// from a server before it was listed).
+    #[serde(default)]
+    pub signature: String,
 }
 
 /// Why verification failed.
@@ -136,7 +140,7 @@ pub fn entries(conn: &Connection) -> Result<Vec<AuditEntry>, rusqlite::Error> {
     Ok(rows(conn)?
         .into_iter()
         .map(
-            |(seq, at, actor, action, detail, prev, hash, _)| AuditEntry {
+            |(seq, at, actor, action, detail, prev, hash, sig)| AuditEntry {
                 seq: seq as u64,
                 at: at as u64,
                 actor,
@@ -144,6 +148,7 @@ pub fn entries(conn: &Connection) -> Result<Vec<AuditEntry>, rusqlite::Error> {
                 detail,
                 prev: hex::encode(prev),
                 hash: hex::encode(hash),
+                signature: hex::encode(sig),
             },
         )
         .collect())
@@ -153,42 +158,37 @@ pub fn entries(conn: &Connection) -> Result<Vec<AuditEntry>, rusqlite::Error> {
 /// hash recomputed from its fields and the entry before, and the organisation's
 /// signature over each hash. Returns the number of entries.
 pub fn verify(conn: &Connection, org_public_key: &[u8; 32]) -> Result<u64, AuditError> {
+    let all = entries(conn).map_err(|e| AuditError::Store(e.to_string()))?;
+    verify_entries(&all, org_public_key)
+}
+
+/// [`verify`] over entries as listed (`GET /v1/admin/audit`): an admin's
+/// device checks them against the organisation key it pinned at enrolment.
+pub fn verify_entries(all: &[AuditEntry], org_public_key: &[u8; 32]) -> Result<u64, AuditError> {
     let key = VerifyingKey::from_bytes(org_public_key)
         .map_err(|_| AuditError::Store("bad organisation key".into()))?;
     let mut prev = vec![0u8; 32];
     let mut expected = 1u64;
-    for (seq, at, actor, action, detail, stored_prev, hash, sig) in
-        rows(conn).map_err(|e| AuditError::Store(e.to_string()))?
-    {
-        let seq = seq as u64;
+    for e in all {
+        let seq = e.seq;
+        let broken = |why| AuditError::Broken { seq, why };
         if seq != expected {
-            return Err(AuditError::Broken {
-                seq,
-                why: "an entry before it is missing or out of order",
-            });
+            return Err(broken("an entry before it is missing or out of order"));
         }
-        if stored_prev != prev {
-            return Err(AuditError::Broken {
-                seq,
-                why: "does not chain to the entry before it",
-            });
+        if hex::decode(&e.prev).ok().as_deref() != Some(prev.as_slice()) {
+            return Err(broken("does not chain to the entry before it"));
         }
-        let h = entry_hash(&prev, seq, at as u64, &actor, &action, &detail);
+        let h = entry_hash(&prev, seq, e.at, &e.actor, &e.action, &e.detail);
+        let hash = hex::decode(&e.hash).map_err(|_| broken("hash malformed"))?;
         if h.as_slice() != hash.as_slice() {
-            return Err(AuditError::Broken {
-                seq,
-                why: "its contents were changed",
-            });
+            return Err(broken("its contents were changed"));
         }
-        let sig: [u8; 64] = sig.as_slice().try_into().map_err(|_| AuditError::Broken {
-            seq,
-            why: "signature malformed",
-        })?;
+        let sig: [u8; 64] = hex::decode(&e.signature)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| broken("signature malformed"))?;
         key.verify_strict(&h, &Signature::from_bytes(&sig))
-            .map_err(|_| AuditError::Broken {
-                seq,
-                why: "not signed by the organisation key",
-            })?;
+            .map_err(|_| broken("not signed by the organisation key"))?;
         prev = hash;
         expected += 1;
     }
