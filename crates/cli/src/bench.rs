@@ -29,6 +29,10 @@ pub enum BenchCmd {
         /// Sizes of history the whole-client sends are measured at.
         #[arg(long, value_delimiter = ',', default_values_t = [100usize, 100_000])]
         history: Vec<usize>,
+        /// Over TLS (a certificate from a CA made for the run), as against
+        /// plain HTTP on loopback.
+        #[arg(long)]
+        tls: bool,
     },
     /// Catching up: a device (a real sealed profile, `sitrep sync`) that was
     /// offline while messages arrived in many conversations.
@@ -61,6 +65,9 @@ pub enum BenchCmd {
         /// Messages sent back to back for sustained throughput.
         #[arg(long, default_value_t = 500)]
         burst: usize,
+        /// Over TLS (HTTPS and wss), as against plain HTTP on loopback.
+        #[arg(long)]
+        tls: bool,
     },
     /// (d) A DECLARED incident's call-in: `replies` members of staff, each a
     /// real MLS member of the coordination group, reply; the coordinator's
@@ -96,6 +103,20 @@ pub enum BenchCmd {
         #[arg(long, default_value = "both")]
         suite: String,
     },
+    /// Idle connections: `sitrep serve` in a process of its own, and this
+    /// process holding authenticated WebSockets to it; the server's resident
+    /// memory per connection at each count.
+    Idle {
+        /// Connection counts, ascending (each adds to the last).
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,15000")]
+        connections: Vec<usize>,
+        /// Devices enrolled; the connections are spread over them.
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Over TLS (wss), as against plain WebSocket.
+        #[arg(long)]
+        tls: bool,
+    },
     /// (c) MLS costs through the client core against bare openmls.
     Mls {
         /// Group sizes.
@@ -114,13 +135,20 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             count,
             client_count,
             history,
-        } => bench_send(count, client_count, &history).await,
+            tls,
+        } => bench_send(count, client_count, &history, tls).await,
         BenchCmd::Fanout {
             devices,
             messages,
             burst,
-        } => bench_fanout(devices, messages, burst).await,
+            tls,
+        } => bench_fanout(devices, messages, burst, tls).await,
         BenchCmd::Tally { replies } => bench_tally(replies).await,
+        BenchCmd::Idle {
+            connections,
+            devices,
+            tls,
+        } => idle::bench(&connections, devices, tls).await,
         BenchCmd::Watch { messages } => bench_watch(messages).await,
         BenchCmd::Catchup {
             messages,
@@ -296,8 +324,13 @@ fn summary(label: &str, mut ms: Vec<f64>) {
     );
 }
 
-async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> anyhow::Result<()> {
-    let server = start_server(|_| {}).await?;
+async fn bench_send(
+    count: usize,
+    client_count: usize,
+    history: &[usize],
+    tls: bool,
+) -> anyhow::Result<()> {
+    let server = start_server_tls(tls, |_| {}).await?;
     let cs = sitrep_core::DEFAULT_CIPHERSUITE;
     let mut a = device(&server, "alice", cs, 2).await?;
     let _b = device(&server, "bob", cs, 2 + history.len()).await?;
@@ -324,7 +357,14 @@ async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> any
         }
     }
     let total = t0.elapsed().as_secs_f64();
-    println!("(a) durable sends over HTTP, one at a time, SQLite WAL synchronous=FULL");
+    println!(
+        "(a) durable sends over {}, one at a time, SQLite WAL synchronous=FULL",
+        if tls {
+            "HTTPS (TLS 1.3, HTTP/2)"
+        } else {
+            "plain HTTP/1.1"
+        }
+    );
     summary("    send latency (POST until stored)", lat);
     println!(
         "    throughput: {:.0} msgs/s ({count} messages in {total:.2} s)",
@@ -340,7 +380,15 @@ async fn bench_send(count: usize, client_count: usize, history: &[usize]) -> any
         let user = format!("alice{}", k + 2);
         let dir = server.dir.join(format!("profile-{user}"));
         let code = sitrep_server::create_invite(&server.dir, &user, &user, "bench", 3600)?;
-        let mut p = crate::enrol(&dir, &server.url, &code, "bench-passcode", cs).await?;
+        let mut p = crate::enrol_with_ca(
+            &dir,
+            &server.url,
+            &code,
+            "bench-passcode",
+            cs,
+            server.ca.clone(),
+        )
+        .await?;
         let name = format!("bench-{history}");
         crate::chat_create(&mut p, &name, &["bob".to_string()], "off").await?;
         let gid = p.client.group_hex(&name)?;
@@ -637,11 +685,16 @@ fn r_for(p: &crate::Profile) -> anyhow::Result<Remote> {
     p.remote()
 }
 
-async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::Result<()> {
+async fn bench_fanout(
+    devices: usize,
+    messages: usize,
+    burst: usize,
+    tls: bool,
+) -> anyhow::Result<()> {
     if devices < 2 {
         bail!("need at least two devices");
     }
-    let server = start_server(|c| {
+    let server = start_server_tls(tls, |c| {
         c.enrol_per_sec = 1e6;
     })
     .await?;
@@ -672,8 +725,13 @@ async fn bench_fanout(devices: usize, messages: usize, burst: usize) -> anyhow::
         }
     }
     println!(
-        "(b) fan-out to {} receiving devices over WebSocket (setup {:.1} s)",
+        "(b) fan-out to {} receiving devices over {} (setup {:.1} s)",
         devices - 1,
+        if tls {
+            "wss (TLS 1.3)"
+        } else {
+            "plain WebSocket"
+        },
         t_setup.elapsed().as_secs_f64()
     );
 
@@ -1405,6 +1463,152 @@ mod mls {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+mod idle {
+    //! `sitrep bench idle`: the server as a child process (so its memory is
+    //! its own), WebSockets held open by this one.
+
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context as _, bail};
+    use futures_util::StreamExt as _;
+    use sitrep_core::PendingEnrolment;
+    use sitrep_wire::api;
+
+    use crate::Remote;
+
+    /// The child's resident set, bytes (Linux).
+    fn rss(pid: u32) -> anyhow::Result<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .context("reading the server's /proc status (Linux only)")?;
+        let kb: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")?;
+        Ok(kb * 1024)
+    }
+
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    pub(super) async fn bench(counts: &[usize], devices: usize, tls: bool) -> anyhow::Result<()> {
+        if counts.is_empty() || counts.windows(2).any(|w| w[0] > w[1]) || devices == 0 {
+            bail!("--connections ascending, --devices at least 1");
+        }
+        let dir =
+            std::env::temp_dir().join(format!("sitrep-idle-{}", hex::encode(super::rand16())));
+        sitrep_server::org::Org::open_or_create(&dir, Some("Bench Trust"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("SITREP_LOG", "warn")
+            .env("SITREP_LIMITS_ENROL_PER_SEC", "1000000.0")
+            .env("SITREP_LIMITS_ADDR_PER_SEC", "1000000.0")
+            .env("SITREP_LIMITS_ADDR_BURST", "1000000.0")
+            .env("SITREP_LIMITS_MAX_CONNECTIONS", "20000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        let (url, ca) = if tls {
+            let made = crate::tls::make_private_ca(&dir.join("tls"), &["localhost"])?;
+            cmd.arg("--tls-cert")
+                .arg(&made.files.cert)
+                .arg("--tls-key")
+                .arg(&made.files.key);
+            (format!("https://localhost:{port}"), Some(made.ca_pem))
+        } else {
+            (format!("http://127.0.0.1:{port}"), None)
+        };
+        let child = Child(cmd.spawn()?);
+        let pid = child.0.id();
+        let tokens = {
+            let r = Remote::with_ca(&url, None, ca.as_deref())?;
+            let mut up = false;
+            for _ in 0..500 {
+                if r.get::<api::Health>("/healthz").await.is_ok() {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !up {
+                bail!("the server did not start");
+            }
+            let t = Instant::now();
+            let mut tokens = Vec::with_capacity(devices);
+            for i in 0..devices {
+                let u = format!("idle{i:05}");
+                let code = sitrep_server::create_invite(&dir, &u, &u, "bench", 3600)?;
+                let pending = PendingEnrolment::new(sitrep_core::INTEROP_CIPHERSUITE)?;
+                let resp: api::EnrolResponse =
+                    r.post("/v1/enrol", &pending.enrol_request(&code)?).await?;
+                tokens.push(resp.token);
+            }
+            println!(
+                "idle connections over {}: {devices} devices enrolled in {:.1} s",
+                if tls {
+                    "wss (TLS 1.3)"
+                } else {
+                    "plain WebSocket"
+                },
+                t.elapsed().as_secs_f64()
+            );
+            tokens
+        };
+        // The enrolment connection gone, the store warm.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let base = rss(pid)?;
+        println!(
+            "    server RSS before any WebSocket: {:.1} MiB",
+            base as f64 / 1048576.0
+        );
+        let mut held = Vec::with_capacity(*counts.last().unwrap_or(&0));
+        let remotes: Vec<Remote> = tokens
+            .iter()
+            .map(|t| Remote::with_ca(&url, Some(t), ca.as_deref()))
+            .collect::<Result<_, _>>()?;
+        for &n in counts {
+            let t = Instant::now();
+            let need = n - held.len();
+            let start = held.len();
+            let opened: Vec<_> = futures_util::stream::iter((start..start + need).map(|i| {
+                let r = &remotes[i % remotes.len()];
+                async move { r.ws("/v1/ws", Duration::from_secs(60)).await }
+            }))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+            for ws in opened {
+                held.push(ws.context("a WebSocket was refused")?);
+            }
+            let took = t.elapsed().as_secs_f64();
+            // Let the backlog reads and buffers settle.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = rss(pid)?;
+            println!(
+                "    {n} connections (opened {need} in {took:.1} s): server RSS {:.1} MiB, {:.1} KiB per connection over the base",
+                now as f64 / 1048576.0,
+                now.saturating_sub(base) as f64 / 1024.0 / n as f64
+            );
+        }
+        drop(held);
+        drop(child);
+        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 }

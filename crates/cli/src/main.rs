@@ -249,6 +249,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sitrep_cli::bench::BenchCmd,
     },
+    /// Print the server's OpenAPI 3.1 description (as GET /v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -2437,6 +2439,15 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 bail!("{user} has no admin grant");
             }
             println!("{user} no longer has admin rights");
+        }
+        Cmd::Openapi => {
+            use std::io::Write as _;
+            let json = sitrep_server::openapi::document().to_pretty_json()?;
+            // A reader that stops early (`| head`) is not an error.
+            match writeln!(std::io::stdout(), "{json}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
         }
         Cmd::Admin {
             cmd:

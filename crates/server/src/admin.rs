@@ -30,7 +30,7 @@ const LOCKOUT_SECS: i64 = 300;
 const STEP_SECS: u64 = 30;
 
 /// One admin, for `sitrep admin grants`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminRow {
     /// User id.
     pub user_id: String,
@@ -41,7 +41,7 @@ pub struct AdminRow {
 }
 
 /// A new grant: the TOTP secret the admin adds to an authenticator app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Granted {
     /// User id.
     pub user_id: String,
@@ -272,6 +272,26 @@ fn user_id(u: &str) -> Result<(), ApiErr> {
     }
 }
 
+/// These routes in the OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    users,
+    disable,
+    devices,
+    wipe,
+    invite,
+    policy,
+    set_policy,
+    audit,
+    admins,
+    grant_route,
+    ungrant_route,
+    scim_token,
+    directory_get,
+    directory_set,
+))]
+pub(crate) struct Doc;
+
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/admin/users", get(users))
@@ -295,7 +315,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 /// from the one at `serial` (compare and set: a change made meanwhile, by
 /// another admin or a role taken, is not overwritten), with what the audit
 /// log says of it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DirectoryChange {
     /// Serial of the directory the change was made from.
     pub serial: u64,
@@ -304,6 +324,7 @@ pub struct DirectoryChange {
     /// Ids and counts for the audit log (at most 512 bytes of text).
     pub detail: String,
     /// The new directory (its serial is the server's to set).
+    #[schema(value_type = Object)]
     pub directory: sitrep_wire::directory::Directory,
 }
 
@@ -311,6 +332,13 @@ pub struct DirectoryChange {
 pub const DIRECTORY_ACTIONS: &[&str] = &["role.set", "role.remove", "team.set", "callout.set"];
 
 /// # GET /v1/admin/directory
+#[utoipa::path(
+    get,
+    path = "/v1/admin/directory",
+    tag = "admin",
+    responses((status = 200, description = "the directory in force", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn directory_get(
     State(st): St,
     _a: AdminAuth,
@@ -322,6 +350,14 @@ async fn directory_get(
 }
 
 /// # POST /v1/admin/directory
+#[utoipa::path(
+    post,
+    path = "/v1/admin/directory",
+    tag = "admin",
+    request_body(content = DirectoryChange),
+    responses((status = 200, description = "signed and in force", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn directory_set(
     State(st): St,
     a: AdminAuth,
@@ -370,6 +406,13 @@ async fn directory_set(
 /// # POST /v1/admin/scim/token
 /// A new bearer token for the identity system's SCIM client (the old one
 /// stops working); shown once.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/scim/token",
+    tag = "admin",
+    responses((status = 200, description = "a new SCIM token, shown once", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn scim_token(State(st): St, a: AdminAuth) -> Result<Json<serde_json::Value>, ApiErr> {
     let dir = st.config.data_dir.clone();
     let token = blocking(move || crate::scim::new_token(&dir, &a.actor).map_err(store)).await?;
@@ -377,6 +420,13 @@ async fn scim_token(State(st): St, a: AdminAuth) -> Result<Json<serde_json::Valu
 }
 
 /// # GET /v1/admin/users
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users",
+    tag = "admin",
+    responses((status = 200, description = "every user", body = Vec<crate::UserRow>), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn users(State(st): St, _a: AdminAuth) -> Result<Json<Vec<crate::UserRow>>, ApiErr> {
     let dir = st.config.data_dir.clone();
     Ok(Json(
@@ -390,6 +440,14 @@ struct DevicesQuery {
 }
 
 /// # GET /v1/admin/devices?user=U
+#[utoipa::path(
+    get,
+    path = "/v1/admin/devices",
+    tag = "admin",
+    params(("user" = Option<String>, Query, description = "only this user's")),
+    responses((status = 200, description = "devices", body = Vec<crate::DeviceAdminRow>), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn devices(
     State(st): St,
     _a: AdminAuth,
@@ -416,6 +474,14 @@ async fn sweep(st: &Arc<AppState>) -> Result<(), ApiErr> {
 }
 
 /// # POST /v1/admin/users/{user}/disable
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{user}/disable",
+    tag = "admin",
+    params(("user" = String, Path, description = "user id")),
+    responses((status = 200, description = "disabled", body = crate::Disabled), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn disable(
     State(st): St,
     a: AdminAuth,
@@ -433,6 +499,14 @@ async fn disable(
 }
 
 /// # POST /v1/admin/devices/{device}/wipe
+#[utoipa::path(
+    post,
+    path = "/v1/admin/devices/{device}/wipe",
+    tag = "admin",
+    params(("device" = String, Path, description = "device id")),
+    responses((status = 200, description = "revoked", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn wipe(
     State(st): St,
     a: AdminAuth,
@@ -453,6 +527,7 @@ async fn wipe(
 /// An invitation asked for over the API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct InviteRequest {
     /// User id.
     pub user_id: String,
@@ -468,6 +543,14 @@ pub struct InviteRequest {
 pub const MAX_INVITE_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// # POST /v1/admin/invites
+#[utoipa::path(
+    post,
+    path = "/v1/admin/invites",
+    tag = "admin",
+    request_body(content = InviteRequest),
+    responses((status = 200, description = "the code", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn invite(
     State(st): St,
     a: AdminAuth,
@@ -511,6 +594,13 @@ async fn invite(
 }
 
 /// # GET /v1/admin/policy
+#[utoipa::path(
+    get,
+    path = "/v1/admin/policy",
+    tag = "admin",
+    responses((status = 200, description = "the policy in force", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn policy(
     State(st): St,
     _a: AdminAuth,
@@ -525,6 +615,14 @@ async fn policy(
 /// # POST /v1/admin/policy
 /// The whole policy; the server validates it, gives it the next serial and
 /// signs it.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/policy",
+    tag = "admin",
+    request_body(content = serde_json::Value),
+    responses((status = 200, description = "signed and in force", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn set_policy(
     State(st): St,
     a: AdminAuth,
@@ -542,6 +640,13 @@ async fn set_policy(
 }
 
 /// # GET /v1/admin/audit
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    tag = "admin",
+    responses((status = 200, description = "every entry, oldest first", body = Vec<crate::audit::AuditEntry>), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn audit(
     State(st): St,
     _a: AdminAuth,
@@ -553,12 +658,27 @@ async fn audit(
 }
 
 /// # GET /v1/admin/admins
+#[utoipa::path(
+    get,
+    path = "/v1/admin/admins",
+    tag = "admin",
+    responses((status = 200, description = "grants", body = Vec<AdminRow>), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn admins(State(st): St, _a: AdminAuth) -> Result<Json<Vec<AdminRow>>, ApiErr> {
     let dir = st.config.data_dir.clone();
     Ok(Json(blocking(move || list(&dir).map_err(store)).await?))
 }
 
 /// # POST /v1/admin/admins/{user}
+#[utoipa::path(
+    post,
+    path = "/v1/admin/admins/{user}",
+    tag = "admin",
+    params(("user" = String, Path, description = "user id")),
+    responses((status = 200, description = "granted; the TOTP URI shown once", body = Granted), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn grant_route(
     State(st): St,
     a: AdminAuth,
@@ -573,6 +693,14 @@ async fn grant_route(
 }
 
 /// # POST /v1/admin/admins/{user}/revoke
+#[utoipa::path(
+    post,
+    path = "/v1/admin/admins/{user}/revoke",
+    tag = "admin",
+    params(("user" = String, Path, description = "user id")),
+    responses((status = 200, description = "revoked", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
 async fn ungrant_route(
     State(st): St,
     a: AdminAuth,

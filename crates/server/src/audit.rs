@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 const LABEL: &[u8] = b"sitrep-audit-v1";
 
 /// One entry as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Position, from 1.
     pub seq: u64,

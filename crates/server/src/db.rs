@@ -1952,7 +1952,7 @@ pub fn revoke_device(dir: &Path, device_id: &str, actor: &str) -> Result<bool, r
 }
 
 /// One user, for `sitrep admin users`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UserRow {
     /// User id.
     pub user_id: String,
@@ -1971,7 +1971,7 @@ pub struct UserRow {
 }
 
 /// One device, for `sitrep admin devices`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeviceAdminRow {
     /// Device id.
     pub device_id: String,
@@ -2043,7 +2043,7 @@ pub fn list_devices(
 }
 
 /// What disabling a leaver did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Disabled {
     /// Devices revoked now (each is removed from every conversation by
     /// the revocation sweep, and wipes itself when it next connects).

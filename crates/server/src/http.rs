@@ -48,6 +48,51 @@ const ENROL_BODY: usize = 8 * 1024;
 /// Body limit of a claim: up to 1000 user ids and 1000 device ids of 64 chars.
 const CLAIM_BODY: usize = 2 * MAX_CLAIM * (64 + 4) + 1024;
 
+/// This module's routes (and the WebSocket's and the scrape's) in the
+/// OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    health,
+    ready,
+    enrol,
+    policy,
+    upload_key_packages,
+    count_key_packages,
+    claim_key_packages,
+    create_group,
+    commit,
+    send,
+    leave,
+    rejoin,
+    mark_read,
+    message_status,
+    receipts,
+    inbox,
+    ack,
+    devices,
+    wipe_device,
+    directory,
+    take_role,
+    handback_role,
+    audit,
+    crate::ws::upgrade,
+    crate::metrics::scrape,
+    openapi_json,
+))]
+pub(crate) struct Doc;
+
+/// # GET /v1/openapi.json
+/// This description.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+)]
+async fn openapi_json() -> axum::response::Response {
+    crate::openapi::serve().await
+}
+
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let large = Extension(BodyLimit(state.config.max_body));
     // A payload in base64, plus the JSON around it.
@@ -64,6 +109,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/policy", get(policy))
         .route("/metrics", get(crate::metrics::scrape))
+        .route("/v1/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(state.clone(), public_limit));
     Router::new()
         .merge(public)
@@ -93,6 +139,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::routes())
         .merge(crate::scim::routes())
         .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
@@ -100,6 +147,68 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         // For any extractor other than `JsonBody`.
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .with_state(state)
+}
+
+/// Every refusal in JSON: axum's own rejections (a path that does not
+/// decode, a query that does not parse, a method the route does not take, a
+/// WebSocket request without its headers) come as plain text or empty, and
+/// leave as the API's [`api::ApiError`] (under `/scim`, RFC 7644's error),
+/// with the same status and `Allow`/`Retry-After`.
+async fn json_errors(req: Request, next: middleware::Next) -> axum::response::Response {
+    use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+    use axum::response::IntoResponse as _;
+    let scim = req.uri().path().starts_with("/scim/");
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let ct = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("application/json") || ct.starts_with("application/scim+json") {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        400 | 422 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "body_too_large",
+        415 => "unsupported_media_type",
+        426 => "upgrade_required",
+        s if s >= 500 => "internal",
+        _ => "refused",
+    };
+    let message = status
+        .canonical_reason()
+        .unwrap_or("refused")
+        .to_lowercase();
+    let (body, ct) = if scim {
+        (
+            serde_json::json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+                "status": status.as_u16().to_string(),
+                "detail": message,
+            }),
+            "application/scim+json",
+        )
+    } else {
+        (
+            serde_json::json!({ "error": code, "message": message }),
+            "application/json",
+        )
+    };
+    let mut out = (status, body.to_string()).into_response();
+    let h = out.headers_mut();
+    h.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static(ct));
+    for name in [ALLOW, RETRY_AFTER] {
+        if let Some(v) = resp.headers().get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    out
 }
 
 /// This address's bucket for the routes without a token.
@@ -462,6 +571,12 @@ fn group_id(hex_id: &str) -> Result<Vec<u8>, ApiErr> {
 }
 
 /// # GET /healthz
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "alive", body = api::Health), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+)]
 async fn health(State(st): St) -> Json<api::Health> {
     Json(api::Health {
         status: "ok".into(),
@@ -472,6 +587,12 @@ async fn health(State(st): St) -> Json<api::Health> {
 /// # GET /readyz
 /// 200 once the store answers within 2 s, else 503 `not_ready` (for a load
 /// balancer or an orchestrator; `/healthz` only says the process is alive).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, description = "the store answers", body = serde_json::Value), (status = 503, description = "the store is not answering", body = api::ApiError), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+)]
 async fn ready(State(st): St) -> Result<Json<serde_json::Value>, ApiErr> {
     let check = blocking(move || st.db.ready());
     match tokio::time::timeout(std::time::Duration::from_secs(2), check).await {
@@ -485,6 +606,13 @@ async fn ready(State(st): St) -> Result<Json<serde_json::Value>, ApiErr> {
 
 /// # GET /v1/devices
 /// The caller's user's devices.
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "devices",
+    responses((status = 200, description = "the caller's user's devices", body = Vec<api::DeviceInfo>), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn devices(State(st): St, Auth(dev): Auth) -> Result<Json<Vec<api::DeviceInfo>>, ApiErr> {
     let me = dev.device_id.clone();
     let list = blocking(move || st.db.devices_of(&dev.user_id)).await?;
@@ -502,6 +630,14 @@ async fn devices(State(st): St, Auth(dev): Auth) -> Result<Json<Vec<api::DeviceI
 
 /// # POST /v1/devices/{device}/wipe
 /// Revoke one of the caller's own user's devices (lost, stolen, redeployed).
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{device}/wipe",
+    tag = "devices",
+    params(("device" = String, Path, description = "device id")),
+    responses((status = 200, description = "revoked", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn wipe_device(
     State(st): St,
     Auth(dev): Auth,
@@ -539,6 +675,13 @@ async fn wipe_device(
 /// # GET /v1/directory
 /// The organisation's signed directory (roles, holders, call-out lists), for
 /// enrolled devices; they verify the organisation's signature.
+#[utoipa::path(
+    get,
+    path = "/v1/directory",
+    tag = "directory",
+    responses((status = 200, description = "the signed directory, base64, or null", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn directory(State(st): St, Auth(_dev): Auth) -> Result<Json<serde_json::Value>, ApiErr> {
     let signed = blocking(move || st.db.directory()).await?;
     Ok(Json(
@@ -565,6 +708,14 @@ async fn role_change(
 
 /// # POST /v1/roles/{role}/take
 /// The caller takes on a role (e.g. the night medical registrar).
+#[utoipa::path(
+    post,
+    path = "/v1/roles/{role}/take",
+    tag = "directory",
+    params(("role" = String, Path, description = "role id")),
+    responses((status = 200, description = "taken", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn take_role(
     State(st): St,
     Auth(dev): Auth,
@@ -575,6 +726,14 @@ async fn take_role(
 
 /// # POST /v1/roles/{role}/handback
 /// The caller hands a role back.
+#[utoipa::path(
+    post,
+    path = "/v1/roles/{role}/handback",
+    tag = "directory",
+    params(("role" = String, Path, description = "role id")),
+    responses((status = 200, description = "handed back", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn handback_role(
     State(st): St,
     Auth(dev): Auth,
@@ -586,6 +745,14 @@ async fn handback_role(
 /// # POST /v1/audit
 /// A device reports a records or disclosure action; the entry is written
 /// before the device goes ahead (it refuses to search or export otherwise).
+#[utoipa::path(
+    post,
+    path = "/v1/audit",
+    tag = "records",
+    request_body(content = api::AuditRequest),
+    responses((status = 200, description = "audited", body = api::AuditResponse), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn audit(
     State(st): St,
     Auth(dev): Auth,
@@ -627,6 +794,12 @@ async fn audit(
 /// # GET /v1/policy
 /// The organisation's signed device policy (public: devices verify the
 /// signature; enrolling devices read it before choosing a passcode).
+#[utoipa::path(
+    get,
+    path = "/v1/policy",
+    tag = "enrolment",
+    responses((status = 200, description = "the signed policy, base64, or null", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+)]
 async fn policy(State(st): St) -> Result<Json<serde_json::Value>, ApiErr> {
     let signed = blocking(move || st.db.policy()).await?;
     Ok(Json(
@@ -637,6 +810,13 @@ async fn policy(State(st): St) -> Result<Json<serde_json::Value>, ApiErr> {
 /// # POST /v1/enrol
 /// Redeem an enrolment code: the device sends the signature key it made, the
 /// organisation signs a credential binding it to the invited person.
+#[utoipa::path(
+    post,
+    path = "/v1/enrol",
+    tag = "enrolment",
+    request_body(content = api::EnrolRequest),
+    responses((status = 200, description = "enrolled", body = api::EnrolResponse), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+)]
 async fn enrol(
     State(st): St,
     JsonBody(req): JsonBody<api::EnrolRequest>,
@@ -712,6 +892,14 @@ fn serde_bytes_buf(b: &[u8]) -> serde_bytes::ByteBuf {
 }
 
 /// # POST /v1/keypackages
+#[utoipa::path(
+    post,
+    path = "/v1/keypackages",
+    tag = "keypackages",
+    request_body(content = api::UploadKeyPackages),
+    responses((status = 200, description = "stored", body = api::KeyPackageCount), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn upload_key_packages(
     State(st): St,
     Auth(dev): Auth,
@@ -771,6 +959,13 @@ async fn upload_key_packages(
 }
 
 /// # GET /v1/keypackages/count
+#[utoipa::path(
+    get,
+    path = "/v1/keypackages/count",
+    tag = "keypackages",
+    responses((status = 200, description = "what is left", body = api::KeyPackageCount), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn count_key_packages(
     State(st): St,
     Auth(dev): Auth,
@@ -784,6 +979,14 @@ async fn count_key_packages(
 }
 
 /// # POST /v1/keypackages/claim
+#[utoipa::path(
+    post,
+    path = "/v1/keypackages/claim",
+    tag = "keypackages",
+    request_body(content = api::ClaimRequest),
+    responses((status = 200, description = "claimed", body = api::ClaimResponse), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn claim_key_packages(
     State(st): St,
     Auth(dev): Auth,
@@ -829,6 +1032,14 @@ async fn claim_key_packages(
 }
 
 /// # POST /v1/groups
+#[utoipa::path(
+    post,
+    path = "/v1/groups",
+    tag = "groups",
+    request_body(content = api::CreateGroup),
+    responses((status = 200, description = "registered", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn create_group(
     State(st): St,
     Auth(dev): Auth,
@@ -860,6 +1071,15 @@ async fn create_group(
 /// # POST /v1/groups/{group}/commit
 /// Accepted only while the group is at `epoch`; otherwise 409 with the current
 /// epoch. The Welcome is released (to the joiners only) with the winning commit.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/commit",
+    tag = "groups",
+    params(("group" = String, Path, description = "MLS group id, hex")),
+    request_body(content = api::CommitRequest),
+    responses((status = 200, description = "accepted", body = api::CommitResponse), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn commit(
     State(st): St,
     Auth(dev): Auth,
@@ -909,6 +1129,15 @@ async fn commit(
 
 /// # POST /v1/groups/{group}/messages
 /// Answers only after the message is durably stored for every other member.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/messages",
+    tag = "messages",
+    params(("group" = String, Path, description = "MLS group id, hex")),
+    request_body(content = api::SendRequest),
+    responses((status = 200, description = "stored for every other member", body = api::SendResponse), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn send(
     State(st): St,
     Auth(dev): Auth,
@@ -952,6 +1181,15 @@ async fn send(
 
 /// # POST /v1/groups/{group}/read
 /// The device has shown the group's messages up to `seq`.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/read",
+    tag = "messages",
+    params(("group" = String, Path, description = "MLS group id, hex")),
+    request_body(content = api::ReadRequest),
+    responses((status = 200, description = "recorded", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn mark_read(
     State(st): St,
     Auth(dev): Auth,
@@ -972,6 +1210,14 @@ struct StatusQuery {
 /// # GET /v1/groups/{group}/status?seq=N
 /// Per device that was in the group when message N was sent: delivered, and
 /// read (when). Members of the group only.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{group}/status",
+    tag = "messages",
+    params(("group" = String, Path, description = "MLS group id, hex"), ("seq" = u64, Query, description = "the message")),
+    responses((status = 200, description = "per device", body = api::MessageStatus), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn message_status(
     State(st): St,
     Auth(dev): Auth,
@@ -999,6 +1245,14 @@ async fn message_status(
 /// # GET /v1/groups/{group}/receipts
 /// How far each member device has got in the group's messages (delivered,
 /// read), for every message's state in one request. Members only.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{group}/receipts",
+    tag = "messages",
+    params(("group" = String, Path, description = "MLS group id, hex")),
+    responses((status = 200, description = "per device", body = api::Receipts), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn receipts(
     State(st): St,
     Auth(dev): Auth,
@@ -1012,6 +1266,15 @@ async fn receipts(
 /// # POST /v1/groups/{group}/leave
 /// The device leaves: delivery to it stops at once, and its Remove proposal goes
 /// to the other members, the next of whom to sync commits it.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/leave",
+    tag = "groups",
+    params(("group" = String, Path, description = "MLS group id, hex")),
+    request_body(content = api::LeaveRequest),
+    responses((status = 200, description = "left", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn leave(
     State(st): St,
     Auth(dev): Auth,
@@ -1050,6 +1313,15 @@ async fn leave(
 /// The device is out of step with the group (it missed a commit) and asks
 /// the other members to re-add it; a member's next sync does. At most ten
 /// requests, then one every ten seconds, per device.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/rejoin",
+    tag = "groups",
+    params(("group" = String, Path, description = "MLS group id, hex")),
+    request_body(content = api::RejoinRequest),
+    responses((status = 200, description = "asked", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn rejoin(
     State(st): St,
     Auth(dev): Auth,
@@ -1092,6 +1364,14 @@ struct InboxQuery {
 }
 
 /// # GET /v1/inbox?after=SEQ&limit=N
+#[utoipa::path(
+    get,
+    path = "/v1/inbox",
+    tag = "messages",
+    params(("after" = Option<u64>, Query, description = "entries after this seq"), ("limit" = Option<u64>, Query, description = "at most this many (1 to 1000)")),
+    responses((status = 200, description = "a page", body = api::InboxResponse), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn inbox(
     State(st): St,
     Auth(dev): Auth,
@@ -1122,6 +1402,14 @@ async fn inbox(
 }
 
 /// # POST /v1/inbox/ack
+#[utoipa::path(
+    post,
+    path = "/v1/inbox/ack",
+    tag = "messages",
+    request_body(content = api::AckRequest),
+    responses((status = 200, description = "acknowledged", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
 async fn ack(
     State(st): St,
     Auth(dev): Auth,

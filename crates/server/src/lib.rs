@@ -21,6 +21,7 @@ mod http;
 mod hub;
 mod metrics;
 mod mls;
+pub mod openapi;
 pub mod org;
 pub mod scim;
 mod tls;
@@ -342,6 +343,10 @@ async fn accept_loop(
                 }
             },
         };
+        // Responses go out as soon as they are written: TLS records and
+        // HTTP/2 frames come in several writes, and Nagle's algorithm would
+        // hold the last one for the peer's delayed ACK (40 ms a request).
+        let _ = tcp.set_nodelay(true);
         let io = TimedStream {
             io: tcp,
             write_timeout,

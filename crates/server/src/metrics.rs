@@ -256,6 +256,13 @@ pub(crate) async fn track(State(st): State<Arc<AppState>>, req: Request, next: N
 
 /// The scrape: gauges read now (connections from the hub, counts from the
 /// store), then the whole registry.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String), (status = 403, description = "not loopback and no scrape token", body = sitrep_wire::api::ApiError), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("metrics" = [])),
+)]
 pub(crate) async fn scrape(State(st): State<Arc<AppState>>, req: Request) -> Response {
     if !allowed(&st, &req) {
         return ApiErr::forbidden(

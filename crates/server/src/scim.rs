@@ -51,6 +51,11 @@ const MAX_TEXT: usize = 64;
 /// Longest `externalId` kept.
 const MAX_EXTERNAL_ID: usize = 256;
 
+/// These routes in the OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, list, read, replace, patch, delete, provider_config))]
+pub(crate) struct Doc;
+
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/scim/v2/Users", get(list).post(create))
@@ -542,6 +547,14 @@ async fn sweep(st: &Arc<AppState>) {
 }
 
 /// # POST /scim/v2/Users
+#[utoipa::path(
+    post,
+    path = "/scim/v2/Users",
+    tag = "scim",
+    request_body(content = serde_json::Value, content_type = "application/scim+json"),
+    responses((status = 201, description = "created", content_type = "application/scim+json", body = serde_json::Value), (status = "4XX", description = "refused (RFC 7644 error)", content_type = "application/scim+json", body = serde_json::Value)),
+    security(("scim" = [])),
+)]
 async fn create(State(st): St, _a: ScimAuth, body: Body) -> Result<Response, ScimErr> {
     let c = whole(&parse_body(body)?)?;
     let user_name = c
@@ -582,6 +595,14 @@ async fn load(st: &Arc<AppState>, id: String) -> Result<User, ScimErr> {
 }
 
 /// # GET /scim/v2/Users/{id}
+#[utoipa::path(
+    get,
+    path = "/scim/v2/Users/{id}",
+    tag = "scim",
+    params(("id" = String, Path, description = "SCIM resource id")),
+    responses((status = 200, description = "the user", content_type = "application/scim+json", body = serde_json::Value), (status = "4XX", description = "refused (RFC 7644 error)", content_type = "application/scim+json", body = serde_json::Value)),
+    security(("scim" = [])),
+)]
 async fn read(
     State(st): St,
     _a: ScimAuth,
@@ -592,6 +613,15 @@ async fn read(
 }
 
 /// # PUT /scim/v2/Users/{id}
+#[utoipa::path(
+    put,
+    path = "/scim/v2/Users/{id}",
+    tag = "scim",
+    params(("id" = String, Path, description = "SCIM resource id")),
+    request_body(content = serde_json::Value, content_type = "application/scim+json"),
+    responses((status = 200, description = "replaced", content_type = "application/scim+json", body = serde_json::Value), (status = "4XX", description = "refused (RFC 7644 error)", content_type = "application/scim+json", body = serde_json::Value)),
+    security(("scim" = [])),
+)]
 async fn replace(
     State(st): St,
     _a: ScimAuth,
@@ -686,6 +716,15 @@ fn patch_changes(body: &Value) -> Result<Changes, ScimErr> {
 }
 
 /// # PATCH /scim/v2/Users/{id}
+#[utoipa::path(
+    patch,
+    path = "/scim/v2/Users/{id}",
+    tag = "scim",
+    params(("id" = String, Path, description = "SCIM resource id")),
+    request_body(content = serde_json::Value, content_type = "application/scim+json"),
+    responses((status = 200, description = "patched", content_type = "application/scim+json", body = serde_json::Value), (status = "4XX", description = "refused (RFC 7644 error)", content_type = "application/scim+json", body = serde_json::Value)),
+    security(("scim" = [])),
+)]
 async fn patch(
     State(st): St,
     _a: ScimAuth,
@@ -704,6 +743,14 @@ async fn patch(
 
 /// # DELETE /scim/v2/Users/{id}
 /// The user is disabled, then forgotten by SCIM (the audit log keeps both).
+#[utoipa::path(
+    delete,
+    path = "/scim/v2/Users/{id}",
+    tag = "scim",
+    params(("id" = String, Path, description = "SCIM resource id")),
+    responses((status = 204, description = "disabled and deleted"), (status = "4XX", description = "refused (RFC 7644 error)", content_type = "application/scim+json", body = serde_json::Value)),
+    security(("scim" = [])),
+)]
 async fn delete(
     State(st): St,
     _a: ScimAuth,
@@ -783,6 +830,14 @@ fn parse_filter(f: &str) -> Result<(&'static str, String), ScimErr> {
 }
 
 /// # GET /scim/v2/Users?filter=...&startIndex=&count=
+#[utoipa::path(
+    get,
+    path = "/scim/v2/Users",
+    tag = "scim",
+    params(("filter" = Option<String>, Query, description = "userName, externalId or id eq \"value\""), ("startIndex" = Option<u64>, Query, description = "from 1"), ("count" = Option<u64>, Query, description = "at most 200")),
+    responses((status = 200, description = "a ListResponse", content_type = "application/scim+json", body = serde_json::Value), (status = "4XX", description = "refused (RFC 7644 error)", content_type = "application/scim+json", body = serde_json::Value)),
+    security(("scim" = [])),
+)]
 async fn list(
     State(st): St,
     _a: ScimAuth,
@@ -841,6 +896,13 @@ async fn list(
 }
 
 /// # GET /scim/v2/ServiceProviderConfig
+#[utoipa::path(
+    get,
+    path = "/scim/v2/ServiceProviderConfig",
+    tag = "scim",
+    responses((status = 200, description = "what is supported", content_type = "application/scim+json", body = serde_json::Value), (status = "4XX", description = "refused (RFC 7644 error)", content_type = "application/scim+json", body = serde_json::Value)),
+    security(("scim" = [])),
+)]
 async fn provider_config(_a: ScimAuth) -> Response {
     scim_json(
         StatusCode::OK,

@@ -31,13 +31,20 @@ struct AckFrame {
 /// the same as the inbox's).
 const BACKLOG_PAGE: u64 = 1000;
 
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "messages",
+    responses((status = 101, description = "WebSocket: binary frames of inbox entries, text frames {\"ack\": SEQ} back"), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn upgrade(
     State(st): State<Arc<AppState>>,
     Auth(dev): Auth,
     ws: WebSocketUpgrade,
 ) -> Response {
     ws.max_message_size(4096)
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(2 * 1024)
         .on_upgrade(move |socket| serve(socket, st, dev.device_id))
 }
 

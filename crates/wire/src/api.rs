@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Inbox entry kinds, shared by the HTTP inbox and the WebSocket frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum EntryKind {
@@ -46,6 +47,7 @@ impl EntryKind {
 /// `POST /v1/groups/{group}/rejoin`: this device is out of step with the
 /// group and asks its members to re-add it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejoinRequest {
     /// 32 lowercase hex chars (idempotency).
     pub client_id: String,
@@ -53,6 +55,7 @@ pub struct RejoinRequest {
 
 /// Every error the API returns: a stable machine code and a human message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// Stable code, e.g. `epoch_conflict`, `unauthorised`, `too_large`.
     pub error: String,
@@ -65,6 +68,7 @@ pub struct ApiError {
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     /// Always `ok` when the server answers.
     pub status: String,
@@ -74,15 +78,18 @@ pub struct Health {
 
 /// `POST /v1/enrol`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrolRequest {
     /// The single-use code from `sitrep admin invite`.
     pub code: String,
     /// The device's MLS signature public key (Ed25519), made on the device.
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub signature_key: Vec<u8>,
     /// Proof that the device holds that key: its Ed25519 signature over
     /// [`EnrolRequest::proof_message`].
     #[serde(with = "crate::b64", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub proof: Vec<u8>,
 }
 
@@ -100,9 +107,11 @@ impl EnrolRequest {
 
 /// Answer to [`EnrolRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrolResponse {
     /// The organisation's Ed25519 public key.
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub org_public_key: Vec<u8>,
     /// The organisation's name.
     pub org_name: String,
@@ -112,6 +121,7 @@ pub struct EnrolResponse {
     pub device_id: String,
     /// The signed credential ([`crate::credential::SignedCredential`] CBOR).
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub credential: Vec<u8>,
     /// Bearer token for this device; the server keeps only its hash.
     pub token: String,
@@ -119,9 +129,11 @@ pub struct EnrolResponse {
 
 /// `POST /v1/keypackages`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadKeyPackages {
     /// Serialized MLS KeyPackages (each handed out once).
     #[serde(with = "crate::b64::vec")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub key_packages: Vec<Vec<u8>>,
     /// Replaces the device's last-resort KeyPackage.
     #[serde(
@@ -129,11 +141,13 @@ pub struct UploadKeyPackages {
         with = "crate::b64::opt",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Byte))]
     pub last_resort: Option<Vec<u8>>,
 }
 
 /// `GET /v1/keypackages/count`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyPackageCount {
     /// One-time KeyPackages still on the server for this device.
     pub available: u64,
@@ -143,6 +157,7 @@ pub struct KeyPackageCount {
 
 /// `POST /v1/keypackages/claim`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimRequest {
     /// Users whose every active device should get one KeyPackage claimed.
     pub user_ids: Vec<String>,
@@ -153,6 +168,7 @@ pub struct ClaimRequest {
 
 /// One claimed KeyPackage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimedKeyPackage {
     /// Owner.
     pub user_id: String,
@@ -160,11 +176,13 @@ pub struct ClaimedKeyPackage {
     pub device_id: String,
     /// The serialized KeyPackage.
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub key_package: Vec<u8>,
 }
 
 /// Answer to [`ClaimRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimResponse {
     /// One per device found.
     pub key_packages: Vec<ClaimedKeyPackage>,
@@ -174,20 +192,24 @@ pub struct ClaimResponse {
 
 /// `POST /v1/groups`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateGroup {
     /// The MLS group id the creator chose (random, 16 bytes).
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub group_id: Vec<u8>,
     /// The group's GroupInfo at epoch 0 with its ratchet tree (an
     /// `MLSMessage`), signed by the creator: where the delivery service's
     /// own view of the group starts. Its group context carries the
     /// conversation's metadata sealed.
     #[serde(with = "crate::b64", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub group_info: Vec<u8>,
 }
 
 /// `POST /v1/groups/{group}/commit`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitRequest {
     /// Client-chosen id (32 hex chars) making the submission idempotent.
     pub client_id: String,
@@ -195,6 +217,7 @@ pub struct CommitRequest {
     pub epoch: u64,
     /// The MLS commit message.
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub commit: Vec<u8>,
     /// The Welcome for joiners, released only if the commit wins its epoch.
     #[serde(
@@ -202,6 +225,7 @@ pub struct CommitRequest {
         with = "crate::b64::opt",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Byte))]
     pub welcome: Option<Vec<u8>>,
     /// Devices the commit adds, as the committer sees it. Informational: the
     /// server reads who is added and removed from the commit itself.
@@ -214,6 +238,7 @@ pub struct CommitRequest {
 
 /// Answer to an accepted [`CommitRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResponse {
     /// The group's epoch after this commit.
     pub epoch: u64,
@@ -224,6 +249,7 @@ pub struct CommitResponse {
 /// `POST /v1/groups/{group}/read`: this device has shown the group's
 /// messages up to `seq` to its user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadRequest {
     /// The last sequence number shown.
     pub seq: u64,
@@ -231,6 +257,7 @@ pub struct ReadRequest {
 
 /// `GET /v1/groups/{group}/status?seq=N`: where one message has got to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageStatus {
     /// The message.
     pub seq: u64,
@@ -242,6 +269,7 @@ pub struct MessageStatus {
 /// the group, so a client can show every message's state (delivered, read)
 /// with one request. Current members only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipts {
     /// One row per membership of a device in the group (a device that left
     /// and came back has two).
@@ -250,6 +278,7 @@ pub struct Receipts {
 
 /// One row of [`Receipts`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceReceipt {
     /// User id.
     pub user_id: String,
@@ -270,6 +299,7 @@ pub struct DeviceReceipt {
 /// (a user counts once, on whichever of their devices), the sender's user
 /// left out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tally {
     /// People it was sent to.
     pub recipients: usize,
@@ -302,6 +332,7 @@ impl Receipts {
 
 /// One device in a [`MessageStatus`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceDelivery {
     /// User id.
     pub user_id: String,
@@ -316,27 +347,32 @@ pub struct DeviceDelivery {
 
 /// `POST /v1/groups/{group}/messages`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendRequest {
     /// Client-chosen id (32 hex chars) making the submission idempotent.
     pub client_id: String,
     /// The MLS application message (PrivateMessage).
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub payload: Vec<u8>,
 }
 
 /// `POST /v1/groups/{group}/leave`: this device leaves. The server stops
 /// delivering the group to it at once and hands the proposal to the others.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaveRequest {
     /// Client-chosen id (32 hex chars) making the submission idempotent.
     pub client_id: String,
     /// The MLS Remove proposal for the leaving member's own leaf.
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub proposal: Vec<u8>,
 }
 
 /// Answer to [`SendRequest`]: sent only after the message is durably stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendResponse {
     /// Devices the message is for.
     pub recipients: u64,
@@ -350,6 +386,7 @@ pub struct SendResponse {
 
 /// One entry of a device's inbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InboxEntry {
     /// Global sequence number, increasing in delivery order; acknowledge up to it.
     pub seq: u64,
@@ -357,11 +394,13 @@ pub struct InboxEntry {
     pub kind: EntryKind,
     /// The MLS message.
     #[serde(with = "crate::b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub payload: Vec<u8>,
 }
 
 /// `GET /v1/inbox?after=SEQ&limit=N`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InboxResponse {
     /// Entries in sequence order.
     pub entries: Vec<InboxEntry>,
@@ -371,6 +410,7 @@ pub struct InboxResponse {
 
 /// `POST /v1/inbox/ack`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckRequest {
     /// Delete every entry with `seq <= up_to`.
     pub up_to: u64,
@@ -378,6 +418,7 @@ pub struct AckRequest {
 
 /// One of a user's devices (`GET /v1/devices`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceInfo {
     /// Device id.
     pub device_id: String,
@@ -397,6 +438,7 @@ pub struct DeviceInfo {
 /// transfer as the random ids of its messages. The server writes the entry's
 /// detail itself from these fields ([`AuditRequest::detail`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditRequest {
     /// One of [`AUDIT_ACTIONS`].
@@ -412,6 +454,7 @@ pub struct AuditRequest {
 
 /// The audit entry written (`POST /v1/audit`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditResponse {
     /// Position in the organisation's audit log.
     pub seq: u64,
