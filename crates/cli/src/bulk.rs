@@ -6,7 +6,9 @@
 //! - Every row is checked before any code is made: one bad row (an invalid
 //!   id, a name too long, a user twice) stops the run, naming its line.
 //! - Staff already enrolled or holding an open code are skipped, so a run
-//!   that stopped half way is simply run again.
+//!   that stopped half way is simply run again; so are leavers (disabled:
+//!   devices revoked, none active) and staff the identity system has
+//!   deactivated, who get a code only from a deliberate `admin invite`.
 //! - Each code is written to the file (and flushed) as soon as it is made;
 //!   the file is new (never overwritten) and owner-only.
 //! - Teams are added to the signed directory in one change at the end
@@ -37,6 +39,13 @@ pub struct Staff {
     pub role: String,
     /// Team id in the directory, if any.
     pub team: Option<String>,
+}
+
+/// Whether an invitation was refused because SCIM deactivated the user.
+fn deactivated(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::ServerError>()
+        .is_some_and(|s| s.body.error == "user_deactivated")
+        || format!("{e:#}").contains("deactivated in the identity system")
 }
 
 fn text_ok(s: &str) -> bool {
@@ -103,6 +112,8 @@ pub struct Report {
     pub invited: usize,
     /// Already enrolled or holding an open code.
     pub skipped: Vec<String>,
+    /// Disabled leavers, or deactivated by the identity system: no code.
+    pub refused: Vec<String>,
     /// Teams changed.
     pub teams: usize,
 }
@@ -115,42 +126,66 @@ pub async fn invite_all(
     out: &Path,
     ttl_secs: u64,
 ) -> anyhow::Result<Report> {
-    let file = new_private_file(out)?;
-    let known: BTreeMap<String, bool> = admin
+    #[derive(Clone, Copy, PartialEq)]
+    enum Known {
+        Busy,
+        Leaver,
+        Free,
+    }
+    let known: BTreeMap<String, Known> = admin
         .users()
         .await?
         .into_iter()
         .map(|u| {
-            let busy = u.active_devices > 0 || u.open_invites > 0;
-            (u.user_id, busy)
+            let k = if u.active_devices > 0 || u.open_invites > 0 {
+                Known::Busy
+            } else if u.revoked_devices > 0 {
+                Known::Leaver
+            } else {
+                Known::Free
+            };
+            (u.user_id, k)
         })
         .collect();
+    // Only once the listing worked: a failed run leaves no file in the way.
+    let file = new_private_file(out)?;
     let mut w = csv::Writer::from_writer(file);
     w.write_record(["user", "name", "role", "team", "code", "expires_at"])?;
     w.flush()?;
     let mut report = Report::default();
     let expires = crate::now_ms() / 1000 + ttl_secs;
     for s in staff {
-        if known.get(&s.user).copied().unwrap_or(false) {
-            report.skipped.push(s.user.clone());
-            continue;
+        match known.get(&s.user).copied().unwrap_or(Known::Free) {
+            Known::Busy => {
+                report.skipped.push(s.user.clone());
+                continue;
+            }
+            Known::Leaver => {
+                report.refused.push(s.user.clone());
+                continue;
+            }
+            Known::Free => {}
         }
-        let code = admin
+        let made = admin
             .invite(&InviteRequest {
                 user_id: s.user.clone(),
                 display_name: s.name.clone(),
                 role: s.role.clone(),
                 ttl_secs,
             })
-            .await
-            .with_context(|| {
-                format!(
-                    "no code for {} ({} made before it are in {})",
-                    s.user,
-                    report.invited,
-                    out.display()
-                )
-            })?;
+            .await;
+        if made.as_ref().is_err_and(deactivated) {
+            report.refused.push(s.user.clone());
+            continue;
+        }
+        let code = made.with_context(|| {
+            format!(
+                "no code for {} ({} made before it are in {})",
+                s.user,
+                report.invited,
+                out.display()
+            )
+        })?;
         w.write_record([
             s.user.as_str(),
             s.name.as_str(),

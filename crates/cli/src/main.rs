@@ -2479,6 +2479,13 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                     r.skipped.join(", ")
                 );
             }
+            if !r.refused.is_empty() {
+                println!(
+                    "{} disabled or deactivated in the identity system, no code (use admin invite if meant): {}",
+                    r.refused.len(),
+                    r.refused.join(", ")
+                );
+            }
             if r.teams > 0 {
                 println!("{} teams updated in the directory", r.teams);
             }

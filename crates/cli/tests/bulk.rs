@@ -78,11 +78,13 @@ fn bulk_codes_enrol_reruns_skip_and_the_admin_edits_the_directory_remotely() {
     assert!(!std::path::Path::new(&file("never.csv")).exists());
     assert_eq!(users(d), before);
 
+    // Bob leaves: a later staff list that still names him gives him no code.
+    ok(&["admin", "user", "disable", "bob", "--data", d]);
     // The staff list as a spreadsheet exports it; alice is enrolled already.
     let staff = file("staff.csv");
     std::fs::write(
         &staff,
-        "\u{feff}user,name,role,team\r\ncarol,\"Carter, Carol\",Charge nurse,ed-seniors\r\ndave,Dave D,Registrar,ed-seniors\r\nerin,Erin E,Porter,\r\nalice,Dr alice,ED consultant,\r\n",
+        "\u{feff}user,name,role,team\r\ncarol,\"Carter, Carol\",Charge nurse,ed-seniors\r\ndave,Dave D,Registrar,ed-seniors\r\nerin,Erin E,Porter,\r\nalice,Dr alice,ED consultant,\r\nbob,Bob B,Porter,\r\n",
     )
     .expect("write");
     let codes = file("codes.csv");
@@ -100,6 +102,10 @@ fn bulk_codes_enrol_reruns_skip_and_the_admin_edits_the_directory_remotely() {
     ]);
     assert!(out.contains("3 codes"), "{out}");
     assert!(out.contains("skipped: alice"), "{out}");
+    assert!(
+        out.contains("no code (use admin invite if meant): bob"),
+        "{out}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -209,10 +215,10 @@ fn bulk_codes_enrol_reruns_skip_and_the_admin_edits_the_directory_remotely() {
     );
     let policy = ok(&["admin", "policy", "show", "--data", d]);
     assert!(policy.contains("\"records_user\":\"erin\""), "{policy}");
-    // Bob has no grant: refused, and nothing changes.
+    // Carol has no grant: refused, and nothing changes.
     let e = fails(&[
         "--profile",
-        &pb,
+        &pc,
         "admin",
         "team",
         "--id",

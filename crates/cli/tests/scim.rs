@@ -84,7 +84,12 @@ fn entra_user(user: &str, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scim_provisions_and_deprovisions_staff() {
-    let server = TestServer::start().await;
+    // Loopback is the trusted proxy here, so X-Forwarded-For names the
+    // client and each named address has its own bucket.
+    let server = TestServer::start_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    })
+    .await;
     let dir = server.dir.path().to_path_buf();
     let token = sitrep_server::scim::new_token(&dir, "admin:test").expect("token");
     let scim = Scim {
@@ -318,6 +323,68 @@ async fn scim_provisions_and_deprovisions_staff() {
     assert_error(&v, 404, None);
     let (s, _) = scim.call("DELETE", &path, None).await;
     assert_eq!(s, 404);
+    // Deleted is still deactivated: no code until SCIM creates her again.
+    let e = sitrep_server::create_invite(&dir, "alice", "A", "ED", 3600).expect_err("refused");
+    assert!(e.to_string().contains("deactivated"), "{e}");
+    let (s, _) = scim
+        .call(
+            "POST",
+            "/scim/v2/Users",
+            Some(entra_user("alice", "Dr Alice Adams")),
+        )
+        .await;
+    assert_eq!(s, 201);
+    sitrep_server::create_invite(&dir, "alice", "A", "ED", 3600).expect("invite after re-create");
+    // A path naming the core schema deactivates too.
+    let (_, l) = scim
+        .call(
+            "GET",
+            "/scim/v2/Users?filter=userName%20eq%20%22alice%22",
+            None,
+        )
+        .await;
+    let again = format!(
+        "/scim/v2/Users/{}",
+        l["Resources"][0]["id"].as_str().expect("id")
+    );
+    let (s, v) = scim
+        .call(
+            "PATCH",
+            &again,
+            Some(json!({"schemas": [PATCH], "Operations": [
+                {"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User:active", "value": false}
+            ]})),
+        )
+        .await;
+    assert_eq!((s, v["active"].clone()), (200, json!(false)), "{v}");
+
+    // Someone floods bad tokens from one address: that address is refused,
+    // the identity system's own address is not.
+    let mut limited = false;
+    for _ in 0..400 {
+        let r = scim
+            .http
+            .get(format!("{}/scim/v2/Users", scim.base))
+            .header("x-forwarded-for", "203.0.113.66")
+            .bearer_auth("guess")
+            .send()
+            .await
+            .expect("flood");
+        if r.status() == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the flooding address was never limited");
+    let r = scim
+        .http
+        .get(format!("{}/scim/v2/ServiceProviderConfig", scim.base))
+        .header("x-forwarded-for", "198.51.100.7")
+        .bearer_auth(&scim.token)
+        .send()
+        .await
+        .expect("entra");
+    assert_eq!(r.status(), 200);
 
     // A new token: the old one stops working.
     let old = scim.token.clone();

@@ -202,7 +202,7 @@ fn check(
     match matched {
         Some(_) => Ok(()),
         None => {
-            tracing::warn!(user = %user, "wrong or reused admin two-step code");
+            tracing::warn!("wrong or reused admin two-step code");
             Err(ApiErr::forbidden(
                 "totp_invalid",
                 "wrong, expired or already used admin code",
@@ -307,7 +307,11 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/admin/scim/token", post(scim_token))
         .route(
             "/v1/admin/directory",
-            get(directory_get).post(directory_set),
+            get(directory_get)
+                .post(directory_set)
+                .layer(axum::Extension(crate::http::BodyLimit(
+                    4 * sitrep_wire::directory::MAX_DIRECTORY_BYTES,
+                ))),
         )
 }
 
@@ -321,7 +325,8 @@ pub struct DirectoryChange {
     pub serial: u64,
     /// `role.set`, `role.remove`, `team.set` or `callout.set`.
     pub action: String,
-    /// Ids and counts for the audit log (at most 512 bytes of text).
+    /// What the admin's client says it did (at most 512 bytes of text); the
+    /// audit log records what the server finds changed instead.
     pub detail: String,
     /// The new directory (its serial is the server's to set).
     #[schema(value_type = Object)]
@@ -330,6 +335,54 @@ pub struct DirectoryChange {
 
 /// Actions a directory change may be audited as.
 pub const DIRECTORY_ACTIONS: &[&str] = &["role.set", "role.remove", "team.set", "callout.set"];
+
+/// What changed between two directories, for the audit log: ids only.
+fn directory_diff(
+    old: &sitrep_wire::directory::Directory,
+    new: &sitrep_wire::directory::Directory,
+) -> String {
+    fn changed<'a, T: PartialEq>(
+        old: &'a [T],
+        new: &'a [T],
+        id: impl Fn(&T) -> &str,
+    ) -> Vec<&'a str> {
+        let mut out: Vec<&str> = new
+            .iter()
+            .filter(|n| !old.iter().any(|o| o == *n))
+            .map(&id)
+            .chain(
+                old.iter()
+                    .filter(|o| !new.iter().any(|n| id(n) == id(o)))
+                    .map(&id),
+            )
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+    let roles = changed(&old.roles, &new.roles, |r| r.id.as_str());
+    let teams = changed(&old.teams, &new.teams, |t| t.id.as_str());
+    let mut parts = vec![
+        format!("roles={}", roles.join(",")),
+        format!("teams={}", teams.join(",")),
+    ];
+    if old.callout_standby != new.callout_standby {
+        parts.push("callout=standby".into());
+    }
+    if old.callout_declared != new.callout_declared {
+        parts.push("callout=declared".into());
+    }
+    let mut d = parts.join(" ");
+    if d.len() > 512 {
+        let mut end = 509;
+        while !d.is_char_boundary(end) {
+            end -= 1;
+        }
+        d.truncate(end);
+        d.push_str("...");
+    }
+    d
+}
 
 /// # GET /v1/admin/directory
 #[utoipa::path(
@@ -387,9 +440,10 @@ async fn directory_set(
                 return Err(sitrep_wire::directory::DirectoryError::Invalid("changed"));
             }
             let serial = d.serial;
+            let detail = directory_diff(d, &c.directory);
             *d = c.directory;
             d.serial = serial;
-            Ok(c.detail)
+            Ok(detail)
         });
         match r {
             Ok(d) => Ok(Json(d)),
@@ -494,7 +548,7 @@ async fn disable(
         .await?
         .ok_or_else(|| ApiErr::not_found("no_user", "no such user was ever invited"))?;
     sweep(&st).await?;
-    tracing::info!(user = %user, devices = d.devices_revoked, "user disabled by an admin");
+    tracing::info!(devices = d.devices_revoked, "user disabled by an admin");
     Ok(Json(d))
 }
 

@@ -155,7 +155,9 @@ CREATE TABLE IF NOT EXISTS scim_users (
     title TEXT NOT NULL,
     active INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    modified_at INTEGER NOT NULL
+    modified_at INTEGER NOT NULL,
+    -- Deleted over SCIM: gone from SCIM, still deactivated (no new code).
+    deleted INTEGER NOT NULL DEFAULT 0
 );
 -- The SCIM client's bearer token (its SHA-256), one at a time.
 CREATE TABLE IF NOT EXISTS scim_token (

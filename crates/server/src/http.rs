@@ -251,20 +251,29 @@ async fn enrol_limit(
 pub(crate) enum AddrKey {
     Public(IpAddr),
     Enrol(IpAddr),
+    Scim(IpAddr),
 }
 
 /// The client's address: the connection's peer, or the last hop a trusted
 /// proxy added to `X-Forwarded-For`. IPv6 addresses count per /64, the block
 /// one subscriber usually holds.
 fn client_addr(req: &Request, trusted_proxies: &[IpAddr]) -> IpAddr {
-    let peer = req
-        .extensions()
+    client_addr_of(req.headers(), req.extensions(), trusted_proxies)
+}
+
+/// [`client_addr`] from a request's parts.
+pub(crate) fn client_addr_of(
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+    trusted_proxies: &[IpAddr],
+) -> IpAddr {
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| {
             c.0.ip().to_canonical()
         });
     let ip = if trusted_proxies.iter().any(|p| p.to_canonical() == peer) {
-        req.headers()
+        headers
             .get_all("x-forwarded-for")
             .iter()
             .next_back()

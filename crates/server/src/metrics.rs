@@ -310,7 +310,15 @@ fn allowed(st: &AppState, req: &Request) -> bool {
         .map(|c| c.0.ip().to_canonical());
     let proxied = req.headers().contains_key("x-forwarded-for")
         || req.headers().contains_key(header::FORWARDED);
-    if peer.is_some_and(|p| p.is_loopback()) && !proxied {
+    // A proxy on this machine may pass requests on without saying so.
+    let behind_proxy = st.config.plain_http
+        || peer.is_some_and(|p| {
+            st.config
+                .trusted_proxies
+                .iter()
+                .any(|t| t.to_canonical() == p)
+        });
+    if peer.is_some_and(|p| p.is_loopback()) && !proxied && !behind_proxy {
         return true;
     }
     let Some(want) = &st.config.metrics_token else {

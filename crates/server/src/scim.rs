@@ -13,7 +13,9 @@
 //! - Deactivating (`active: false` by PATCH or PUT, or DELETE) is `sitrep
 //!   admin user disable`: every device revoked and removed from its
 //!   conversations, open codes cancelled, admin rights dropped.
-//! - Every change is in the signed audit log as `scim`.
+//! - Every change is in the signed audit log as `scim`. A deleted user is
+//!   kept as a tombstone (deactivated, invisible to SCIM) until SCIM creates
+//!   them again.
 //! - Attributes Sitrep does not keep (emails, phone numbers, addresses) are
 //!   accepted and ignored, as identity systems send them whatever the
 //!   mapping.
@@ -146,8 +148,17 @@ impl FromRequestParts<Arc<AppState>> for ScimAuth {
                 "a valid SCIM bearer token is required",
             )
         };
-        // One bucket for the identity system, before the store is read.
-        if !st.side_limiter.allow_with("\0scim", 50.0, 200.0) {
+        // A bucket per client address, before the store is read: one
+        // address flooding bad tokens cannot shut the identity system out.
+        let addr = crate::http::client_addr_of(
+            &parts.headers,
+            &parts.extensions,
+            &st.config.trusted_proxies,
+        );
+        if !st
+            .addr_limiter
+            .allow_with(&crate::http::AddrKey::Scim(addr), 50.0, 200.0)
+        {
             return Err(ScimErr::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 None,
@@ -271,7 +282,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
 
 fn by_id(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<User>> {
     conn.query_row(
-        &format!("SELECT {COLUMNS} FROM scim_users WHERE id = ?1"),
+        &format!("SELECT {COLUMNS} FROM scim_users WHERE id = ?1 AND deleted = 0"),
         [id],
         row,
     )
@@ -340,7 +351,12 @@ fn name_of(o: &serde_json::Map<String, Value>) -> Result<Option<String>, ScimErr
 /// Apply one attribute (by its top-level name, case-insensitive as SCIM
 /// attribute names are); attributes Sitrep does not keep are ignored.
 fn set(c: &mut Changes, attr: &str, v: &Value) -> Result<(), ScimErr> {
-    match attr.to_ascii_lowercase().as_str() {
+    let lower = attr.to_ascii_lowercase();
+    // A path may name the core schema: `urn:...:core:2.0:User:active`.
+    let name = lower
+        .strip_prefix(&format!("{}:", USER_SCHEMA.to_ascii_lowercase()))
+        .unwrap_or(&lower);
+    match name {
         "username" => c.user_name = Some(text(v, "userName", sitrep_wire::api::MAX_ID_LEN)?),
         "externalid" => {
             c.external_id = Some(if v.is_null() {
@@ -432,7 +448,7 @@ fn write(st: &AppState, existing: Option<User>, c: Changes) -> Result<(User, boo
                 // have changed or deleted it since.
                 let current = tx
                     .query_row(
-                        &format!("SELECT {COLUMNS} FROM scim_users WHERE id = ?1"),
+                        &format!("SELECT {COLUMNS} FROM scim_users WHERE id = ?1 AND deleted = 0"),
                         [&u.id],
                         row,
                     )
@@ -448,9 +464,14 @@ fn write(st: &AppState, existing: Option<User>, c: Changes) -> Result<(User, boo
             None => {
                 let user_name = c.user_name.clone().unwrap_or_default();
                 let taken: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM scim_users WHERE user_name = ?1",
+                    "SELECT COUNT(*) FROM scim_users WHERE user_name = ?1 AND deleted = 0",
                     [&user_name],
                     |r| r.get(0),
+                )?;
+                // Provisioned again after a delete: the tombstone goes.
+                tx.execute(
+                    "DELETE FROM scim_users WHERE user_name = ?1 AND deleted = 1",
+                    [&user_name],
                 )?;
                 if taken > 0 {
                     return Ok(Err(ScimErr::new(
@@ -691,7 +712,10 @@ fn patch_changes(body: &Value) -> Result<Changes, ScimErr> {
                     set(&mut c, k, v)?;
                 }
             }
-            ("remove", Some(path)) => match path.to_ascii_lowercase().as_str() {
+            ("remove", Some(path)) => match path
+                .to_ascii_lowercase()
+                .trim_start_matches("urn:ietf:params:scim:schemas:core:2.0:user:")
+            {
                 "title" | "externalid" => set(&mut c, path, &Value::Null)?,
                 "active" | "username" | "displayname" => {
                     return Err(ScimErr::new(
@@ -762,7 +786,7 @@ async fn delete(
         admin_tx(&dir, |tx, key| {
             let Some(user): Option<String> = tx
                 .query_row(
-                    "SELECT user_name FROM scim_users WHERE id = ?1",
+                    "SELECT user_name FROM scim_users WHERE id = ?1 AND deleted = 0",
                     [&id],
                     |r| r.get(0),
                 )
@@ -771,7 +795,12 @@ async fn delete(
                 return Ok(None);
             };
             let d = crate::db::disable_user_in(tx, key, &user, ACTOR)?;
-            tx.execute("DELETE FROM scim_users WHERE id = ?1", [&id])?;
+            // Kept as a tombstone: gone from SCIM, still deactivated, so
+            // no code is issued for a deleted user until SCIM creates them again.
+            tx.execute(
+                "UPDATE scim_users SET deleted = 1, active = 0, modified_at = ?2 WHERE id = ?1",
+                params![id, now_secs() as i64],
+            )?;
             crate::audit::append_in(
                 tx,
                 key,
@@ -857,8 +886,8 @@ async fn list(
     let (total, users) = blocking(move || {
         let conn = connect(&dir).map_err(store)?;
         let (cond, arg) = match &filter {
-            Some((col, v)) => (format!("WHERE {col} = ?1"), Some(v.clone())),
-            None => ("WHERE ?1 IS NULL".to_string(), None),
+            Some((col, v)) => (format!("WHERE deleted = 0 AND {col} = ?1"), Some(v.clone())),
+            None => ("WHERE deleted = 0 AND ?1 IS NULL".to_string(), None),
         };
         let total: i64 = conn
             .query_row(
