@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use sitrep_server::admin::{AdminRow, DirectoryChange, Granted, InviteRequest, TOTP_HEADER};
+use sitrep_server::admin::{
+    AdminRow, DirectoryChange, Granted, InviteRequest, SESSION_HEADER, TOTP_HEADER,
+};
 use sitrep_server::audit::AuditEntry;
 use sitrep_server::{DeviceAdminRow, Disabled, UserRow};
 use sitrep_wire::directory::{Directory, DirectoryError};
@@ -23,8 +25,12 @@ pub enum Admin {
     Api {
         /// With the device's token and trust.
         remote: Remote,
-        /// The two-step code, once known (from `SITREP_ADMIN_TOTP` or asked).
+        /// The two-step code, once known (from `SITREP_ADMIN_TOTP` or asked),
+        /// until it has opened a session.
         totp: std::sync::Mutex<Option<String>>,
+        /// The admin session a code opened (`POST /v1/admin/session`): one
+        /// code for every request of a command.
+        session: std::sync::Mutex<Option<String>>,
         /// The organisation the device enrolled in: name and key fingerprint.
         org: (String, String),
         /// Its key, pinned at enrolment.
@@ -48,6 +54,7 @@ impl Admin {
         Ok(Self::Api {
             remote: profile.remote()?,
             totp: std::sync::Mutex::new(std::env::var("SITREP_ADMIN_TOTP").ok()),
+            session: std::sync::Mutex::new(None),
             org: (
                 profile.client.org_name().to_string(),
                 profile.client.org_fingerprint(),
@@ -73,29 +80,54 @@ impl Admin {
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<R> {
-        let Self::Api { remote, totp, .. } = self else {
+        let Self::Api {
+            remote,
+            totp,
+            session,
+            ..
+        } = self
+        else {
             bail!("not an API admin");
         };
+        let lock = |m: &std::sync::Mutex<Option<String>>| {
+            m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
         for attempt in 0..2 {
-            let code = totp.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let headers: Vec<(&str, &str)> = code
+            let s = lock(session);
+            let headers: Vec<(&str, &str)> = s
                 .as_deref()
-                .map(|c| vec![(TOTP_HEADER, c)])
+                .map(|s| vec![(SESSION_HEADER, s)])
                 .unwrap_or_default();
             match remote.request(method.clone(), path, body, &headers).await {
                 Err(e)
                     if attempt == 0
-                        && code.is_none()
                         && e.downcast_ref::<ServerError>()
                             .is_some_and(|s| s.body.error == "totp_required") =>
                 {
-                    let c = ask_code()?;
-                    *totp.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                    // No session yet, or it ran out: one code opens one.
+                    let code = match lock(totp) {
+                        Some(c) => c,
+                        None => ask_code()?,
+                    };
+                    *totp.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    #[derive(serde::Deserialize)]
+                    struct Opened {
+                        session: String,
+                    }
+                    let o: Opened = remote
+                        .request(
+                            reqwest::Method::POST,
+                            "/v1/admin/session",
+                            None::<&()>,
+                            &[(TOTP_HEADER, code.as_str())],
+                        )
+                        .await?;
+                    *session.lock().unwrap_or_else(|p| p.into_inner()) = Some(o.session);
                 }
                 other => return other,
             }
         }
-        bail!("the server refused the admin two-step code")
+        bail!("the server refused the admin session")
     }
 
     async fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {

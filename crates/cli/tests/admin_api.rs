@@ -447,4 +447,33 @@ fn the_admin_runs_every_command_from_their_device_and_a_leaver_reads_nothing_mor
     );
     let args = ["admin", "audit", "verify", "--data", d];
     cli_ok(cli(PASSCODE, &args), &args);
+
+    // A command of several requests (read the directory, write it back, read
+    // the audit log to verify it) needs one code: it opens a session. The
+    // next step's code, as each code is single use.
+    // (Into the next step, so the step after it is both unused and in the window.)
+    std::thread::sleep(std::time::Duration::from_secs(30 - now() % 30 + 1));
+    let next = ("SITREP_ADMIN_TOTP", code_of(&admin_uri, now() + 30));
+    let team = [
+        "--profile",
+        &pa,
+        "admin",
+        "team",
+        "--id",
+        "ward-team",
+        "--members",
+        "alice,carol",
+        "--server",
+        &url,
+    ];
+    ok(&team, &[device_code(), next.clone()]);
+    // That code is spent: a second command with it is refused.
+    let out = run(&team, &[device_code(), next]);
+    assert!(!out.status.success(), "a used code opened a second session");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("totp_invalid")
+            || String::from_utf8_lossy(&out.stderr).contains("already used"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -55,6 +55,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/admin/admins/{user}"),
     ("post", "/v1/admin/admins/{user}/revoke"),
     ("post", "/v1/admin/scim/token"),
+    ("post", "/v1/admin/session"),
     ("get", "/v1/admin/directory"),
     ("post", "/v1/admin/directory"),
     ("post", "/scim/v2/Users"),

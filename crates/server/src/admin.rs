@@ -23,6 +23,47 @@ use crate::{AppState, now_secs};
 
 /// The header carrying the admin's current TOTP code.
 pub const TOTP_HEADER: &str = "x-sitrep-totp";
+/// The header carrying an admin session (`POST /v1/admin/session`).
+pub const SESSION_HEADER: &str = "x-sitrep-admin-session";
+/// How long an admin session lasts.
+pub const SESSION_SECS: u64 = 600;
+/// Most admin sessions held at once.
+const MAX_SESSIONS: usize = 10_000;
+
+/// Admin sessions: one two-step code opens a few minutes of requests from
+/// one device (as `sudo` does), so a command that makes several requests
+/// needs one code, not one per request (each code is single use). In
+/// memory: a restart ends them all. Kept as hashes of the session token.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    by_hash: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (String, u64)>>,
+}
+
+impl Sessions {
+    /// A new session for `device`, or `None` when too many are open.
+    fn open(&self, device: &str, now: u64) -> Option<String> {
+        let mut m = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_SESSIONS {
+            m.retain(|_, (_, exp)| *exp > now);
+            if m.len() >= MAX_SESSIONS {
+                return None;
+            }
+        }
+        let token = hex::encode(crate::random::<32>());
+        m.insert(
+            crate::org::token_hash(&token),
+            (device.to_string(), now + SESSION_SECS),
+        );
+        Some(token)
+    }
+
+    /// Whether `token` is a live session of `device`.
+    fn valid(&self, token: &str, device: &str, now: u64) -> bool {
+        let m = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&crate::org::token_hash(token))
+            .is_some_and(|(d, exp)| d == device && *exp > now)
+    }
+}
 
 /// Wrong codes before a grant is locked for [`LOCKOUT_SECS`].
 const MAX_FAILURES: i64 = 5;
@@ -214,6 +255,10 @@ fn check(
 /// A request from an admin's device; the actor recorded for what it does.
 pub(crate) struct AdminAuth {
     pub actor: String,
+    /// The device asking.
+    pub device_id: String,
+    /// Let in by a session rather than a code (or no code needed).
+    pub by_session: bool,
 }
 
 impl FromRequestParts<Arc<AppState>> for AdminAuth {
@@ -230,6 +275,12 @@ impl FromRequestParts<Arc<AppState>> for AdminAuth {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 16)
             .map(str::to_string);
+        let by_session = parts
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+            .is_some_and(|t| state.admin_sessions.valid(t, &dev.device_id, now_secs()));
         let st = state.clone();
         let user = dev.user_id.clone();
         blocking(move || {
@@ -242,17 +293,20 @@ impl FromRequestParts<Arc<AppState>> for AdminAuth {
                 }
                 None => sitrep_wire::policy::OrgPolicy::default().two_step_required,
             };
+            // A session stands for the code; the grant is checked anyway.
             check(
                 &st.config.data_dir,
                 &user,
                 code.as_deref(),
-                need,
+                need && !by_session,
                 now_secs(),
             )
         })
         .await?;
         Ok(AdminAuth {
             actor: format!("admin:{}/{}", dev.user_id, dev.device_id),
+            device_id: dev.device_id,
+            by_session,
         })
     }
 }
@@ -289,6 +343,7 @@ fn user_id(u: &str) -> Result<(), ApiErr> {
     scim_token,
     directory_get,
     directory_set,
+    open_session,
 ))]
 pub(crate) struct Doc;
 
@@ -305,6 +360,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/admin/admins/{user}", post(grant_route))
         .route("/v1/admin/admins/{user}/revoke", post(ungrant_route))
         .route("/v1/admin/scim/token", post(scim_token))
+        .route("/v1/admin/session", post(open_session))
         .route(
             "/v1/admin/directory",
             get(directory_get)
@@ -455,6 +511,33 @@ async fn directory_set(
         }
     })
     .await
+}
+
+/// # POST /v1/admin/session
+/// A session for this device (`X-Sitrep-Admin-Session` on the requests that
+/// follow, for ten minutes), opened with a two-step code: never from another
+/// session, so one code cannot be stretched into a day.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/session",
+    tag = "admin",
+    responses((status = 200, description = "the session token and its lifetime", body = serde_json::Value), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    security(("admin" = [])),
+)]
+async fn open_session(State(st): St, a: AdminAuth) -> Result<Json<serde_json::Value>, ApiErr> {
+    if a.by_session {
+        return Err(ApiErr::forbidden(
+            "session_from_session",
+            "a session is opened with a two-step code, not another session",
+        ));
+    }
+    let token = st
+        .admin_sessions
+        .open(&a.device_id, now_secs())
+        .ok_or_else(|| ApiErr::too_many("too_many_sessions", "too many admin sessions open"))?;
+    Ok(Json(
+        serde_json::json!({ "session": token, "expires_in": SESSION_SECS }),
+    ))
 }
 
 /// # POST /v1/admin/scim/token

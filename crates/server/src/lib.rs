@@ -149,6 +149,7 @@ pub(crate) struct AppState {
     pub side_limiter: http::RateLimiter,
     pub acks: AckBatcher,
     pub metrics: metrics::Metrics,
+    pub admin_sessions: admin::Sessions,
 }
 
 /// WebSocket acknowledgements, coalesced per device and applied in one
@@ -211,6 +212,7 @@ pub async fn run(
         side_limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
         acks: AckBatcher::default(),
         metrics: metrics::Metrics::new(),
+        admin_sessions: admin::Sessions::default(),
         config,
     });
     let flusher = {
