@@ -558,6 +558,17 @@ fn write(st: &AppState, existing: Option<User>, c: Changes) -> Result<(User, boo
     result.map_err(store)?
 }
 
+/// [`write`], then the sweep that takes a deactivated user's devices out of
+/// their conversations.
+async fn save(st: &Arc<AppState>, existing: Option<User>, c: Changes) -> Result<User, ScimErr> {
+    let st2 = st.clone();
+    let (u, revoked) = blocking(move || write(&st2, existing, c)).await?;
+    if revoked {
+        sweep(st).await;
+    }
+    Ok(u)
+}
+
 /// Remove revoked devices from their conversations now.
 async fn sweep(st: &Arc<AppState>) {
     let st = st.clone();
@@ -583,11 +594,7 @@ async fn create(State(st): St, _a: ScimAuth, body: Body) -> Result<Response, Sci
         .clone()
         .ok_or_else(|| ScimErr::invalid("userName is required"))?;
     user_name_ok(&user_name)?;
-    let st2 = st.clone();
-    let (u, revoked) = blocking(move || write(&st2, None, c)).await?;
-    if revoked {
-        sweep(&st).await;
-    }
+    let u = save(&st, None, c).await?;
     let mut resp = scim_json(StatusCode::CREATED, &u.resource());
     if let Ok(loc) = HeaderValue::from_str(&format!("/scim/v2/Users/{}", u.id)) {
         resp.headers_mut().insert(header::LOCATION, loc);
@@ -655,11 +662,7 @@ async fn replace(
     // unless given, as RFC 7643 makes it default to true only on create).
     c.external_id.get_or_insert(None);
     c.title.get_or_insert_with(String::new);
-    let st2 = st.clone();
-    let (u, revoked) = blocking(move || write(&st2, Some(u), c)).await?;
-    if revoked {
-        sweep(&st).await;
-    }
+    let u = save(&st, Some(u), c).await?;
     Ok(scim_json(StatusCode::OK, &u.resource()))
 }
 
@@ -757,11 +760,7 @@ async fn patch(
 ) -> Result<Response, ScimErr> {
     let c = patch_changes(&parse_body(body)?)?;
     let u = load(&st, id).await?;
-    let st2 = st.clone();
-    let (u, revoked) = blocking(move || write(&st2, Some(u), c)).await?;
-    if revoked {
-        sweep(&st).await;
-    }
+    let u = save(&st, Some(u), c).await?;
     Ok(scim_json(StatusCode::OK, &u.resource()))
 }
 
