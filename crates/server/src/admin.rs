@@ -710,10 +710,7 @@ async fn invite(
     let dir = st.config.data_dir.clone();
     let (d, u) = (dir.clone(), r.user_id.clone());
     if blocking(move || crate::scim::deactivated(&d, &u).map_err(store)).await? {
-        return Err(ApiErr::conflict(
-            "user_deactivated",
-            "the identity system (SCIM) has deactivated this user: reactivate them there first",
-        ));
+        return Err(deactivated());
     }
     let code = blocking(move || {
         crate::db::create_invite_as(
@@ -724,7 +721,14 @@ async fn invite(
             &r.role,
             r.ttl_secs,
         )
-        .map_err(store)
+        .map_err(|e| {
+            // SCIM deactivated the user since the check above.
+            if e.to_string().contains("deactivated in the identity system") {
+                deactivated()
+            } else {
+                store(e)
+            }
+        })
     })
     .await?;
     Ok(Json(serde_json::json!({ "code": code })))
@@ -747,6 +751,13 @@ async fn policy(
         blocking(move || crate::db::show_policy(&st2.config.data_dir, &st2.org).map_err(store))
             .await?,
     ))
+}
+
+fn deactivated() -> ApiErr {
+    ApiErr::conflict(
+        "user_deactivated",
+        "the identity system (SCIM) has deactivated this user: reactivate them there first",
+    )
 }
 
 /// # POST /v1/admin/policy
