@@ -41,8 +41,12 @@ fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in {:?}", m.keys().collect::<Vec<_>>()))
 }
 
+/// A scrape as Prometheus makes it (asking for OpenMetrics).
 async fn scrape(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut r = reqwest::Client::new().get(format!("{url}/metrics"));
+    let mut r = reqwest::Client::new().get(format!("{url}/metrics")).header(
+        "accept",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    );
     for (k, v) in headers {
         r = r.header(*k, *v);
     }
@@ -53,6 +57,39 @@ async fn scrape(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
         assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     }
     (status, resp.text().await.expect("body"))
+}
+
+/// The classic text format (no Accept): every series under a `# TYPE`
+/// that names it or its histogram family, no `# EOF`.
+fn parse_classic(text: &str) -> HashMap<String, f64> {
+    assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+    let mut families = HashMap::new();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("name and type");
+            families.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series and value");
+        let name = series.split('{').next().expect("name");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| families.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            families.contains_key(family),
+            "{name} has no # TYPE of its own"
+        );
+        out.insert(series.to_string(), value.parse::<f64>().expect("a number"));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +195,20 @@ async fn metrics_count_what_happened_and_name_no_one() {
     ] {
         assert!(!text.contains(secret), "{secret} in the metrics");
     }
+
+    // Anyone else (no Accept) gets the classic text format, the same counts.
+    let resp = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .expect("classic");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let classic = parse_classic(&resp.text().await.expect("body"));
+    assert_eq!(classic["sitrep_sends_total{outcome=\"stored\"}"], 3.0);
+    assert_eq!(classic["sitrep_fanout_seconds_count"], 3.0);
 
     // Off loopback (here: through a proxy, which says so) the token is asked for.
     let proxied = [("x-forwarded-for", "203.0.113.9")];

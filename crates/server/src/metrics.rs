@@ -1,6 +1,7 @@
 //! # GET /metrics
 //! Counters, gauges and histograms for the trust's monitoring, in the
-//! OpenMetrics text format Prometheus scrapes. Labels are route templates,
+//! OpenMetrics text format to a scraper that asks for it (Prometheus does),
+//! else the classic Prometheus text format. Labels are route templates,
 //! methods, status codes and fixed words: never an id, a name or a path with
 //! a group in it.
 //!
@@ -260,7 +261,7 @@ pub(crate) async fn track(State(st): State<Arc<AppState>>, req: Request, next: N
     get,
     path = "/metrics",
     tag = "operations",
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String), (status = 403, description = "not loopback and no scrape token", body = sitrep_wire::api::ApiError), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    responses((status = 200, description = "OpenMetrics text to an Accept naming it, else the classic text format", content((String = "text/plain"), (String = "application/openmetrics-text"))), (status = 403, description = "not loopback and no scrape token", body = sitrep_wire::api::ApiError), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
     security(("metrics" = [])),
 )]
 pub(crate) async fn scrape(State(st): State<Arc<AppState>>, req: Request) -> Response {
@@ -271,6 +272,11 @@ pub(crate) async fn scrape(State(st): State<Arc<AppState>>, req: Request) -> Res
         )
         .into_response();
     }
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let (devices, connections) = st.hub.counts();
     let m = &st.metrics;
     m.connected_devices.set(devices as i64);
@@ -294,12 +300,53 @@ pub(crate) async fn scrape(State(st): State<Arc<AppState>>, req: Request) -> Res
     if prometheus_client::encoding::text::encode(&mut body, &m.registry).is_err() {
         return ApiErr::internal().into_response();
     }
+    // OpenMetrics to a scraper that asks for it (Prometheus does), the
+    // classic text format (0.0.4) to anyone else.
+    let openmetrics = accept
+        .as_deref()
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let (body, ct) = if openmetrics {
+        (
+            body,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (classic(&body), "text/plain; version=0.0.4; charset=utf-8")
+    };
     let mut resp = body.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     resp
+}
+
+/// OpenMetrics text as the classic Prometheus text format: a counter's
+/// family is named by its `_total` series, and there is no `# UNIT` or
+/// `# EOF` (everything else is the same in both).
+fn classic(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 fn allowed(st: &AppState, req: &Request) -> bool {
@@ -332,4 +379,19 @@ fn allowed(st: &AppState, req: &Request) -> bool {
         .unwrap_or("");
     // Compared as hashes: the time taken says nothing about the token.
     crate::org::token_hash(got) == crate::org::token_hash(want)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn classic_names_counter_families_by_their_series() {
+        let om = "# HELP sitrep_sends Sends.\n# TYPE sitrep_sends counter\nsitrep_sends_total{outcome=\"stored\"} 3\n\
+                  # HELP sitrep_connected_devices Devices.\n# TYPE sitrep_connected_devices gauge\nsitrep_connected_devices 1\n# EOF\n";
+        let c = super::classic(om);
+        assert_eq!(
+            c,
+            "# HELP sitrep_sends_total Sends.\n# TYPE sitrep_sends_total counter\nsitrep_sends_total{outcome=\"stored\"} 3\n\
+             # HELP sitrep_connected_devices Devices.\n# TYPE sitrep_connected_devices gauge\nsitrep_connected_devices 1\n"
+        );
+    }
 }
