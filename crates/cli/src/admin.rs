@@ -18,6 +18,8 @@ use sitrep_wire::policy::OrgPolicy;
 use crate::{Profile, Remote, ServerError};
 
 /// Where admin commands go.
+// One per command: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Admin {
     /// The server's data directory.
     Data(PathBuf),
@@ -35,6 +37,8 @@ pub enum Admin {
         org: (String, String),
         /// Its key, pinned at enrolment.
         org_key: Vec<u8>,
+        /// The last audit entry this device verified.
+        audit_pin: Option<(u64, String)>,
     },
 }
 
@@ -60,6 +64,7 @@ impl Admin {
                 profile.client.org_fingerprint(),
             ),
             org_key: profile.client.org_key().to_vec(),
+            audit_pin: profile.client.audit_pin().map(|(s, h)| (s, h.to_string())),
         })
     }
 
@@ -303,20 +308,40 @@ impl Admin {
 
     /// Check the audit log's chain and signatures: on the data directory
     /// with its key, or as listed by the server against the key this device
-    /// pinned at enrolment. The number of entries.
-    pub async fn verify_audit(&self) -> anyhow::Result<u64> {
-        let r = match self {
-            Self::Data(d) => sitrep_server::audit_verify(d).map_err(any),
-            Self::Api { org_key, .. } => {
+    /// pinned at enrolment, and holding the last entry this device verified
+    /// before (a log cut short fails). The number of entries, and (over the
+    /// API) the last one's place and hash, for the device to remember.
+    pub async fn verify_audit(&self) -> anyhow::Result<(u64, Option<(u64, String)>)> {
+        let failed = |e: anyhow::Error| anyhow::anyhow!("audit log FAILED verification: {e}");
+        match self {
+            Self::Data(d) => Ok((
+                sitrep_server::audit_verify(d)
+                    .map_err(any)
+                    .map_err(failed)?,
+                None,
+            )),
+            Self::Api {
+                org_key, audit_pin, ..
+            } => {
                 let key: [u8; 32] = org_key
                     .as_slice()
                     .try_into()
                     .context("the pinned organisation key is not 32 bytes")?;
                 let entries = self.audit().await?;
-                sitrep_server::audit::verify_entries(&entries, &key).map_err(any)
+                let n = sitrep_server::audit::verify_entries(&entries, &key)
+                    .map_err(any)
+                    .map_err(failed)?;
+                if let Some((seq, hash)) = audit_pin {
+                    let held = entries.iter().any(|e| e.seq == *seq && e.hash == *hash);
+                    if !held {
+                        return Err(failed(anyhow::anyhow!(
+                            "the log no longer holds entry {seq}, which this device verified before: entries were removed or replaced"
+                        )));
+                    }
+                }
+                Ok((n, entries.last().map(|e| (e.seq, e.hash.clone()))))
             }
-        };
-        r.map_err(|e| anyhow::anyhow!("audit log FAILED verification: {e}"))
+        }
     }
 
     /// The organisation's directory.

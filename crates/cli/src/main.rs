@@ -2218,7 +2218,26 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             cmd: AdminCmd::Audit { cmd },
         } => match cmd {
             AuditCmd::Verify { at } => {
-                let n = admin_target(&cli.profile, at)?.verify_audit().await?;
+                let n = match at.server {
+                    None => {
+                        sitrep_cli::admin::Admin::Data(at.data)
+                            .verify_audit()
+                            .await?
+                            .0
+                    }
+                    Some(url) => {
+                        sitrep_cli::tls::check_url(&url)?;
+                        let mut p = open_profile(&cli.profile)?;
+                        let (n, last) = sitrep_cli::admin::Admin::api(&p, &url)?
+                            .verify_audit()
+                            .await?;
+                        if let Some((seq, hash)) = last {
+                            p.client.set_audit_pin(seq, hash);
+                            p.save()?;
+                        }
+                        n
+                    }
+                };
                 println!(
                     "audit log verified: {n} entries, chained and signed by the organisation key"
                 );

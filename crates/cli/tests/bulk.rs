@@ -249,10 +249,27 @@ fn bulk_codes_enrol_reruns_skip_and_the_admin_edits_the_directory_remotely() {
     ]);
     assert!(verified.contains("verified"), "{verified}");
 
-    // Someone with the database edits an entry: her device finds it.
+    // Someone with the database removes the newest entries: the chain that
+    // is left still verifies, but her device remembers the last one it saw.
     let db = rusqlite::Connection::open(std::path::Path::new(d).join("sitrep.db")).expect("db");
     db.busy_timeout(std::time::Duration::from_secs(5))
         .expect("timeout");
+    db.execute(
+        "DELETE FROM audit WHERE seq >= (SELECT MAX(seq) - 1 FROM audit)",
+        [],
+    )
+    .expect("cut");
+    let e = fails(&[
+        "--profile",
+        &pa,
+        "admin",
+        "audit",
+        "verify",
+        "--server",
+        &url,
+    ]);
+    assert!(e.contains("no longer holds entry"), "{e}");
+    // Someone with the database edits an entry: her device finds it.
     db.execute("UPDATE audit SET detail = 'user=nobody' WHERE seq = 2", [])
         .expect("tamper");
     drop(db);

@@ -97,6 +97,7 @@ impl PendingEnrolment {
                 ciphersuite: u16::from(self.ciphersuite),
                 signer_public: ByteBuf::from(self.signer.public().to_vec()),
                 server_ca: None,
+                audit_pin: None,
             },
             mls: Vec::new(),
             conversations: BTreeMap::new(),
@@ -373,6 +374,20 @@ impl Client {
     /// Trust a private CA for the server (set at enrolment).
     pub fn set_server_ca(&mut self, pem: Option<String>) {
         self.state.device.server_ca = pem;
+    }
+
+    /// The last audit entry this device verified: its place and hash.
+    pub fn audit_pin(&self) -> Option<(u64, &str)> {
+        self.state
+            .device
+            .audit_pin
+            .as_ref()
+            .map(|(s, h)| (*s, h.as_str()))
+    }
+
+    /// Remember the last audit entry verified.
+    pub fn set_audit_pin(&mut self, seq: u64, hash: String) {
+        self.state.device.audit_pin = Some((seq, hash));
     }
 
     /// Bearer token for the server.

@@ -23,6 +23,10 @@ pub(crate) struct Device {
     /// trust runs one; the system's roots are trusted besides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_ca: Option<String>,
+    /// The last audit entry this device verified (as an admin): its place
+    /// and hash. A later listing must still hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_pin: Option<(u64, String)>,
 }
 
 /// One line of a conversation's history.
