@@ -116,7 +116,10 @@ fn fuzz(st: &PathBuf, url: &str, token: &str, filter: [&str; 2], report: &str) {
     let report_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/schemathesis")
         .join(report);
+    std::fs::create_dir_all(&report_dir).expect("report dir");
     let out = Command::new(st)
+        // Its example cache (.schemathesis/) goes there too, not in the tree.
+        .current_dir(&report_dir)
         .arg("run")
         .arg(format!("{url}/v1/openapi.json"))
         .args([

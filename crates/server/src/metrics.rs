@@ -262,7 +262,7 @@ pub(crate) async fn track(State(st): State<Arc<AppState>>, req: Request, next: N
     path = "/metrics",
     tag = "operations",
     responses((status = 200, description = "OpenMetrics text to an Accept naming it, else the classic text format", content((String = "text/plain"), (String = "application/openmetrics-text"))), (status = 403, description = "not loopback and no scrape token", body = sitrep_wire::api::ApiError), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
-    security(("metrics" = [])),
+    security((), ("metrics" = [])),
 )]
 pub(crate) async fn scrape(State(st): State<Arc<AppState>>, req: Request) -> Response {
     if !allowed(&st, &req) {
