@@ -40,6 +40,17 @@ pub struct File {
     /// `/metrics`.
     #[serde(default)]
     pub metrics: Metrics,
+    /// The web app.
+    #[serde(default)]
+    pub web: Web,
+}
+
+/// `[web]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Web {
+    /// The built web app (`web/dist`, made by `web/build.sh`), served at `/`.
+    pub dir: Option<PathBuf>,
 }
 
 /// `[metrics]`.
@@ -145,6 +156,7 @@ const KEYS: &[(&str, &str)] = &[
     ("tls", "key"),
     ("tls", "plain_http"),
     ("metrics", "token_file"),
+    ("web", "dir"),
 ];
 
 /// The environment variable for a key.
@@ -278,6 +290,7 @@ impl File {
             }
             c.metrics_token = Some(token.to_string());
         }
+        c.web_dir = self.web.dir.clone();
         if c.max_message > c.max_body {
             bail!(
                 "limits.max_message_bytes ({}) is larger than limits.max_body_bytes ({})",

@@ -72,6 +72,10 @@ enum Cmd {
         /// a reverse proxy that terminates TLS); loopback needs no flag.
         #[arg(long)]
         plain_http: bool,
+        /// The built web app to serve at `/` (`web/dist`, made by
+        /// `web/build.sh`).
+        #[arg(long)]
+        web: Option<PathBuf>,
     },
     /// Administration on the server's data directory (works while it runs).
     Admin {
@@ -1103,6 +1107,7 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
             tls_cert,
             tls_key,
             plain_http,
+            web,
         } => {
             let data = data
                 .or(settings.data.clone())
@@ -1121,6 +1126,9 @@ async fn run(cli: Cli, settings: sitrep_cli::config::File) -> anyhow::Result<()>
                 config.tls = Some(sitrep_server::TlsFiles { cert, key });
             }
             config.plain_http |= plain_http;
+            if web.is_some() {
+                config.web_dir = web;
+            }
             let (org, created) = if init {
                 sitrep_server::org::Org::open_or_create(&data, Some(&org_name))?
             } else {

@@ -87,9 +87,10 @@ impl<S: ProfileStore> Session<S> {
         Ok(s)
     }
 
-    /// Whether the session is locked at `now_ms` (locking it if idle too long).
+    /// Whether the session is locked at `now_ms` (locking it if idle too
+    /// long). Asking is not activity.
     pub fn is_locked(&mut self, now_ms: u64) -> bool {
-        self.client(now_ms).is_err()
+        self.background(now_ms).is_err()
     }
 
     /// Unlock with the passcode. Each wrong one is counted outside the sealed
@@ -213,6 +214,26 @@ impl<S: ProfileStore> Session<S> {
         let u = self.unlocked.as_mut().ok_or(Locked)?;
         u.last_active_ms = now_ms;
         Ok(&mut u.client)
+    }
+
+    /// The unlocked client for work the user did not ask for at `now_ms`
+    /// (a sync on a push, a timer): locks and refuses after the policy's
+    /// idle time like [`Session::client`], but does not restart it.
+    pub fn background(&mut self, now_ms: u64) -> Result<&mut Client, Locked> {
+        let idle = self.unlocked.as_ref().map(|u| {
+            (
+                now_ms.saturating_sub(u.last_active_ms),
+                u64::from(u.client.policy().lock_after_idle_secs) * 1000,
+            )
+        });
+        match idle {
+            None => Err(Locked),
+            Some((idle, limit)) if idle > limit => {
+                self.lock();
+                Err(Locked)
+            }
+            Some(_) => self.unlocked.as_mut().map(|u| &mut u.client).ok_or(Locked),
+        }
     }
 
     /// Lock now: the store key is zeroised and the client dropped.

@@ -258,3 +258,19 @@ fn a_new_argon2_cost_re_seals_the_store_at_the_next_unlock() {
     s.unlock(PASS, 2)
         .expect("the same passcode opens the re-sealed store");
 }
+
+/// Work the user did not ask for (a sync on a push) does not keep the app
+/// unlocked; it is refused once the idle time has passed.
+#[test]
+fn background_work_is_not_activity() {
+    let org = SigningKey::from_bytes(&[7u8; 32]);
+    let mut s = session(&org);
+    assert!(s.client(MIN).is_ok());
+    assert!(s.background(MIN + MIN).is_ok(), "within the idle time");
+    assert!(!s.is_locked(MIN + 2 * MIN), "asking is not activity either");
+    assert!(
+        s.background(MIN + 2 * MIN + 1).is_err(),
+        "idle since the last use, whatever ran in the background"
+    );
+    assert!(s.client(MIN + 2 * MIN + 2).is_err(), "and it stays locked");
+}

@@ -138,7 +138,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ws", get(crate::ws::upgrade))
         .merge(crate::admin::routes())
         .merge(crate::scim::routes())
-        .fallback(|| async { ApiErr::not_found("no_route", "no such endpoint") })
+        .fallback(web_or_not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -147,6 +147,31 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         // For any extractor other than `JsonBody`.
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .with_state(state)
+}
+
+/// A path no API route takes: the web app's (a GET outside `/v1/`,
+/// `/scim/`), or the API's JSON 404.
+async fn web_or_not_found(
+    State(st): State<Arc<AppState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = uri.path();
+    let api = path.starts_with("/v1/") || path.starts_with("/scim/") || path == "/v1";
+    if !api && (method == axum::http::Method::GET || method == axum::http::Method::HEAD) {
+        match &st.web {
+            Some(b) => {
+                if let Some(r) = b.serve(path, &headers) {
+                    return r;
+                }
+            }
+            None if path == "/" => return crate::web::not_built(),
+            None => {}
+        }
+    }
+    ApiErr::not_found("no_route", "no such endpoint").into_response()
 }
 
 /// Every refusal in JSON: axum's own rejections (a path that does not
@@ -355,6 +380,22 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 /// The device behind the bearer token, rate limited.
 pub(crate) struct Auth(pub DeviceRow);
 
+/// A browser cannot set headers on a WebSocket: on `/v1/ws` alone, the
+/// token may come as the subprotocol `bearer.TOKEN` beside `sitrep` (the
+/// one the server answers with, so the token is never echoed).
+fn ws_protocol_token(parts: &Parts) -> Option<&str> {
+    if parts.uri.path() != "/v1/ws" {
+        return None;
+    }
+    parts
+        .headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("bearer."))
+}
+
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiErr;
 
@@ -367,6 +408,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| ws_protocol_token(parts))
             .ok_or_else(ApiErr::unauthorised)?;
         if token.len() > 128 {
             return Err(ApiErr::unauthorised());

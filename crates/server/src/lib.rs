@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod org;
 pub mod scim;
 mod tls;
+pub mod web;
 mod ws;
 
 use std::path::PathBuf;
@@ -104,6 +105,9 @@ pub struct Config {
     /// Bearer token that lets a scraper off loopback read `/metrics`;
     /// without it, only loopback clients may.
     pub metrics_token: Option<String>,
+    /// The web app's built bundle (`web/dist`), served at `/`; read once at
+    /// start. Without it `/` says how to build it.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -131,6 +135,7 @@ impl Config {
             tls: None,
             plain_http: false,
             metrics_token: None,
+            web_dir: None,
         }
     }
 }
@@ -138,6 +143,8 @@ impl Config {
 /// What every handler shares.
 pub(crate) struct AppState {
     pub db: Db,
+    /// The web app, when the server was given one.
+    pub web: Option<web::Bundle>,
     pub org: org::Org,
     pub hub: hub::Hub,
     pub config: Config,
@@ -203,8 +210,13 @@ pub async fn run(
     // One server per data directory, held while it runs (a restore checks it).
     let _running = db::serve_lock(&config.data_dir)?;
     let db = Db::open(&config.data_dir)?;
+    let web = match &config.web_dir {
+        Some(d) => Some(web::Bundle::load(d).map_err(|e| ServeError::Web(d.clone(), e))?),
+        None => None,
+    };
     let state = Arc::new(AppState {
         db,
+        web,
         org,
         hub: hub::Hub::new(config.ws_queue_bytes),
         limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
@@ -642,6 +654,9 @@ pub enum ServeError {
     /// `sitrep init` on a directory that holds one already.
     #[error("{0} already holds a Sitrep organisation ({1:?})")]
     AlreadyInitialised(String, String),
+    /// The web bundle named by `web_dir` cannot be read.
+    #[error("the web app in {0}: {1}")]
+    Web(PathBuf, std::io::Error),
 }
 
 impl From<std::io::Error> for ServeError {

@@ -35,7 +35,7 @@ const BACKLOG_PAGE: u64 = 1000;
     get,
     path = "/v1/ws",
     tag = "messages",
-    responses((status = 101, description = "WebSocket: binary frames of inbox entries, text frames {\"ack\": SEQ} back"), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
+    responses((status = 101, description = "WebSocket: binary frames of inbox entries, text frames {\"ack\": SEQ} back. A browser, which cannot set headers, offers the subprotocols `sitrep` and `bearer.TOKEN`; the server answers `sitrep`."), (status = "4XX", description = "refused: see `error`", body = sitrep_wire::api::ApiError)),
     security(("bearer" = [])),
 )]
 pub(crate) async fn upgrade(
@@ -43,7 +43,8 @@ pub(crate) async fn upgrade(
     Auth(dev): Auth,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.max_message_size(4096)
+    ws.protocols(["sitrep"])
+        .max_message_size(4096)
         .read_buffer_size(2 * 1024)
         .on_upgrade(move |socket| serve(socket, st, dev.device_id))
 }

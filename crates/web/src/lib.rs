@@ -1,0 +1,836 @@
+//! The Sitrep client engine for the browser.
+//!
+//! `sitrep-core` behind wasm-bindgen, for the web app's Web Worker. The
+//! worker is the driver: it keeps the sealed records in IndexedDB, performs
+//! the requests an engine task asks for with `fetch`, and feeds the answers
+//! back. Everything that decides (the protocol, the policies, the PID guard,
+//! the app lock) is the core's; this crate only translates.
+//!
+//! **Writes before requests.** Every call that changes the profile queues
+//! what the store must write ([`Engine::take_writes`]: sealed records only,
+//! never plaintext). The worker writes them to IndexedDB and waits for the
+//! transaction to complete before it performs the request that
+//! [`Engine::poll`] handed out, so a closed tab or a crash cannot lose a
+//! ciphertext, reuse a ratchet generation or forget a change whose answer
+//! was lost.
+//!
+//! **The wrong-passcode count** is read before unlocking and written by the
+//! worker, raised by one, before the passcode is tried (so closing the tab
+//! during the key derivation does not give a free try); the core then
+//! writes the real count.
+//!
+//! Structured answers are JSON text: one format for every view, checked by
+//! the native tests of this crate.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde_json::{Value, json};
+use sitrep_core::engine::{Action, Create, Method, Outbox, Reply, Setup, Sync, Task, TopUp};
+use sitrep_core::persist::{Changes, Sealed};
+use sitrep_core::store::{DEFAULT_MAX_FAILURES, ProfileStore};
+use sitrep_core::vault::RecordId;
+use sitrep_core::{Ciphersuite, Error, Event, PendingEnrolment, Session, UnlockError};
+use sitrep_wire::api;
+use sitrep_wire::invite::Invite;
+use sitrep_wire::policy::SignedPolicy;
+use wasm_bindgen::prelude::*;
+
+/// One thing the worker must write, in order, in one IndexedDB transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Delete every record.
+    Clear,
+    /// Insert or replace a record.
+    Put(RecordId, Vec<u8>),
+    /// Delete a record.
+    Delete(RecordId),
+    /// The wrong-passcode count and its limit.
+    Failures(u32, u32),
+}
+
+#[derive(Default)]
+struct Inner {
+    records: Option<BTreeMap<RecordId, Vec<u8>>>,
+    failures: (u32, u32),
+    out: Vec<Write>,
+}
+
+/// The records as the worker loaded them from IndexedDB, and what is to be
+/// written back. A handle: the engine and its session share one.
+#[derive(Clone, Default)]
+pub struct WebStore(Rc<RefCell<Inner>>);
+
+impl WebStore {
+    fn inner(&self) -> std::cell::RefMut<'_, Inner> {
+        self.0.borrow_mut()
+    }
+
+    /// What is to be written, oldest first; taken once.
+    pub fn take(&self) -> Vec<Write> {
+        std::mem::take(&mut self.inner().out)
+    }
+}
+
+impl ProfileStore for WebStore {
+    fn load(&self) -> Result<Option<Vec<Sealed>>, Error> {
+        Ok(self
+            .0
+            .borrow()
+            .records
+            .as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect()))
+    }
+
+    fn write(&self, ch: &Changes) -> Result<(), Error> {
+        if ch.is_empty() {
+            return Ok(());
+        }
+        let mut i = self.inner();
+        let i = &mut *i;
+        let m = i.records.get_or_insert_with(BTreeMap::new);
+        if ch.clear {
+            m.clear();
+            i.out.push(Write::Clear);
+        }
+        for id in &ch.delete {
+            m.remove(id);
+            i.out.push(Write::Delete(*id));
+        }
+        for (id, b) in &ch.put {
+            m.insert(*id, b.clone());
+            i.out.push(Write::Put(*id, b.clone()));
+        }
+        Ok(())
+    }
+
+    fn destroy(&self) -> Result<(), Error> {
+        let mut i = self.inner();
+        i.records = None;
+        i.out.push(Write::Clear);
+        Ok(())
+    }
+
+    fn unlock_failures(&self) -> Result<(u32, u32), Error> {
+        let (n, l) = self.0.borrow().failures;
+        Ok((n, if l == 0 { DEFAULT_MAX_FAILURES } else { l }))
+    }
+
+    fn set_unlock_failures(&self, failures: u32, limit: u32) -> Result<(), Error> {
+        let mut i = self.inner();
+        i.failures = (failures, limit);
+        i.out.push(Write::Failures(failures, limit));
+        Ok(())
+    }
+}
+
+/// An enrolment between its request and the server's answer.
+struct Enrolling {
+    pending: PendingEnrolment,
+    invite: Invite,
+    policy: Option<Vec<u8>>,
+}
+
+/// One device profile in the browser: the app lock around the core's
+/// client, the engine task running, and the store's pending writes.
+#[wasm_bindgen]
+pub struct Engine {
+    store: WebStore,
+    session: Session<WebStore>,
+    task: Option<Box<dyn Task>>,
+    failure: Option<Value>,
+    enrolling: Option<Enrolling>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// An engine with no records yet: call [`Engine::load`] for each record
+    /// in IndexedDB and [`Engine::set_failures`], then unlock or enrol.
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Engine {
+        let store = WebStore::default();
+        Engine {
+            session: Session::new(store.clone()),
+            store,
+            task: None,
+            failure: None,
+            enrolling: None,
+        }
+    }
+
+    /// One sealed record as IndexedDB holds it.
+    pub fn load(&mut self, id: &[u8], sealed: Vec<u8>) -> Result<(), JsError> {
+        let id: RecordId = id
+            .try_into()
+            .map_err(|_| err("a record id of the wrong length"))?;
+        self.store
+            .inner()
+            .records
+            .get_or_insert_with(BTreeMap::new)
+            .insert(id, sealed);
+        Ok(())
+    }
+
+    /// The wrong-passcode count and limit as IndexedDB holds them.
+    pub fn set_failures(&mut self, failures: u32, limit: u32) {
+        self.store.inner().failures = (failures, limit);
+    }
+
+    /// `[failures, limit]` (the limit the last policy set).
+    pub fn failures(&self) -> Vec<u32> {
+        let (n, l) = self
+            .store
+            .unlock_failures()
+            .unwrap_or((0, DEFAULT_MAX_FAILURES));
+        vec![n, l]
+    }
+
+    /// Whether a profile exists on this browser.
+    pub fn has_profile(&self) -> bool {
+        self.store.load().ok().flatten().is_some()
+    }
+
+    /// What to write to IndexedDB, in order, in one transaction, before the
+    /// next request: an array of `{op: "clear"}`, `{op: "put", id, data}`,
+    /// `{op: "delete", id}`, `{op: "failures", failures, limit}`.
+    pub fn take_writes(&mut self) -> js_sys::Array {
+        let out = js_sys::Array::new();
+        for w in self.store.take() {
+            let o = js_sys::Object::new();
+            let set = |k: &str, v: &JsValue| {
+                let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), v);
+            };
+            match w {
+                Write::Clear => set("op", &"clear".into()),
+                Write::Put(id, data) => {
+                    set("op", &"put".into());
+                    set("id", &js_sys::Uint8Array::from(&id[..]).into());
+                    set("data", &js_sys::Uint8Array::from(&data[..]).into());
+                }
+                Write::Delete(id) => {
+                    set("op", &"delete".into());
+                    set("id", &js_sys::Uint8Array::from(&id[..]).into());
+                }
+                Write::Failures(n, l) => {
+                    set("op", &"failures".into());
+                    set("failures", &n.into());
+                    set("limit", &l.into());
+                }
+            }
+            out.push(&o);
+        }
+        out
+    }
+
+    /// Step one of enrolment: the code as typed and the server's
+    /// `/healthz` fingerprint. Refuses a server that is not the
+    /// organisation the code was issued by, before the code is sent.
+    /// Returns the fingerprint, grouped for reading aloud.
+    pub fn enrol_check(&self, code: &str, fingerprint: &str) -> Result<String, JsError> {
+        let invite = Invite::parse(code).map_err(err)?;
+        if !invite.matches_fingerprint(fingerprint) {
+            return Err(err(format!(
+                "this server is not the organisation your code is from (its key fingerprint is {fingerprint}); nothing was sent to it"
+            )));
+        }
+        Ok(group_fingerprint(fingerprint))
+    }
+
+    /// The passcode length the organisation asks for, from `/v1/policy`'s
+    /// answer (unverified: the key is not known before enrolment; it is
+    /// checked after).
+    pub fn min_passcode(policy_answer: &str) -> u32 {
+        signed_policy(policy_answer)
+            .as_deref()
+            .and_then(SignedPolicy::peek_unverified)
+            .map_or(6, |p| u32::from(p.min_passcode_len))
+    }
+
+    /// Step two: the body to `POST /v1/enrol` (a fresh signature key in
+    /// the organisation's suite, proof of holding it, the code's secret).
+    pub fn enrol_request(&mut self, code: &str, policy_answer: &str) -> Result<String, JsError> {
+        let invite = Invite::parse(code).map_err(err)?;
+        let policy = signed_policy(policy_answer);
+        let cs = policy
+            .as_deref()
+            .and_then(SignedPolicy::peek_unverified)
+            .and_then(|p| Ciphersuite::try_from(p.ciphersuite).ok())
+            .unwrap_or(sitrep_core::DEFAULT_CIPHERSUITE);
+        let pending = PendingEnrolment::new(cs).map_err(err)?;
+        let body = serde_json::to_string(&pending.enrol_request(&invite.secret).map_err(err)?)
+            .map_err(err)?;
+        self.enrolling = Some(Enrolling {
+            pending,
+            invite,
+            policy,
+        });
+        Ok(body)
+    }
+
+    /// Step three: the server's answer; seals the new profile under the
+    /// passcode (Argon2id at the policy's cost) and returns
+    /// `{totp_uri, user_id, display_name, org}` (`totp_uri`: for the QR
+    /// code of the authenticator app). Then run the `topup` task.
+    pub fn enrol_finish(
+        &mut self,
+        server: &str,
+        answer: &str,
+        passcode: &str,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
+        let e = self
+            .enrolling
+            .take()
+            .ok_or_else(|| err("no enrolment under way"))?;
+        let resp: api::EnrolResponse = serde_json::from_str(answer).map_err(err)?;
+        if !e.invite.matches_key(&resp.org_public_key) {
+            return Err(err(
+                "the server enrolled this device under a key that is not its invitation's organisation's; refused",
+            ));
+        }
+        let mut client = e.pending.finish(server, resp).map_err(err)?;
+        if let Some(sp) = &e.policy {
+            client.apply_policy(sp).map_err(err)?;
+        }
+        let uri = client.setup_totp().map_err(err)?;
+        let out = json!({
+            "totp_uri": uri,
+            "user_id": client.user_id(),
+            "display_name": client.display_name(),
+            "org": client.org_name(),
+        });
+        self.session =
+            Session::create(self.store.clone(), client, passcode, now_ms as u64).map_err(err)?;
+        Ok(out.to_string())
+    }
+
+    /// Unlock with the passcode (and the TOTP code where the policy asks
+    /// for one). `{ok: true}` or `{ok: false, reason: "wrong" | "two_step"
+    /// | "wiped" | "none", remaining, message}`.
+    pub fn unlock(&mut self, passcode: &str, code: Option<String>, now_ms: f64) -> String {
+        let r = self
+            .session
+            .unlock_with_code(passcode, code.as_deref(), now_ms as u64);
+        let v = match r {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => {
+                let (reason, remaining) = match &e {
+                    UnlockError::WrongPasscode { remaining } => ("wrong", *remaining),
+                    UnlockError::TwoStepRequired { remaining } => ("two_step", *remaining),
+                    UnlockError::Wiped => ("wiped", 0),
+                    UnlockError::NoProfile => ("none", 0),
+                    _ => ("error", 0),
+                };
+                json!({"ok": false, "reason": reason, "remaining": remaining, "message": e.to_string()})
+            }
+        };
+        v.to_string()
+    }
+
+    /// Lock now (the key is zeroised and the client dropped).
+    pub fn lock(&mut self) {
+        self.task = None;
+        self.session.lock();
+    }
+
+    /// Whether the profile is locked at `now_ms` (locking it when idle
+    /// past the policy's time). Asking is not activity.
+    pub fn locked(&mut self, now_ms: f64) -> bool {
+        let locked = self.session.is_locked(now_ms as u64);
+        if locked {
+            self.task = None;
+        }
+        locked
+    }
+
+    /// The user did something at `now_ms`: the idle timer starts again.
+    /// `false` if the profile was locked (or just locked by idle time).
+    pub fn touch(&mut self, now_ms: f64) -> bool {
+        self.session.client(now_ms as u64).is_ok()
+    }
+
+    /// Who this device is and what the organisation's policy says, as JSON:
+    /// `{user_id, display_name, device_id, org, fingerprint, server,
+    /// policy: {lock_after_idle_secs, previews, two_step_required,
+    /// min_passcode_len}, totp_uri}`.
+    pub fn me(&mut self, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let p = c.policy();
+        Ok(json!({
+            "user_id": c.user_id(),
+            "display_name": c.display_name(),
+            "device_id": c.device_id(),
+            "org": c.org_name(),
+            "fingerprint": group_fingerprint(&c.org_fingerprint()),
+            "server": c.server(),
+            "policy": {
+                "lock_after_idle_secs": p.lock_after_idle_secs,
+                "previews": format!("{:?}", p.previews).to_lowercase(),
+                "two_step_required": p.two_step_required,
+                "min_passcode_len": p.min_passcode_len,
+            },
+        })
+        .to_string())
+    }
+
+    /// The device's bearer token, for the worker's requests (it never
+    /// leaves the worker).
+    pub fn token(&mut self, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        Ok(c.token().to_string())
+    }
+
+    /// The TOTP set-up URI (`otpauth://`), for the authenticator's QR code.
+    pub fn totp_uri(&mut self, now_ms: f64) -> Result<Option<String>, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        Ok(c.totp_uri())
+    }
+
+    /// Start an engine task, replacing any that was running (its sealed
+    /// state makes that safe: a change whose answer was lost is settled by
+    /// the next sync). `kind`: `sync` (everything), `catch_up` (what a push
+    /// calls for), `outbox`, `topup`, `create` (`args`: `{name, members,
+    /// pid_policy}`).
+    pub fn start(&mut self, kind: &str, args: &str, now_ms: f64) -> Result<(), JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let task: Box<dyn Task> = match kind {
+            "sync" => Box::new(Sync::new()),
+            "catch_up" => Box::new(Sync::catch_up()),
+            "outbox" => Box::new(Outbox::new()),
+            "topup" => Box::new(TopUp::new()),
+            "create" => {
+                #[derive(serde::Deserialize)]
+                struct A {
+                    name: String,
+                    members: Vec<String>,
+                    #[serde(default = "warn")]
+                    pid_policy: String,
+                }
+                fn warn() -> String {
+                    "warn".into()
+                }
+                let a: A = serde_json::from_str(args).map_err(err)?;
+                let name = a.name.trim();
+                if name.is_empty() {
+                    return Err(err("a conversation needs a name"));
+                }
+                if c.conversation(name).is_ok_and(|c| c.active) {
+                    return Err(err(format!(
+                        "you already have a conversation named {name:?}: choose another name"
+                    )));
+                }
+                let setup = Setup {
+                    pid_policy: a.pid_policy,
+                    ..Setup::default()
+                };
+                Box::new(Create::new(c, name, &a.members, setup))
+            }
+            _ => return Err(err(format!("no such task: {kind}"))),
+        };
+        self.task = Some(task);
+        self.failure = None;
+        Ok(())
+    }
+
+    /// The running task's next step, as JSON:
+    /// - `{t: "request", method, path, body, durable}`: first write
+    ///   [`Engine::take_writes`] (and wait for IndexedDB to complete), then
+    ///   perform it and call [`Engine::feed`] or [`Engine::feed_lost`];
+    /// - `{t: "wait", until}`: poll again then (a backoff);
+    /// - `{t: "done", events}`: finished; write what is left;
+    /// - `{t: "failed", op, kind, message, retryable}`: stopped (`kind`
+    ///   `wiped`: this device's data is destroyed);
+    /// - `{t: "idle"}`: no task.
+    pub fn poll(&mut self, now_ms: f64) -> String {
+        if let Some(f) = self.failure.take() {
+            return f.to_string();
+        }
+        let Some(task) = self.task.as_mut() else {
+            return json!({"t": "idle"}).to_string();
+        };
+        let Ok(c) = self.session.background(now_ms as u64) else {
+            self.task = None;
+            return json!({"t": "failed", "op": "syncing", "kind": "locked", "message": "locked", "retryable": true}).to_string();
+        };
+        let action = task.poll(c, now_ms as u64);
+        let v = match action {
+            Ok(Action::Request(r)) => {
+                if let Err(e) = self.session.save() {
+                    self.task = None;
+                    return failed_local(&e);
+                }
+                json!({
+                    "t": "request",
+                    "method": match r.method { Method::Get => "GET", _ => "POST" },
+                    "path": r.path,
+                    "body": String::from_utf8_lossy(&r.body),
+                    "durable": r.durable,
+                })
+            }
+            Ok(Action::Wait { until_ms }) => json!({"t": "wait", "until": until_ms}),
+            Ok(Action::Done(events)) => {
+                self.task = None;
+                let _ = self.session.save();
+                json!({"t": "done", "events": events.iter().map(event_json).collect::<Vec<_>>()})
+            }
+            Ok(_) => {
+                self.task = None;
+                json!({"t": "failed", "op": "syncing", "kind": "local", "message": "an engine action this app does not know", "retryable": false})
+            }
+            Err(f) => {
+                self.task = None;
+                self.failed(&f)
+            }
+        };
+        v.to_string()
+    }
+
+    /// The server's answer to the request the last poll handed out.
+    pub fn feed(&mut self, status: u16, body: &[u8], now_ms: f64) {
+        self.reply(Reply::Answered { status, body }, now_ms);
+    }
+
+    /// No answer to the last request (network down, cut, timed out).
+    pub fn feed_lost(&mut self, now_ms: f64) {
+        self.reply(Reply::Lost, now_ms);
+    }
+}
+
+/// What the screens show. All JSON; the UI renders, the engine decides.
+#[wasm_bindgen]
+impl Engine {
+    /// The conversations, most recent activity first: `[{name, active,
+    /// unread, pid_policy, posters, last: {sender_name, body, sent_at} |
+    /// null}]`.
+    pub fn conversations(&mut self, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let me = c.user_id().to_string();
+        let mut list: Vec<(u64, Value)> = c
+            .conversations()
+            .map(|conv| {
+                let last = conv.history.iter().rev().find(|h| h.kind != "system");
+                let at = conv.history.last().map_or(0, |h| h.received_at);
+                (
+                    at,
+                    json!({
+                        "name": conv.name,
+                        "active": conv.active,
+                        "unread": sitrep_core::unread_in(conv, &me),
+                        "pid_policy": conv.pid_policy,
+                        "posters": conv.posters,
+                        "last": last.map(|h| json!({
+                            "sender_name": h.sender_name,
+                            "body": h.body,
+                            "sent_at": h.sent_at,
+                        })),
+                    }),
+                )
+            })
+            .collect();
+        list.sort_by_key(|e| std::cmp::Reverse(e.0));
+        Ok(Value::Array(list.into_iter().map(|(_, v)| v).collect()).to_string())
+    }
+
+    /// One conversation: `{name, active, pid_policy, members: [{user_id,
+    /// display_name, role}], entries: [{id, sender, sender_name, mine,
+    /// sent_at, kind, body, seq, state}]}`; `state` of the user's own
+    /// messages: `queued` (in the outbox) or `sent` (stored by the server).
+    pub fn conversation(&mut self, name: &str, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let me = c.user_id().to_string();
+        let conv = c.conversation(name).map_err(err)?.clone();
+        let members: Vec<Value> = c
+            .members(name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| json!({"user_id": m.user_id, "display_name": m.display_name, "role": m.role}))
+            .collect();
+        let mut entries: Vec<Value> = conv
+            .history
+            .iter()
+            .map(|h| {
+                json!({
+                    "id": h.id,
+                    "sender": h.sender,
+                    "sender_name": h.sender_name,
+                    "mine": h.sender == me,
+                    "sent_at": h.sent_at,
+                    "kind": h.kind,
+                    "body": h.body,
+                    "seq": h.seq,
+                    "state": if h.sender == me { "sent" } else { "received" },
+                })
+            })
+            .collect();
+        for w in c.waiting().into_iter().filter(|w| w.conversation == name) {
+            entries.push(json!({
+                "id": w.id,
+                "sender": me,
+                "sender_name": c.display_name(),
+                "mine": true,
+                "sent_at": w.written_at,
+                "kind": "text",
+                "body": w.body,
+                "seq": 0,
+                "state": "queued",
+            }));
+        }
+        Ok(json!({
+            "name": conv.name,
+            "active": conv.active,
+            "pid_policy": conv.pid_policy,
+            "posters": conv.posters,
+            "members": members,
+            "entries": entries,
+        })
+        .to_string())
+    }
+
+    /// The user has seen the conversation: its unread count goes to 0.
+    pub fn mark_shown(&mut self, name: &str, now_ms: f64) -> Result<(), JsError> {
+        let c = self.session.client(now_ms as u64).map_err(err)?;
+        c.mark_shown(name).map_err(err)
+    }
+
+    /// The PID guard on a message about to be sent, under the
+    /// conversation's policy: `{policy, outcome: "send" | "warn" | "block"
+    /// | "rewrite", text, segments: [{text, kind}]}`. `segments` is the
+    /// message cut at each finding (`kind` null outside findings), for
+    /// highlighting; `text` is what would be sent.
+    pub fn pid_scan(&mut self, name: &str, body: &str, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let conv = c.conversation(name).map_err(err)?;
+        let policy: sitrep_pid::PidPolicy = conv.pid_policy.parse().unwrap_or_default();
+        Ok(pid_json(&conv.pid_policy, policy, body).to_string())
+    }
+
+    /// Write a message into the sealed outbox (the PID guard applied;
+    /// `confirmed`: the sender saw the warnings); returns its id. Then
+    /// write, and run `sync`, which encrypts and posts it.
+    pub fn queue(
+        &mut self,
+        name: &str,
+        body: &str,
+        confirmed: bool,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
+        let c = self.session.client(now_ms as u64).map_err(err)?;
+        let id = c
+            .queue_text(name, body, now_ms as u64, confirmed)
+            .map_err(|e| match e {
+                Error::PidBlocked(_) => {
+                    err("the PID guard blocks this message in this conversation")
+                }
+                Error::PidNeedsConfirmation(_) => {
+                    err("the PID guard found patient identifiers: confirm to send")
+                }
+                e => err(e),
+            })?;
+        self.session.save().map_err(err)?;
+        Ok(id)
+    }
+}
+
+fn pid_json(name: &str, policy: sitrep_pid::PidPolicy, body: &str) -> Value {
+    use sitrep_pid::PolicyOutcome as O;
+    let (outcome, text, findings) = match sitrep_pid::apply_policy(policy, body) {
+        O::Send(t) => ("send", t, Vec::new()),
+        O::NeedsConfirmation(f) => ("warn", body.to_string(), f),
+        O::Blocked(f) => ("block", String::new(), f),
+        O::Rewritten(t, f) => ("rewrite", t, f),
+    };
+    let mut findings = findings;
+    findings.sort_by_key(|f| f.start);
+    let mut segments = Vec::new();
+    let mut at = 0;
+    for f in &findings {
+        if f.start < at
+            || f.end > body.len()
+            || !body.is_char_boundary(f.start)
+            || !body.is_char_boundary(f.end)
+        {
+            continue;
+        }
+        if f.start > at {
+            segments.push(json!({"text": &body[at..f.start], "kind": null}));
+        }
+        segments.push(json!({"text": &body[f.start..f.end], "kind": f.kind.to_string()}));
+        at = f.end;
+    }
+    if at < body.len() {
+        segments.push(json!({"text": &body[at..], "kind": null}));
+    }
+    json!({"policy": name, "outcome": outcome, "text": text, "segments": segments})
+}
+
+impl Engine {
+    fn reply(&mut self, reply: Reply<'_>, now_ms: f64) {
+        let Some(task) = self.task.as_mut() else {
+            return;
+        };
+        let Ok(c) = self.session.background(now_ms as u64) else {
+            self.task = None;
+            return;
+        };
+        if let Err(f) = task.feed(c, reply, now_ms as u64) {
+            self.task = None;
+            let v = self.failed(&f);
+            self.failure = Some(v);
+        }
+    }
+
+    fn failed(&mut self, f: &sitrep_core::engine::Failure) -> Value {
+        use sitrep_core::engine::FailureKind as K;
+        let kind = match &f.kind {
+            K::Unreachable { .. } => "unreachable",
+            K::Unconfirmed => "unconfirmed",
+            K::Contended => "contended",
+            K::Refused { .. } => "refused",
+            K::Untrusted { .. } => "untrusted",
+            K::Wiped => "wiped",
+            _ => "local",
+        };
+        if f.wiped() {
+            let _ = self.session.wipe();
+        } else {
+            let _ = self.session.save();
+        }
+        json!({"t": "failed", "op": f.op, "kind": kind, "message": f.to_string(), "retryable": f.retryable()})
+    }
+}
+
+fn failed_local(e: &Error) -> String {
+    json!({"t": "failed", "op": "saving", "kind": "local", "message": e.to_string(), "retryable": false}).to_string()
+}
+
+fn event_json(e: &Event) -> Value {
+    match e {
+        Event::Joined { conversation } => json!({"t": "joined", "conversation": conversation}),
+        Event::Message {
+            conversation,
+            entry,
+        } => json!({
+            "t": "message",
+            "conversation": conversation,
+            "id": entry.id,
+            "kind": entry.kind,
+            "sender": entry.sender,
+        }),
+        Event::Membership {
+            conversation,
+            summary,
+        } => json!({"t": "membership", "conversation": conversation, "summary": summary}),
+        Event::Removed { conversation } => json!({"t": "removed", "conversation": conversation}),
+        Event::Refused { reason } => json!({"t": "refused", "reason": reason}),
+        _ => json!({"t": "other"}),
+    }
+}
+
+fn signed_policy(answer: &str) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        #[serde(with = "sitrep_wire::b64::opt", default)]
+        policy: Option<Vec<u8>>,
+    }
+    serde_json::from_str::<P>(answer).ok()?.policy
+}
+
+fn group_fingerprint(f: &str) -> String {
+    let hex: Vec<char> = f.chars().filter(|c| !c.is_whitespace()).collect();
+    hex.chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(put: &[(u8, &[u8])], delete: &[u8], clear: bool) -> Changes {
+        Changes {
+            put: put.iter().map(|(i, b)| ([*i; 16], b.to_vec())).collect(),
+            delete: delete.iter().map(|i| [*i; 16]).collect(),
+            clear,
+            erase: false,
+        }
+    }
+
+    #[test]
+    fn the_store_hands_out_each_write_once_in_order() {
+        let s = WebStore::default();
+        assert!(s.load().expect("load").is_none());
+        s.write(&changes(&[(1, b"a"), (2, b"b")], &[], true))
+            .expect("w");
+        s.write(&changes(&[(3, b"c")], &[1], false)).expect("w");
+        s.write(&Changes::default()).expect("nothing");
+        assert_eq!(
+            s.take(),
+            vec![
+                Write::Clear,
+                Write::Put([1; 16], b"a".to_vec()),
+                Write::Put([2; 16], b"b".to_vec()),
+                Write::Delete([1; 16]),
+                Write::Put([3; 16], b"c".to_vec()),
+            ]
+        );
+        assert!(s.take().is_empty(), "taken once");
+        let ids: Vec<_> = s
+            .load()
+            .expect("load")
+            .expect("some")
+            .into_iter()
+            .map(|(id, _)| id[0])
+            .collect();
+        assert_eq!(ids, vec![2, 3]);
+        s.set_unlock_failures(3, 10).expect("f");
+        s.destroy().expect("d");
+        assert_eq!(s.take(), vec![Write::Failures(3, 10), Write::Clear]);
+        assert!(s.load().expect("load").is_none());
+        assert_eq!(s.unlock_failures().expect("f"), (3, 10));
+    }
+
+    #[test]
+    fn an_unset_limit_is_the_default() {
+        let s = WebStore::default();
+        assert_eq!(s.unlock_failures().expect("f"), (0, DEFAULT_MAX_FAILURES));
+    }
+
+    #[test]
+    fn the_pid_guard_cuts_the_message_at_each_finding() {
+        let body = "Pt NHS 943 476 5919 in bay 3";
+        let warn = pid_json("warn", sitrep_pid::PidPolicy::Warn, body);
+        assert_eq!(warn["outcome"], "warn");
+        let segs = warn["segments"].as_array().expect("segments");
+        let joined: String = segs
+            .iter()
+            .map(|s| s["text"].as_str().expect("text"))
+            .collect();
+        assert_eq!(joined, body, "the segments are the whole message");
+        assert!(
+            segs.iter()
+                .any(|s| s["text"] == "943 476 5919" && !s["kind"].is_null()),
+            "{segs:?}"
+        );
+        let block = pid_json("block", sitrep_pid::PidPolicy::Block, body);
+        assert_eq!(block["outcome"], "block");
+        assert_eq!(block["text"], "", "nothing to send");
+        let pseudo = pid_json("pseudonymise", sitrep_pid::PidPolicy::Pseudonymise, body);
+        assert_eq!(pseudo["outcome"], "rewrite");
+        assert!(!pseudo["text"].as_str().expect("t").contains("5919"));
+        let clean = pid_json("warn", sitrep_pid::PidPolicy::Warn, "Bay 3 free");
+        assert_eq!(clean["outcome"], "send");
+    }
+}

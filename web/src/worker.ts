@@ -1,0 +1,319 @@
+// The engine's driver in the browser: a Web Worker, so Argon2id and a long
+// catch-up never freeze the page. It owns the profile (a Web Lock: one tab
+// at a time), keeps the sealed records in IndexedDB, performs the requests
+// the engine's tasks ask for, and answers the page's questions. It decides
+// nothing itself: what an answer means is the engine's (crates/core).
+//
+// The rule that makes it crash safe: whatever the engine wrote is committed
+// to IndexedDB (durability "strict") before the request that depends on it
+// leaves; the wrong-passcode count is raised before a passcode is tried.
+import init, { Engine } from './pkg/sitrep_web.js';
+import wasmUrl from './pkg/sitrep_web_bg.wasm?url';
+
+type Msg = { id: number; cmd: string; args: any; now: number };
+type Write = { op: 'clear' | 'put' | 'delete' | 'failures'; id?: Uint8Array; data?: Uint8Array; failures?: number; limit?: number };
+
+const origin = self.location.origin;
+let engine: Engine;
+let db: IDBDatabase;
+let token: string | null = null;
+let online = true;
+let live = false;
+let ws: WebSocket | null = null;
+let wsBackoff = 1000;
+let syncBackoff = 2000;
+let syncTimer: ReturnType<typeof setTimeout> | null = null;
+let pollTimer: ReturnType<typeof setInterval> | null = null;
+let policyAnswer = '';
+
+const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+const unhex = (s: string) => new Uint8Array(s.match(/../g)!.map((h) => parseInt(h, 16)));
+const emit = (m: object) => (self as any).postMessage(m);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function openDb(): Promise<IDBDatabase> {
+  return new Promise((resolve, reject) => {
+    const r = indexedDB.open('sitrep', 1);
+    r.onupgradeneeded = () => {
+      r.result.createObjectStore('records');
+      r.result.createObjectStore('meta');
+    };
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+function done(tx: IDBTransaction): Promise<void> {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error ?? new Error('the store write was aborted'));
+  });
+}
+
+async function load() {
+  const tx = db.transaction(['records', 'meta'], 'readonly');
+  const recs = tx.objectStore('records');
+  const keys: IDBValidKey[] = await req(recs.getAllKeys());
+  const vals: Uint8Array[] = await req(recs.getAll());
+  const failures: [number, number] | undefined = await req(tx.objectStore('meta').get('failures'));
+  keys.forEach((k, i) => engine.load(unhex(k as string), vals[i]));
+  if (failures) engine.set_failures(failures[0], failures[1]);
+}
+
+function req<T>(r: IDBRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+// One transaction for one batch, in order; resolved once it is on disk.
+async function write(ws: Write[]) {
+  if (ws.length === 0) return;
+  const tx = db.transaction(['records', 'meta'], 'readwrite', { durability: 'strict' });
+  const recs = tx.objectStore('records');
+  for (const w of ws) {
+    if (w.op === 'clear') recs.clear();
+    else if (w.op === 'put') recs.put(w.data, hex(w.id!));
+    else if (w.op === 'delete') recs.delete(hex(w.id!));
+    else if (w.op === 'failures') tx.objectStore('meta').put([w.failures, w.limit], 'failures');
+  }
+  await done(tx);
+}
+
+const flush = () => write(engine.take_writes() as Write[]);
+
+function setOnline(v: boolean) {
+  if (v !== online) {
+    online = v;
+    emit({ event: 'online', online });
+  }
+}
+
+async function perform(method: string, path: string, body?: string) {
+  const headers: Record<string, string> = {};
+  if (token) headers.authorization = 'Bearer ' + token;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const r = await fetch(origin + path, { method, headers, body, cache: 'no-store', signal: AbortSignal.timeout(30_000) });
+  return { status: r.status, body: new Uint8Array(await r.arrayBuffer()) };
+}
+
+// Engine tasks run one at a time, in the order asked.
+let queue: Promise<unknown> = Promise.resolve();
+function run(kind: string, args: object = {}): Promise<any> {
+  const p = queue.then(() => drive(kind, args));
+  queue = p.catch(() => undefined);
+  return p;
+}
+
+async function drive(kind: string, args: object) {
+  engine.start(kind, JSON.stringify(args), Date.now());
+  for (;;) {
+    const a = JSON.parse(engine.poll(Date.now()));
+    if (a.t === 'request') {
+      await flush();
+      try {
+        const r = await perform(a.method, a.path, a.method === 'POST' ? a.body : undefined);
+        setOnline(r.status < 500);
+        engine.feed(r.status, r.body, Date.now());
+      } catch {
+        setOnline(false);
+        engine.feed_lost(Date.now());
+      }
+    } else if (a.t === 'wait') {
+      await sleep(Math.max(0, a.until - Date.now()));
+    } else {
+      await flush();
+      if (a.t === 'done' || a.t === 'failed') emit({ event: 'changed', events: a.events ?? [] });
+      if (a.t === 'failed') {
+        if (a.kind === 'wiped') {
+          stopLive();
+          emit({ event: 'wiped' });
+        }
+        if (a.kind === 'unreachable') setOnline(false);
+        const e: any = new Error(a.message);
+        e.kind = a.kind;
+        e.retryable = a.retryable;
+        throw e;
+      }
+      if (a.t === 'done') setOnline(true);
+      return a;
+    }
+  }
+}
+
+// A sync now, and again with a backoff while the server cannot be reached.
+function syncSoon(kind = 'sync', delay = 0) {
+  if (!live) return;
+  if (syncTimer) clearTimeout(syncTimer);
+  syncTimer = setTimeout(async () => {
+    syncTimer = null;
+    try {
+      await run(kind);
+      syncBackoff = 2000;
+    } catch (e: any) {
+      if (live && e.retryable !== false && e.kind !== 'wiped' && e.kind !== 'locked') {
+        syncBackoff = Math.min(syncBackoff * 2, 60_000);
+        syncSoon('sync', syncBackoff * (0.5 + Math.random() / 2));
+      }
+    }
+  }, delay);
+}
+
+function connect() {
+  if (!live || !token || ws) return;
+  const url = origin.replace(/^http/, 'ws') + '/v1/ws';
+  const s = new WebSocket(url, ['sitrep', 'bearer.' + token]);
+  ws = s;
+  s.onopen = () => {
+    wsBackoff = 1000;
+    setOnline(true);
+    syncSoon('sync');
+  };
+  // Frames are only a wake-up: entries are fetched and acknowledged by a sync.
+  s.onmessage = () => syncSoon('catch_up', 50);
+  s.onclose = () => {
+    if (ws === s) ws = null;
+    if (!live) return;
+    setOnline(false);
+    wsBackoff = Math.min(wsBackoff * 2, 30_000);
+    setTimeout(connect, wsBackoff * (0.5 + Math.random() / 2));
+  };
+}
+
+function startLive() {
+  token = engine.token(Date.now());
+  live = true;
+  connect();
+  syncSoon('sync');
+  if (!pollTimer) pollTimer = setInterval(() => syncSoon('sync'), 30_000);
+}
+
+function stopLive() {
+  live = false;
+  token = null;
+  if (ws) {
+    const s = ws;
+    ws = null;
+    s.close();
+  }
+  if (pollTimer) clearInterval(pollTimer);
+  pollTimer = null;
+  if (syncTimer) clearTimeout(syncTimer);
+  syncTimer = null;
+}
+
+async function apiError(r: { status: number; body: Uint8Array }) {
+  try {
+    const e = JSON.parse(new TextDecoder().decode(r.body));
+    return new Error(e.message || e.error || `HTTP ${r.status}`);
+  } catch {
+    return new Error(`the server answered HTTP ${r.status}`);
+  }
+}
+
+const commands: Record<string, (args: any, now: number) => Promise<unknown> | unknown> = {
+  state: (_a, now) => ({ has_profile: engine.has_profile(), locked: engine.locked(now), online }),
+  async enrol_check({ code }) {
+    const r = await perform('GET', '/healthz');
+    if (r.status !== 200) throw await apiError(r);
+    const health = JSON.parse(new TextDecoder().decode(r.body));
+    const fingerprint = engine.enrol_check(code, health.org_fingerprint);
+    const p = await perform('GET', '/v1/policy');
+    policyAnswer = p.status === 200 ? new TextDecoder().decode(p.body) : '{}';
+    return { fingerprint, min_passcode: Engine.min_passcode(policyAnswer) };
+  },
+  async enrol({ code, passcode }, now) {
+    const body = engine.enrol_request(code, policyAnswer);
+    const r = await perform('POST', '/v1/enrol', body);
+    if (r.status !== 200) throw await apiError(r);
+    const out = JSON.parse(engine.enrol_finish(origin, new TextDecoder().decode(r.body), passcode, now));
+    await flush();
+    startLive();
+    run('topup').catch(() => undefined);
+    return out;
+  },
+  async unlock({ passcode, code }, now) {
+    const [failures, limit] = engine.failures();
+    // Counted before it is tried: closing the tab mid-derivation is a try.
+    await write([{ op: 'failures', failures: failures + 1, limit }]);
+    const r = JSON.parse(engine.unlock(passcode, code || undefined, now));
+    if (!r.ok && (r.reason === 'none' || r.reason === 'error')) {
+      await write([{ op: 'failures', failures, limit }]);
+    }
+    await flush();
+    if (r.ok) startLive();
+    if (r.reason === 'wiped') emit({ event: 'wiped' });
+    return r;
+  },
+  lock() {
+    stopLive();
+    engine.lock();
+    return true;
+  },
+  tick(_a, now) {
+    const wasLive = live;
+    const locked = engine.locked(now);
+    if (locked && wasLive) {
+      stopLive();
+      emit({ event: 'locked' });
+    }
+    return locked;
+  },
+  touch: (_a, now) => engine.touch(now),
+  me: (_a, now) => JSON.parse(engine.me(now)),
+  totp_uri: (_a, now) => engine.totp_uri(now),
+  conversations: (_a, now) => JSON.parse(engine.conversations(now)),
+  conversation: ({ name }, now) => JSON.parse(engine.conversation(name, now)),
+  async mark_shown({ name }, now) {
+    engine.mark_shown(name, now);
+    await flush();
+  },
+  pid_scan: ({ name, text }, now) => JSON.parse(engine.pid_scan(name, text, now)),
+  async send({ name, text, confirmed }, now) {
+    const id = engine.queue(name, text, !!confirmed, now);
+    // Sealed in the outbox before anything else happens.
+    await flush();
+    syncSoon('sync');
+    return id;
+  },
+  async create(args, now) {
+    engine.touch(now);
+    await run('create', args);
+    return true;
+  },
+  async sync() {
+    await run('sync');
+    return true;
+  },
+};
+
+async function main() {
+  await init({ module_or_path: wasmUrl });
+  engine = new Engine();
+  db = await openDb();
+  await load();
+  self.onmessage = async (e: MessageEvent<Msg>) => {
+    const { id, cmd, args, now } = e.data;
+    try {
+      const f = commands[cmd];
+      if (!f) throw new Error('unknown command ' + cmd);
+      const value = await f(args ?? {}, now ?? Date.now());
+      emit({ id, ok: true, value });
+    } catch (err: any) {
+      emit({ id, ok: false, error: String(err?.message ?? err), kind: err?.kind });
+    }
+  };
+  emit({ event: 'ready', has_profile: engine.has_profile() });
+}
+
+// One tab owns the profile: a second one waits and says so.
+navigator.locks.request('sitrep-profile', { ifAvailable: true }, (lock) => {
+  if (!lock) {
+    emit({ event: 'busy' });
+    return undefined;
+  }
+  main().catch((e) => emit({ event: 'fatal', error: String(e?.message ?? e) }));
+  return new Promise(() => undefined);
+});
