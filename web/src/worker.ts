@@ -265,10 +265,27 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
   me: (_a, now) => JSON.parse(engine.me(now)),
   totp_uri: (_a, now) => engine.totp_uri(now),
   conversations: (_a, now) => JSON.parse(engine.conversations(now)),
-  conversation: ({ name }, now) => JSON.parse(engine.conversation(name, now)),
+  async conversation({ name }, now) {
+    // Delivery and read state: one request, only when it can be answered.
+    let receipts: string | undefined;
+    if (token && online) {
+      try {
+        const r = await perform('GET', engine.receipts_path(name, now));
+        if (r.status === 200) receipts = new TextDecoder().decode(r.body);
+      } catch {
+        /* shown without ticks beyond "sent" */
+      }
+    }
+    return JSON.parse(engine.conversation(name, receipts, now));
+  },
   async mark_shown({ name }, now) {
     engine.mark_shown(name, now);
     await flush();
+    const m = engine.read_marker(name, now);
+    if (m && token) {
+      const { path, body } = JSON.parse(m);
+      perform('POST', path, body).catch(() => undefined);
+    }
   },
   pid_scan: ({ name, text }, now) => JSON.parse(engine.pid_scan(name, text, now)),
   async send({ name, text, confirmed }, now) {
@@ -281,6 +298,16 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
   async create(args, now) {
     engine.touch(now);
     await run('create', args);
+    return true;
+  },
+  async push_key() {
+    const r = await perform('GET', '/v1/push/key');
+    if (r.status !== 200) throw await apiError(r);
+    return JSON.parse(new TextDecoder().decode(r.body)).public_key;
+  },
+  async push_subscribe({ endpoint }) {
+    const r = await perform('POST', '/v1/push/subscribe', JSON.stringify({ endpoint }));
+    if (r.status !== 200) throw await apiError(r);
     return true;
   },
   async sync() {

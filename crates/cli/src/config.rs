@@ -43,6 +43,19 @@ pub struct File {
     /// The web app.
     #[serde(default)]
     pub web: Web,
+    /// Web Push.
+    #[serde(default)]
+    pub push: Push,
+}
+
+/// `[push]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// Push service hosts endpoints may name (replaces the default list).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// The VAPID contact (`mailto:` or `https:`).
+    pub contact: Option<String>,
 }
 
 /// `[web]`.
@@ -157,6 +170,8 @@ const KEYS: &[(&str, &str)] = &[
     ("tls", "plain_http"),
     ("metrics", "token_file"),
     ("web", "dir"),
+    ("push", "allowed_hosts"),
+    ("push", "contact"),
 ];
 
 /// The environment variable for a key.
@@ -291,6 +306,15 @@ impl File {
             c.metrics_token = Some(token.to_string());
         }
         c.web_dir = self.web.dir.clone();
+        if let Some(h) = &self.push.allowed_hosts {
+            c.push_hosts = h.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+        }
+        if let Some(contact) = &self.push.contact {
+            if !(contact.starts_with("mailto:") || contact.starts_with("https://")) {
+                bail!("push.contact is a mailto: or https: address, not {contact:?}");
+            }
+            c.push_contact = contact.clone();
+        }
         if c.max_message > c.max_body {
             bail!(
                 "limits.max_message_bytes ({}) is larger than limits.max_body_bytes ({})",

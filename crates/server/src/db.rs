@@ -165,6 +165,13 @@ CREATE TABLE IF NOT EXISTS scim_token (
     token_hash BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
+-- Web Push endpoints (a browser's push service URL), per device.
+CREATE TABLE IF NOT EXISTS push_subscriptions (
+    device_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (device_id, endpoint)
+);
 CREATE TABLE IF NOT EXISTS submissions (
     sender_device TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -1218,6 +1225,56 @@ impl Db {
         tx.commit().map_err(db_err)?;
         publish(pushes);
         Ok((n as u64, false, sent_seq))
+    }
+
+    /// Register a Web Push endpoint for a device (a repeat is a no-op); the
+    /// oldest go past [`crate::push::MAX_PER_DEVICE`].
+    pub fn push_subscribe(&self, device: &str, endpoint: &str, now: u64) -> Result<(), ApiErr> {
+        self.without_fsync(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO push_subscriptions (device_id, endpoint, created_at) VALUES (?1, ?2, ?3)",
+                params![device, endpoint, now as i64],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "DELETE FROM push_subscriptions WHERE device_id = ?1 AND endpoint NOT IN \
+                 (SELECT endpoint FROM push_subscriptions WHERE device_id = ?1 \
+                  ORDER BY created_at DESC, rowid DESC LIMIT ?2)",
+                params![device, crate::push::MAX_PER_DEVICE as i64],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// Forget a Web Push endpoint (the device asked, or its push service
+    /// answered that it is gone).
+    pub fn push_unsubscribe(&self, device: &str, endpoint: &str) -> Result<(), ApiErr> {
+        self.without_fsync(|tx| {
+            tx.execute(
+                "DELETE FROM push_subscriptions WHERE device_id = ?1 AND endpoint = ?2",
+                params![device, endpoint],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// A device's Web Push endpoints; none for a revoked device.
+    pub fn push_endpoints(&self, device: &str) -> Result<Vec<String>, ApiErr> {
+        let g = self.lock();
+        let mut q = g
+            .conn
+            .prepare_cached(
+                "SELECT p.endpoint FROM push_subscriptions p JOIN devices d ON d.device_id = p.device_id \
+                 WHERE p.device_id = ?1 AND d.revoked_at IS NULL",
+            )
+            .map_err(db_err)?;
+        let rows: Result<Vec<String>, _> = q
+            .query_map([device], |r| r.get(0))
+            .map_err(db_err)?
+            .collect();
+        rows.map_err(db_err)
     }
 
     /// The device has shown the group's messages up to `seq` to its user.

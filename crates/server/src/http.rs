@@ -75,6 +75,9 @@ const CLAIM_BODY: usize = 2 * MAX_CLAIM * (64 + 4) + 1024;
     take_role,
     handback_role,
     audit,
+    push_key,
+    push_subscribe,
+    push_unsubscribe,
     crate::ws::upgrade,
     crate::metrics::scrape,
     openapi_json,
@@ -132,6 +135,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/devices/{device}/wipe", post(wipe_device))
         .route("/v1/inbox/ack", post(ack))
         .route("/v1/audit", post(audit))
+        .route("/v1/push/key", get(push_key))
+        .route("/v1/push/subscribe", post(push_subscribe))
+        .route("/v1/push/unsubscribe", post(push_unsubscribe))
         .route("/v1/directory", get(directory))
         .route("/v1/roles/{role}/take", post(take_role))
         .route("/v1/roles/{role}/handback", post(handback_role))
@@ -147,6 +153,72 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         // For any extractor other than `JsonBody`.
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .with_state(state)
+}
+
+/// # GET /v1/push/key
+/// The server's VAPID public key, for the browser's push subscription.
+#[utoipa::path(
+    get,
+    path = "/v1/push/key",
+    tag = "push",
+    responses((status = 200, description = "the key", body = api::PushKey), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
+async fn push_key(State(st): St, Auth(_dev): Auth) -> Json<api::PushKey> {
+    Json(api::PushKey {
+        public_key: st.vapid.public_key().to_string(),
+    })
+}
+
+/// # POST /v1/push/subscribe
+/// Register this device's Web Push endpoint. Pushes are empty: they say
+/// only that something arrived. Endpoints must be of a known push service.
+#[utoipa::path(
+    post,
+    path = "/v1/push/subscribe",
+    tag = "push",
+    request_body = api::PushSubscription,
+    responses((status = 200, description = "registered"), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
+async fn push_subscribe(
+    State(st): St,
+    Auth(dev): Auth,
+    JsonBody(req): JsonBody<api::PushSubscription>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    crate::push::check_endpoint(&req.endpoint, &st.config.push_hosts)
+        .map_err(|why| ApiErr::bad_request("bad_endpoint", why))?;
+    blocking(move || {
+        st.db
+            .push_subscribe(&dev.device_id, &req.endpoint, now_secs())
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "subscribed": true })))
+}
+
+/// # POST /v1/push/unsubscribe
+/// Forget one of this device's Web Push endpoints.
+#[utoipa::path(
+    post,
+    path = "/v1/push/unsubscribe",
+    tag = "push",
+    request_body = api::PushSubscription,
+    responses((status = 200, description = "forgotten (or never known)"), (status = "4XX", description = "refused: see `error`", body = api::ApiError)),
+    security(("bearer" = [])),
+)]
+async fn push_unsubscribe(
+    State(st): St,
+    Auth(dev): Auth,
+    JsonBody(req): JsonBody<api::PushSubscription>,
+) -> Result<Json<serde_json::Value>, ApiErr> {
+    if req.endpoint.len() > crate::push::MAX_ENDPOINT {
+        return Err(ApiErr::bad_request(
+            "bad_endpoint",
+            "the endpoint is too long",
+        ));
+    }
+    blocking(move || st.db.push_unsubscribe(&dev.device_id, &req.endpoint)).await?;
+    Ok(Json(serde_json::json!({ "subscribed": false })))
 }
 
 /// A path no API route takes: the web app's (a GET outside `/v1/`,

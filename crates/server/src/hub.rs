@@ -43,6 +43,8 @@ type Conn = (u64, mpsc::Sender<Push>, Arc<Shared>);
 /// Connections by device id.
 pub struct Hub {
     conns: Mutex<HashMap<String, Vec<Conn>>>,
+    /// Where recipients with no connection are sent for a Web Push.
+    offline: std::sync::OnceLock<crate::push::Sink>,
     next: std::sync::atomic::AtomicU64,
     max_queued: usize,
 }
@@ -110,6 +112,7 @@ impl Hub {
     pub fn new(max_queued: usize) -> Self {
         Self {
             conns: Mutex::new(HashMap::new()),
+            offline: std::sync::OnceLock::new(),
             next: std::sync::atomic::AtomicU64::new(0),
             max_queued,
         }
@@ -146,16 +149,28 @@ impl Hub {
         (conns.len(), conns.values().map(Vec::len).sum())
     }
 
-    /// Push entries that were just committed to the store.
+    /// Send recipients with no live connection to `sink` (Web Push).
+    pub fn set_offline(&self, sink: crate::push::Sink) {
+        let _ = self.offline.set(sink);
+    }
+
+    /// Push entries that were just committed to the store; recipients with
+    /// no connection get a wake-up through their push service.
     pub fn publish(&self, deliveries: Vec<Delivery>) {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.is_empty() {
+        let offline = self.offline.get();
+        if conns.is_empty() && offline.is_none() {
             return;
         }
         for d in deliveries {
             let mut frame = None;
             for r in &d.recipients {
-                let Some(v) = conns.get(r) else { continue };
+                let Some(v) = conns.get(r) else {
+                    if let Some(o) = offline {
+                        o.wake(r);
+                    }
+                    continue;
+                };
                 let frame = frame
                     .get_or_insert_with(|| Bytes::from(frame::encode(d.seq, d.kind, &d.payload)));
                 for (_, tx, shared) in v {

@@ -23,6 +23,7 @@ mod metrics;
 mod mls;
 pub mod openapi;
 pub mod org;
+pub mod push;
 pub mod scim;
 mod tls;
 pub mod web;
@@ -108,6 +109,12 @@ pub struct Config {
     /// The web app's built bundle (`web/dist`), served at `/`; read once at
     /// start. Without it `/` says how to build it.
     pub web_dir: Option<PathBuf>,
+    /// Push service hosts (and their subdomains) that Web Push endpoints
+    /// may name: [`push::DEFAULT_HOSTS`] unless the trust says otherwise.
+    pub push_hosts: Vec<String>,
+    /// The contact in every VAPID JWT (`mailto:` or `https:`), for a push
+    /// service to reach the trust's IT about its traffic.
+    pub push_contact: String,
 }
 
 impl Config {
@@ -136,6 +143,8 @@ impl Config {
             plain_http: false,
             metrics_token: None,
             web_dir: None,
+            push_hosts: push::DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect(),
+            push_contact: "mailto:sitrep-admin@localhost".into(),
         }
     }
 }
@@ -145,6 +154,8 @@ pub(crate) struct AppState {
     pub db: Db,
     /// The web app, when the server was given one.
     pub web: Option<web::Bundle>,
+    /// The key that signs Web Push requests.
+    pub vapid: push::Vapid,
     pub org: org::Org,
     pub hub: hub::Hub,
     pub config: Config,
@@ -214,9 +225,11 @@ pub async fn run(
         Some(d) => Some(web::Bundle::load(d).map_err(|e| ServeError::Web(d.clone(), e))?),
         None => None,
     };
+    let vapid = push::Vapid::load_or_create(&config.data_dir)?;
     let state = Arc::new(AppState {
         db,
         web,
+        vapid,
         org,
         hub: hub::Hub::new(config.ws_queue_bytes),
         limiter: http::RateLimiter::new(config.rate_per_sec, config.rate_burst),
@@ -263,10 +276,13 @@ pub async fn run(
             }
         })
     };
+    let (sink, pusher) = push::spawn(state.clone());
+    state.hub.set_offline(sink);
     let reloader = reload_on_hangup(tls.clone())?;
     let app = http::router(state.clone());
     accept_loop(listener, app, &state.config, tls, shutdown).await;
     reloader.abort();
+    pusher.abort();
     flusher.abort();
     flush_acks(&state).await;
     Ok(())

@@ -74,6 +74,7 @@ pub(crate) struct Metrics {
     gc_deleted: Counter,
     gc_seconds: Histogram,
     revocations_swept: Counter,
+    pushes: Family<OutcomeLabel, Counter>,
 }
 
 /// Latency buckets, seconds: 0.5 ms to about 16 s.
@@ -101,6 +102,12 @@ impl Metrics {
             "rate_limited",
             "Requests refused by a rate limit (429), by route template",
             rate_limited.clone(),
+        );
+        let pushes = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "web_pushes",
+            "Content-free Web Pushes, by outcome: sent, gone (the subscription was deleted), failed",
+            pushes.clone(),
         );
         let sends = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -167,6 +174,7 @@ impl Metrics {
             revocations_swept.clone(),
         );
         Self {
+            pushes,
             registry,
             requests,
             duration,
@@ -209,6 +217,11 @@ impl Metrics {
         self.gc_runs.inc();
         self.gc_deleted.inc_by(deleted);
         self.gc_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One Web Push: "sent", "gone" or "failed".
+    pub(crate) fn pushed(&self, outcome: &'static str) {
+        self.pushes.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub(crate) fn swept(&self, devices: u64) {

@@ -54,7 +54,7 @@ impl Modify for Schemes {
     modifiers(&Schemes),
     tags(
         (name = "health"), (name = "enrolment"), (name = "keypackages"), (name = "groups"),
-        (name = "messages"), (name = "devices"), (name = "directory"), (name = "records"),
+        (name = "messages"), (name = "devices"), (name = "directory"), (name = "records"), (name = "push"),
         (name = "admin"), (name = "scim"), (name = "operations"),
     )
 )]

@@ -547,21 +547,36 @@ impl Engine {
     /// display_name, role}], entries: [{id, sender, sender_name, mine,
     /// sent_at, kind, body, seq, state}]}`; `state` of the user's own
     /// messages: `queued` (in the outbox) or `sent` (stored by the server).
-    pub fn conversation(&mut self, name: &str, now_ms: f64) -> Result<String, JsError> {
+    ///
+    /// With `receipts` (the answer to [`Engine::receipts_path`]), each of
+    /// the user's own messages also has `tally: {recipients, delivered,
+    /// read}` (counted by person), `seen_by` (names) and a state of
+    /// `delivered` (on every recipient's device) or `read` (shown to
+    /// everyone).
+    pub fn conversation(
+        &mut self,
+        name: &str,
+        receipts: Option<String>,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
         let c = self.session.background(now_ms as u64).map_err(err)?;
         let me = c.user_id().to_string();
         let conv = c.conversation(name).map_err(err)?.clone();
-        let members: Vec<Value> = c
-            .members(name)
-            .unwrap_or_default()
-            .into_iter()
+        let member_list = c.members(name).unwrap_or_default();
+        let names: BTreeMap<&str, &str> = member_list
+            .iter()
+            .map(|m| (m.user_id.as_str(), m.display_name.as_str()))
+            .collect();
+        let members: Vec<Value> = member_list
+            .iter()
             .map(|m| json!({"user_id": m.user_id, "display_name": m.display_name, "role": m.role}))
             .collect();
+        let receipts: Option<api::Receipts> = receipts.and_then(|r| serde_json::from_str(&r).ok());
         let mut entries: Vec<Value> = conv
             .history
             .iter()
             .map(|h| {
-                json!({
+                let mut v = json!({
                     "id": h.id,
                     "sender": h.sender,
                     "sender_name": h.sender_name,
@@ -571,7 +586,31 @@ impl Engine {
                     "body": h.body,
                     "seq": h.seq,
                     "state": if h.sender == me { "sent" } else { "received" },
-                })
+                });
+                if let (Some(r), true) = (&receipts, h.sender == me && h.seq > 0) {
+                    let t = r.tally(h.seq, &me);
+                    let mut seen: Vec<&str> = r
+                        .devices
+                        .iter()
+                        .filter(|d| {
+                            d.user_id != me
+                                && d.from_seq < h.seq
+                                && d.to_seq.is_none_or(|t| t >= h.seq)
+                                && d.read_through >= h.seq
+                        })
+                        .map(|d| names.get(d.user_id.as_str()).copied().unwrap_or(&d.user_id))
+                        .collect();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    v["tally"] = json!({"recipients": t.recipients, "delivered": t.delivered, "read": t.read});
+                    v["seen_by"] = json!(seen);
+                    if t.recipients > 0 && t.read == t.recipients {
+                        v["state"] = json!("read");
+                    } else if t.recipients > 0 && t.delivered == t.recipients {
+                        v["state"] = json!("delivered");
+                    }
+                }
+                v
             })
             .collect();
         for w in c.waiting().into_iter().filter(|w| w.conversation == name) {
@@ -596,6 +635,32 @@ impl Engine {
             "entries": entries,
         })
         .to_string())
+    }
+
+    /// `GET` this for [`Engine::conversation`]'s delivery and read state.
+    pub fn receipts_path(&mut self, name: &str, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        Ok(format!(
+            "/v1/groups/{}/receipts",
+            c.group_hex(name).map_err(err)?
+        ))
+    }
+
+    /// After the conversation was shown: `{path, body}` to `POST` (the read
+    /// marker: the last message shown), or nothing when no message has a
+    /// place in the server's log.
+    pub fn read_marker(&mut self, name: &str, now_ms: f64) -> Result<Option<String>, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let conv = c.conversation(name).map_err(err)?;
+        if !conv.active {
+            return Ok(None);
+        }
+        let Some(seq) = conv.history.iter().map(|h| h.seq).max().filter(|s| *s > 0) else {
+            return Ok(None);
+        };
+        let path = format!("/v1/groups/{}/read", c.group_hex(name).map_err(err)?);
+        let body = serde_json::to_string(&api::ReadRequest { seq }).map_err(err)?;
+        Ok(Some(json!({"path": path, "body": body}).to_string()))
     }
 
     /// The user has seen the conversation: its unread count goes to 0.

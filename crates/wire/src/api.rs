@@ -255,6 +255,24 @@ pub struct ReadRequest {
     pub seq: u64,
 }
 
+/// `POST /v1/push/subscribe` and `/v1/push/unsubscribe`: a browser's Web
+/// Push endpoint (its push service's URL for this device).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushSubscription {
+    /// The `endpoint` of the browser's `PushSubscription`.
+    pub endpoint: String,
+}
+
+/// `GET /v1/push/key`: the server's VAPID public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushKey {
+    /// Uncompressed P-256 point, base64url: the browser's
+    /// `applicationServerKey`.
+    pub public_key: String,
+}
+
 /// `GET /v1/groups/{group}/status?seq=N`: where one message has got to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

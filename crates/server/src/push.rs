@@ -1,0 +1,255 @@
+//! Content-free Web Push (RFC 8030), signed with VAPID (RFC 8292).
+//!
+//! A browser that is not connected learns that something arrived from its
+//! push service, never what: every push is an empty POST (no payload, so
+//! nothing to encrypt and nothing for the push service to read; no
+//! conversation, no sender). The service worker shows fixed text. The
+//! server's VAPID key (`vapid.key` in the data directory, P-256, made on
+//! first start) signs a short-lived JWT per push service origin.
+//!
+//! - Devices register endpoints with `POST /v1/push/subscribe`; only hosts
+//!   of the known push services are taken (configurable: a trust may add
+//!   its own), so the server cannot be pointed at an internal address.
+//! - [`Hub::publish`](crate::hub::Hub) hands the ids of recipients with no
+//!   live connection to the pusher, which coalesces them: at most one push
+//!   per device per [`MIN_GAP`] (a burst of messages is one wake-up; the
+//!   app fetches everything when it opens).
+//! - A push service that answers 404 or 410 has forgotten the subscription:
+//!   it is deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use p256::ecdsa::signature::Signer as _;
+use tokio::sync::mpsc;
+
+use crate::AppState;
+
+/// Shortest time between two pushes to one device.
+pub const MIN_GAP: Duration = Duration::from_secs(5);
+/// Most endpoints one device may register (a browser has one; a few
+/// re-subscriptions may overlap).
+pub const MAX_PER_DEVICE: usize = 4;
+/// Longest endpoint URL taken.
+pub const MAX_ENDPOINT: usize = 2048;
+/// Push services browsers use; a host is taken if it is one of these or
+/// under one.
+pub const DEFAULT_HOSTS: &[&str] = &[
+    "fcm.googleapis.com",
+    "android.googleapis.com",
+    "push.services.mozilla.com",
+    "web.push.apple.com",
+    "notify.windows.com",
+];
+
+/// The server's VAPID identity.
+pub struct Vapid {
+    key: p256::ecdsa::SigningKey,
+    public: String,
+}
+
+impl Vapid {
+    /// Read `vapid.key` from the data directory, or make it (owner-only).
+    pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join("vapid.key");
+        let key = match std::fs::read(&path) {
+            Ok(b) => p256::ecdsa::SigningKey::from_slice(&b)
+                .map_err(|_| std::io::Error::other("vapid.key is not a P-256 key"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+                let key = loop {
+                    getrandom::getrandom(&mut seed[..]).map_err(std::io::Error::other)?;
+                    if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&seed[..]) {
+                        break k;
+                    }
+                };
+                write_private(&path, &key.to_bytes())?;
+                key
+            }
+            Err(e) => return Err(e),
+        };
+        let public = B64.encode(key.verifying_key().to_encoded_point(false).as_bytes());
+        Ok(Self { key, public })
+    }
+
+    /// The public key as browsers take it (`applicationServerKey`):
+    /// uncompressed point, base64url.
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// The `Authorization` header for a push to `endpoint`'s origin.
+    pub fn authorization(&self, endpoint: &url::Url, now_secs: u64, contact: &str) -> String {
+        let aud = endpoint.origin().ascii_serialization();
+        let header = B64.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
+        let claims = B64.encode(
+            serde_json::json!({"aud": aud, "exp": now_secs + 12 * 3600, "sub": contact})
+                .to_string(),
+        );
+        let input = format!("{header}.{claims}");
+        let sig: p256::ecdsa::Signature = self.key.sign(input.as_bytes());
+        format!(
+            "vapid t={input}.{}, k={}",
+            B64.encode(sig.to_bytes()),
+            self.public
+        )
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Why an endpoint was refused.
+pub fn check_endpoint(endpoint: &str, hosts: &[String]) -> Result<url::Url, &'static str> {
+    if endpoint.len() > MAX_ENDPOINT {
+        return Err("the endpoint is too long");
+    }
+    let u = url::Url::parse(endpoint).map_err(|_| "the endpoint is not a URL")?;
+    let host = u
+        .host_str()
+        .ok_or("the endpoint has no host")?
+        .to_ascii_lowercase();
+    let known = hosts
+        .iter()
+        .any(|h| host == *h || host.ends_with(&format!(".{h}")));
+    if !known {
+        return Err("the endpoint is not one of the push services this server sends to");
+    }
+    let loopback = matches!(u.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
+        || matches!(u.host(), Some(url::Host::Ipv6(a)) if a.is_loopback());
+    if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+        return Err("the endpoint must be https");
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("the endpoint may not carry credentials");
+    }
+    Ok(u)
+}
+
+/// Where the hub sends the ids of devices that were not connected.
+#[derive(Clone)]
+pub struct Sink(mpsc::Sender<String>);
+
+impl Sink {
+    /// Ask for a wake-up of `device`; dropped when the queue is full (a
+    /// push is only a wake-up: the app fetches everything when it opens).
+    pub fn wake(&self, device: &str) {
+        let _ = self.0.try_send(device.to_string());
+    }
+}
+
+/// Start the pusher: returns the hub's sink and the task.
+pub(crate) fn spawn(st: Arc<AppState>) -> (Sink, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(65_536);
+    let task = tokio::spawn(run(st, rx));
+    (Sink(tx), task)
+}
+
+async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<String>) {
+    let client = match client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "push: no HTTP client; pushes are off");
+            return;
+        }
+    };
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut last: HashMap<String, Instant> = HashMap::new();
+    let mut pending: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => { pending.insert(d); }
+                None => return,
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                last.retain(|_, t| now.duration_since(*t) < MIN_GAP);
+                let due: Vec<String> = pending
+                    .iter()
+                    .filter(|d| !last.contains_key(*d))
+                    .cloned()
+                    .collect();
+                for d in due {
+                    pending.remove(&d);
+                    last.insert(d.clone(), now);
+                    let (st, client, sem) = (st.clone(), client.clone(), sem.clone());
+                    tokio::spawn(async move {
+                        let Ok(_permit) = sem.acquire().await else { return };
+                        push_device(&st, &client, &d).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn client() -> Result<reqwest::Client, reqwest::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none());
+    match tls {
+        Ok(t) => b.use_preconfigured_tls(t).build(),
+        Err(_) => b.build(),
+    }
+}
+
+async fn push_device(st: &Arc<AppState>, client: &reqwest::Client, device: &str) {
+    let st2 = st.clone();
+    let d = device.to_string();
+    let Ok(Ok(endpoints)) = tokio::task::spawn_blocking(move || st2.db.push_endpoints(&d)).await
+    else {
+        return;
+    };
+    for e in endpoints {
+        let Ok(url) = check_endpoint(&e, &st.config.push_hosts) else {
+            continue;
+        };
+        let auth = st
+            .vapid
+            .authorization(&url, crate::now_secs(), &st.config.push_contact);
+        let r = client
+            .post(url)
+            .header("authorization", auth)
+            .header("ttl", "86400")
+            .header("urgency", "high")
+            .header("content-length", "0")
+            .send()
+            .await;
+        match r.map(|r| r.status().as_u16()) {
+            Ok(404 | 410) => {
+                let st2 = st.clone();
+                let (d, e) = (device.to_string(), e.clone());
+                let _ = tokio::task::spawn_blocking(move || st2.db.push_unsubscribe(&d, &e)).await;
+                st.metrics.pushed("gone");
+            }
+            Ok(s) if (200..300).contains(&s) => st.metrics.pushed("sent"),
+            Ok(_) | Err(_) => st.metrics.pushed("failed"),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+// The app lock on a controlled clock, the PID guard's warn and block, a
+// message written offline that goes out when the server is back, a push
+// delivered through the DevTools protocol showing a content-free
+// notification, and every screen checked by axe and photographed at both
+// sizes.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Server, browser, enrol, axe, shot, PHONE, DESKTOP } from './harness.mjs';
+
+let server, b;
+before(async () => {
+  server = await new Server().start();
+  b = await browser();
+});
+after(async () => {
+  await b?.close();
+  await server?.stop();
+  server?.cleanup();
+});
+
+async function check(page, name) {
+  assert.deepEqual(await axe(page), [], `axe on ${name}`);
+  await shot(page, name);
+}
+
+test('every screen passes axe, at 360 px and on a desktop', async () => {
+  for (const [size, viewport] of [['phone', PHONE], ['desktop', DESKTOP]]) {
+    const ctx = await b.newContext({ viewport });
+    const p = await ctx.newPage();
+    await p.goto(server.url + '/');
+    await p.getByLabel('Enrolment code').waitFor();
+    await check(p, `enrol-code-${size}`);
+    await p.getByLabel('Enrolment code').fill(server.invite(`axe-${size}`, `Axe ${size}`));
+    await p.getByRole('button', { name: 'Continue' }).click();
+    await p.getByTestId('fingerprint').waitFor();
+    await check(p, `enrol-passcode-${size}`);
+    // The passcode field takes paste.
+    await p.getByLabel('Passcode', { exact: true }).focus();
+    await p.evaluate(() => {
+      const dt = new DataTransfer();
+      dt.setData('text/plain', 'pasted passcode 1');
+      document.activeElement.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+    });
+    await p.getByLabel('Passcode', { exact: true }).fill('pasted passcode 1');
+    await p.getByLabel('Passcode again').fill('pasted passcode 1');
+    await p.getByRole('button', { name: 'Set up this device' }).click();
+    await p.getByRole('heading', { name: 'Two-step verification' }).waitFor({ timeout: 60_000 });
+    await p.getByRole('img', { name: /QR code/ }).waitFor();
+    await check(p, `enrol-totp-${size}`);
+    await p.getByRole('button', { name: 'Done' }).click();
+    await p.getByRole('heading', { name: 'Conversations' }).waitFor();
+    await check(p, `conversations-empty-${size}`);
+    await p.getByRole('link', { name: 'New conversation' }).click();
+    await check(p, `new-conversation-${size}`);
+    await p.goto(server.url + '/#/settings');
+    await p.getByRole('heading', { name: 'This device' }).waitFor();
+    await check(p, `settings-${size}`);
+    // Text at 200%: still no violations, nothing cut off sideways.
+    await p.evaluate(() => (document.documentElement.style.fontSize = '200%'));
+    await p.goto(server.url + '/#/');
+    await p.getByRole('heading', { name: 'Conversations' }).waitFor();
+    const overflow = await p.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(overflow <= 1, `no sideways scrolling at 200% (${overflow}px)`);
+    await check(p, `conversations-200pct-${size}`);
+    await ctx.close();
+  }
+});
+
+test('keyboard only: enrol without a pointer, the focus always visible', async () => {
+  const ctx = await b.newContext({ viewport: DESKTOP });
+  const p = await ctx.newPage();
+  await p.goto(server.url + '/');
+  await p.getByLabel('Enrolment code').waitFor();
+  // Tab order starts at the skip link.
+  await p.keyboard.press('Tab');
+  assert.equal(await p.evaluate(() => document.activeElement.textContent), 'Skip to main content');
+  await p.keyboard.press('Tab');
+  assert.equal(await p.evaluate(() => document.activeElement.id), 'code');
+  const ring = await p.evaluate(() => getComputedStyle(document.activeElement).outlineStyle + ' ' + getComputedStyle(document.activeElement).outlineWidth);
+  assert.match(ring, /solid 4px/, 'a visible focus ring');
+  await p.keyboard.type(server.invite('keys', 'Kay Board'));
+  await p.keyboard.press('Enter');
+  await p.getByTestId('fingerprint').waitFor();
+  await p.getByLabel('Passcode', { exact: true }).focus();
+  await p.keyboard.type('keyboard passcode');
+  await p.keyboard.press('Tab');
+  assert.equal(await p.evaluate(() => document.activeElement.id), 'again');
+  await p.keyboard.type('keyboard passcode');
+  await p.keyboard.press('Enter');
+  await p.getByRole('heading', { name: 'Two-step verification' }).waitFor({ timeout: 60_000 });
+  await p.getByRole('button', { name: 'Done' }).focus();
+  await p.keyboard.press('Enter');
+  await p.getByRole('heading', { name: 'Conversations' }).waitFor();
+  await ctx.close();
+});
+
+test('the app locks after the policy idle time on the page clock', async () => {
+  const ctx = await b.newContext({ viewport: PHONE });
+  const p = await ctx.newPage();
+  await p.clock.install({ time: Date.now() });
+  await enrol(p, server, server.invite('idle', 'Ida Idle'));
+  // Under the default two minutes: still open.
+  await p.clock.fastForward('01:00');
+  await p.waitForTimeout(300);
+  assert.equal(await p.getByRole('heading', { name: 'Conversations' }).count(), 1);
+  await p.clock.fastForward('01:30');
+  await p.getByRole('heading', { name: 'Sitrep is locked' }).waitFor();
+  // Unlocking works and the idle timer starts again.
+  await p.getByLabel('Passcode').fill('correct horse battery');
+  await p.getByRole('button', { name: 'Unlock' }).click();
+  await p.getByRole('heading', { name: 'Conversations' }).waitFor();
+  await ctx.close();
+});
+
+test('the PID guard warns, and blocks where the conversation says so', async () => {
+  const ctx = await b.newContext({ viewport: DESKTOP });
+  const p = await ctx.newPage();
+  await enrol(p, server, server.invite('pid', 'Pat Idee'));
+  server.invite('pidpeer', 'Peer');
+  for (const [conv, policy] of [['pid-warn', 'pid-warn'], ['pid-block', 'pid-block']]) {
+    await p.goto(server.url + '/#/new');
+    await p.getByLabel('Name', { exact: true }).fill(conv);
+    await p.locator('#' + policy).check();
+    await p.getByRole('button', { name: 'Create' }).click();
+    await p.getByRole('heading', { name: conv }).waitFor();
+  }
+  const box = p.getByRole('textbox', { name: 'Message' });
+  await box.fill('Bed 4: NHS 943 476 5919, needs CT');
+  await p.getByRole('button', { name: 'Send', exact: true }).click();
+  const panel = p.getByTestId('pid-panel');
+  await panel.waitFor();
+  assert.match(await panel.textContent(), /Not sent/);
+  assert.equal(await panel.locator('mark').first().textContent().then((t) => t.startsWith('943 476 5919')), true);
+  assert.equal(await p.getByRole('button', { name: 'Send anyway' }).count(), 0, 'no way past a block');
+  await check(p, 'pid-block-desktop');
+  assert.equal(await p.locator('.messages .mine').count(), 0, 'nothing sent');
+
+  await p.goto(server.url + '/#/c/pid-warn');
+  await p.getByRole('heading', { name: 'pid-warn' }).waitFor();
+  await box.fill('Bed 4: NHS 943 476 5919, needs CT');
+  await p.getByRole('button', { name: 'Send', exact: true }).click();
+  await panel.waitFor();
+  assert.match(await panel.textContent(), /looks like patient identifiers/);
+  await check(p, 'pid-warn-desktop');
+  await p.getByRole('button', { name: 'Send anyway' }).click();
+  await p.locator('.messages .mine', { hasText: '943 476 5919' }).waitFor();
+  await ctx.close();
+});
+
+test('a message written offline waits, then goes out when the server is back', async () => {
+  const a = await b.newContext({ viewport: PHONE });
+  const c = await b.newContext({ viewport: DESKTOP });
+  const pa = await a.newPage();
+  const pc = await c.newPage();
+  await enrol(pa, server, server.invite('off-a', 'Olu Offline'));
+  await enrol(pc, server, server.invite('off-b', 'Bea Back'));
+  await pa.getByRole('link', { name: 'New conversation' }).click();
+  await pa.getByLabel('Name', { exact: true }).fill('night');
+  await pa.getByLabel('Members').fill('off-b');
+  await pa.getByRole('button', { name: 'Create' }).click();
+  await pa.getByRole('heading', { name: 'night' }).waitFor();
+
+  await server.stop();
+  await pa.getByRole('textbox', { name: 'Message' }).fill('Written with the server down');
+  await pa.getByRole('button', { name: 'Send', exact: true }).click();
+  await pa.locator('[data-state="queued"]').waitFor();
+  await pa.getByText(/^Offline/).waitFor({ timeout: 20_000 });
+  await check(pa, 'offline-phone');
+  // A reload while offline: the shell comes from the service worker, the
+  // message from the sealed outbox.
+  await pa.reload();
+  await pa.getByRole('heading', { name: 'Sitrep is locked' }).waitFor();
+  await pa.getByLabel('Passcode').fill('correct horse battery');
+  await pa.getByRole('button', { name: 'Unlock' }).click();
+  await pa.locator('[data-state="queued"]').waitFor();
+
+  await server.start();
+  await pa.locator('.mine [data-state="sent"], .mine [data-state="delivered"], .mine [data-state="read"]').first().waitFor({ timeout: 60_000 });
+  await pc.locator('.convs a', { hasText: 'night' }).waitFor({ timeout: 60_000 });
+  await pc.getByRole('link', { name: /night/ }).click();
+  await pc.getByText('Written with the server down').waitFor();
+  // Read by the other side: the sender's tick says so.
+  await pa.locator('.mine [data-state="read"]').waitFor({ timeout: 30_000 });
+  await pa.getByText('Seen by 1 of 1').click();
+  assert.equal(await pa.getByTestId('seen-by').textContent(), 'Bea Back');
+  await a.close();
+  await c.close();
+});
+
+test('a push delivered through the DevTools protocol shows a content-free notification', async () => {
+  const ctx = await b.newContext({ viewport: PHONE });
+  await ctx.grantPermissions(['notifications'], { origin: server.url });
+  const p = await ctx.newPage();
+  await enrol(p, server, server.invite('pushy', 'Push Kin'));
+  await p.evaluate(() => navigator.serviceWorker.ready.then(() => true));
+  const cdp = await ctx.newCDPSession(p);
+  const reg = new Promise((resolve) =>
+    cdp.on('ServiceWorker.workerRegistrationUpdated', (e) => {
+      const r = e.registrations.find((r) => r.scopeURL.startsWith(server.url) && !r.isDeleted);
+      if (r) resolve(r.registrationId);
+    }),
+  );
+  await cdp.send('ServiceWorker.enable');
+  const registrationId = await reg;
+  for (let i = 0; i < 2; i++) {
+    await cdp.send('ServiceWorker.deliverPushMessage', { origin: server.url + '/', registrationId, data: '' });
+  }
+  let notes = [];
+  for (let i = 0; i < 100 && notes.length === 0; i++) {
+    notes = await p.evaluate(async () =>
+      (await (await navigator.serviceWorker.ready).getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag })),
+    );
+    if (notes.length === 0) await p.waitForTimeout(100);
+  }
+  assert.deepEqual(notes, [{ title: 'New message', body: 'Open Sitrep to read it.', tag: 'sitrep-message' }], 'one notification: repeats collapse under one tag');
+  await ctx.close();
+});
