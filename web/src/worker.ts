@@ -300,6 +300,24 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
     await run('create', args);
     return true;
   },
+  incidents: (_a, now) => JSON.parse(engine.incidents(now)),
+  async raise(args, now) {
+    engine.touch(now);
+    await run('raise', args);
+    return true;
+  },
+  async callin({ id, availability }, now) {
+    engine.callin(id, String(availability), now);
+    await flush();
+    syncSoon('sync');
+    return true;
+  },
+  async ack({ alert }, now) {
+    engine.ack_alert(alert, now);
+    await flush();
+    syncSoon('sync');
+    return true;
+  },
   async push_key() {
     const r = await perform('GET', '/v1/push/key');
     if (r.status !== 200) throw await apiError(r);

@@ -7,15 +7,15 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use sitrep_core::Client;
 use sitrep_wire::directory::Directory;
 use sitrep_wire::incident::{
-    Ack, Alert, Availability, CallinReply, Casualty, DecisionKind, IncidentMsg, Level, Methane,
-    Priority, Structured, Target,
+    Ack, Alert, Availability, CallinReply, Casualty, DecisionKind, Level, Methane, Priority,
+    Structured, Target,
 };
 
-use crate::{Profile, commit_with_retry, flush_outbox, now_ms, sync};
+use crate::{Profile, flush_outbox, now_ms, sync};
 
 /// Send one structured item and wait for the server to store it; returns its id.
 pub async fn post(p: &mut Profile, conv: &str, item: &Structured) -> anyhow::Result<String> {
@@ -28,77 +28,38 @@ pub async fn post(p: &mut Profile, conv: &str, item: &Structured) -> anyhow::Res
 
 /// Add whichever of `users` have an enrolled device with a usable
 /// KeyPackage; returns those without a device, and the devices left out with
-/// why (one broken KeyPackage never blocks the others).
+/// why (one broken KeyPackage never blocks the others): the engine's
+/// [`sitrep_core::engine::incident::AddUsers`].
 pub async fn add_available(
     p: &mut Profile,
     conv: &str,
     users: &[String],
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let present: Vec<String> = p
-        .client
-        .members(conv)?
-        .into_iter()
-        .map(|m| m.user_id)
-        .collect();
-    let wanted: Vec<String> = users
-        .iter()
-        .filter(|u| !present.contains(u))
-        .cloned()
-        .collect();
-    let mut claim = sitrep_core::engine::Claim::users(&wanted);
-    crate::drive(p, &mut claim).await?;
-    let (kps, missing) = (claim.claimed().to_vec(), claim.missing().to_vec());
-    let mut skipped = Vec::new();
-    if !kps.is_empty() {
-        match commit_with_retry(p, |c| c.prepare_add(conv, &kps)).await {
-            Ok(events) => skipped.extend(events.into_iter().filter_map(|e| match e {
-                sitrep_core::Event::Refused { reason } => Some(reason),
-                _ => None,
-            })),
-            // Every claimed KeyPackage was unusable: report, do not block.
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<sitrep_core::Error>(),
-                    Some(sitrep_core::Error::Unverified(_))
-                ) =>
-            {
-                skipped.push(e.to_string())
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((missing, skipped))
+    let mut t = sitrep_core::engine::incident::AddUsers::new(&p.client, conv, users);
+    crate::drive(p, &mut t).await?;
+    Ok((t.missing().to_vec(), t.skipped().to_vec()))
 }
+
+/// The conversations an incident uses.
+pub fn coordination(id: &str) -> String {
+    sitrep_core::engine::incident::coordination(id)
+}
+
+/// The command channel of an incident.
+pub fn command(id: &str) -> String {
+    sitrep_core::engine::incident::command(id)
+}
+
+pub use sitrep_core::engine::incident::Raised;
 
 fn has_conversation(c: &Client, name: &str) -> bool {
     c.conversations().any(|x| x.active && x.name == name)
 }
 
-/// The conversations an incident uses.
-pub fn coordination(id: &str) -> String {
-    id.to_string()
-}
-
-/// The command channel of an incident.
-pub fn command(id: &str) -> String {
-    format!("{id}-command")
-}
-
-/// What raising a level did.
-#[derive(Debug, Default)]
-pub struct Raised {
-    /// Call-out list members added.
-    pub called: usize,
-    /// On the call-out list but with no enrolled device.
-    pub unreachable: Vec<String>,
-    /// Devices left out because their KeyPackage was unusable, with why.
-    pub skipped: Vec<String>,
-}
-
-/// Raise STANDBY, DECLARED, CANCELLED or STAND DOWN. STANDBY and DECLARED
-/// open the incident's coordination group (named after the incident) with the
-/// call-out list for that level; DECLARED also opens the command channel
-/// (`<id>-command`), where only commanders post.
+/// Raise STANDBY, DECLARED, CANCELLED or STAND DOWN: the engine's
+/// [`sitrep_core::engine::incident::Raise`] (STANDBY and DECLARED open the
+/// incident's coordination group with the call-out list for that level;
+/// DECLARED also opens the command channel, where only commanders post).
 pub async fn raise(
     p: &mut Profile,
     id: &str,
@@ -106,58 +67,9 @@ pub async fn raise(
     methane: Option<Methane>,
     note: &str,
 ) -> anyhow::Result<Raised> {
-    sync(p).await?;
-    let item = Structured::Incident(IncidentMsg {
-        incident: id.to_string(),
-        level,
-        methane,
-        note: note.to_string(),
-    });
-    item.validate()?;
-    let dir = p.client.directory();
-    let me = p.client.user_id().to_string();
-    if !dir.can_declare(&me) {
-        bail!("{me} holds no role the organisation authorises to raise incident levels");
-    }
-    let coord = coordination(id);
-    let mut raised = Raised::default();
-    if matches!(level, Level::Standby | Level::Declared) {
-        if !has_conversation(&p.client, &coord) {
-            crate::chat_create(p, &coord, &[], "warn").await?;
-        }
-        let mut users: Vec<String> = dir.callout(level).into_iter().map(|(u, _)| u).collect();
-        users.extend(dir.commanders());
-        users.retain(|u| u != &me);
-        users.sort();
-        users.dedup();
-        raised.called = users.len();
-        (raised.unreachable, raised.skipped) = add_available(p, &coord, &users).await?;
-    }
-    if level == Level::Declared && !has_conversation(&p.client, &command(id)) {
-        let mut posters: Vec<String> = dir.commanders().into_iter().collect();
-        if !posters.contains(&me) {
-            posters.push(me.clone());
-        }
-        let setup = sitrep_core::engine::Setup {
-            pid_policy: "warn".into(),
-            posters: posters.clone(),
-            ..Default::default()
-        };
-        let mut create = sitrep_core::engine::Create::new(&p.client, &command(id), &[], setup);
-        crate::drive(p, &mut create).await?;
-        let others: Vec<String> = posters.iter().filter(|u| **u != me).cloned().collect();
-        let (_, skipped) = add_available(p, &command(id), &others).await?;
-        raised.skipped.extend(skipped);
-    }
-    if has_conversation(&p.client, &coord) {
-        p.client.send_structured(&coord, &item, now_ms())?;
-    }
-    if has_conversation(&p.client, &command(id)) {
-        p.client.send_structured(&command(id), &item, now_ms())?;
-    }
-    p.save()?;
-    flush_outbox(p).await?;
-    Ok(raised)
+    let mut t = sitrep_core::engine::incident::Raise::new(id, level, methane, note);
+    crate::drive(p, &mut t).await?;
+    Ok(t.raised().clone())
 }
 
 /// Reply to an incident's call-in.

@@ -410,6 +410,24 @@ impl Engine {
             "catch_up" => Box::new(Sync::catch_up()),
             "outbox" => Box::new(Outbox::new()),
             "topup" => Box::new(TopUp::new()),
+            "raise" => {
+                #[derive(serde::Deserialize)]
+                struct A {
+                    id: String,
+                    level: sitrep_wire::incident::Level,
+                    #[serde(default)]
+                    methane: Option<sitrep_wire::incident::Methane>,
+                    #[serde(default)]
+                    note: String,
+                }
+                let a: A = serde_json::from_str(args).map_err(err)?;
+                Box::new(sitrep_core::engine::incident::Raise::new(
+                    a.id.trim(),
+                    a.level,
+                    a.methane,
+                    &a.note,
+                ))
+            }
             "create" => {
                 #[derive(serde::Deserialize)]
                 struct A {
@@ -705,6 +723,119 @@ impl Engine {
             })?;
         self.session.save().map_err(err)?;
         Ok(id)
+    }
+}
+
+/// Major-incident mode.
+#[wasm_bindgen]
+impl Engine {
+    /// What the banner, the call-in and the alerts show: `{can_declare,
+    /// incidents: [{id, level, methane, conversation, timeline, my_reply,
+    /// tally}], alerts: [{id, conversation, priority, text, from,
+    /// sent_at, breakthrough, escalations}]}`. `tally` (the coordinator's
+    /// live call-in count) is there for those who may declare.
+    pub fn incidents(&mut self, now_ms: f64) -> Result<String, JsError> {
+        let now = now_ms as u64;
+        let c = self.session.background(now).map_err(err)?;
+        let me = c.user_id().to_string();
+        let dir = c.directory();
+        let can_declare = dir.can_declare(&me);
+        let conv_of = |c: &sitrep_core::Client, hex: &str| {
+            c.conversations()
+                .find(|x| sitrep_core::records::group_hex_of(x) == hex)
+                .map(|x| x.name.clone())
+        };
+        let mut incidents = Vec::new();
+        for i in c.incidents() {
+            let tally = if can_declare || dir.commanders().contains(&me) {
+                c.callin_tally(&i.id)
+                    .ok()
+                    .map(|t| serde_json::to_value(t).unwrap_or_default())
+            } else {
+                None
+            };
+            incidents.push(json!({
+                "id": i.id,
+                "level": i.level,
+                "methane": i.methane,
+                "conversation": conv_of(c, &i.group),
+                "timeline": i.timeline,
+                "my_reply": i.callin.get(&me).map(|(a, role, at, _)| json!({"availability": a, "role": role, "at": at})),
+                "tally": tally,
+            }));
+        }
+        let alerts: Vec<Value> = c
+            .alerts_for_me(now)
+            .into_iter()
+            .map(|(id, a)| {
+                json!({
+                    "id": id,
+                    "conversation": conv_of(c, &a.group),
+                    "priority": a.alert.priority,
+                    "text": a.alert.text,
+                    "from": a.sender,
+                    "sent_at": a.sent_at,
+                    "breakthrough": a.alert.breakthrough,
+                    "escalations": a.escalations.len(),
+                })
+            })
+            .collect();
+        Ok(
+            json!({"can_declare": can_declare, "incidents": incidents, "alerts": alerts})
+                .to_string(),
+        )
+    }
+
+    /// Reply to an incident's call-in, in one tap: `availability` is
+    /// `now`, `unavailable`, or minutes until arrival. Into the outbox;
+    /// then run `outbox` (or `sync`).
+    pub fn callin(&mut self, id: &str, availability: &str, now_ms: f64) -> Result<String, JsError> {
+        use sitrep_wire::incident::{Availability, CallinReply, Structured};
+        let now = now_ms as u64;
+        let c = self.session.client(now).map_err(err)?;
+        let availability = match availability {
+            "now" => Availability::Now,
+            "unavailable" => Availability::Unavailable,
+            m => Availability::In(m.parse().map_err(|_| err("minutes, now or unavailable"))?),
+        };
+        let inc = c
+            .incidents()
+            .find(|i| i.id == id)
+            .ok_or_else(|| err(format!("no incident {id} on this device")))?;
+        let group = inc.group.clone();
+        let role = c
+            .directory()
+            .roles_of(c.user_id())
+            .next()
+            .map(|r| r.id.clone())
+            .unwrap_or_else(|| "staff".into());
+        let item = Structured::Callin(CallinReply {
+            incident: id.to_string(),
+            availability,
+            role,
+        });
+        let out = c.send_structured(&group, &item, now).map_err(err)?;
+        self.session.save().map_err(err)?;
+        Ok(out.request.client_id)
+    }
+
+    /// Acknowledge an alert (it stops escalating on every device). Into
+    /// the outbox; then run `outbox` (or `sync`).
+    pub fn ack_alert(&mut self, alert: &str, now_ms: f64) -> Result<(), JsError> {
+        use sitrep_wire::incident::{Ack, Structured};
+        let now = now_ms as u64;
+        let c = self.session.client(now).map_err(err)?;
+        let group = c
+            .alert_state(alert)
+            .ok_or_else(|| err(format!("no alert {alert} on this device")))?
+            .group
+            .clone();
+        let item = Structured::Ack(Ack {
+            alert: alert.to_string(),
+        });
+        c.send_structured(&group, &item, now).map_err(err)?;
+        self.session.save().map_err(err)?;
+        Ok(())
     }
 }
 

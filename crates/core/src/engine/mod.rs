@@ -32,6 +32,7 @@ use sitrep_wire::api;
 use crate::Client;
 
 pub mod create;
+pub mod incident;
 pub mod live;
 pub mod sync;
 pub mod task;

@@ -1,0 +1,94 @@
+// Major-incident mode in the browser: the coordinator declares with the
+// METHANE form, a nurse on the call-out list sees the banner and replies in
+// one tap, the coordinator's tally moves; an alert from a CLI user is shown
+// full-screen and acknowledged in the browser, which stops its escalation.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Server, browser, enrol, axe, shot, PHONE, DESKTOP } from './harness.mjs';
+
+let server, b;
+before(async () => {
+  server = await new Server().start();
+  b = await browser();
+  const d = server.data;
+  server.cli('admin', 'role', 'add', '--data', d, '--id', 'mi-lead', '--name', 'Major incident lead', '--team', 'ed', '--holders', 'coord', '--can-declare', '--commander');
+  server.cli('admin', 'role', 'add', '--data', d, '--id', 'nurse', '--name', 'ED nurse', '--team', 'ed', '--holders', 'nina');
+  server.cli('admin', 'callout', '--data', d, '--level', 'standby', '--roles', 'nurse');
+  server.cli('admin', 'callout', '--data', d, '--level', 'declared', '--roles', 'nurse');
+});
+after(async () => {
+  await b?.close();
+  await server?.stop();
+  server?.cleanup();
+});
+
+test('declare, call-in reply in one tap, the tally moves; an alert is acknowledged in the browser', async () => {
+  const ca = await b.newContext({ viewport: DESKTOP });
+  const na = await b.newContext({ viewport: PHONE });
+  const pc = await ca.newPage();
+  const pn = await na.newPage();
+  await enrol(pc, server, server.invite('coord', 'Dr Coord Inator', 'ED consultant'));
+  await enrol(pn, server, server.invite('nina', 'Nina Nurse', 'ED nurse'));
+  assert.equal(await pn.getByRole('link', { name: 'Raise a major incident level' }).count(), 0, 'only those allowed may declare');
+
+  await pc.getByRole('link', { name: 'Raise a major incident level' }).click();
+  await pc.getByRole('heading', { name: 'Raise a major incident level' }).waitFor();
+  await pc.getByRole('textbox', { name: 'Incident', exact: true }).fill('MI-7');
+  await pc.getByLabel('Declared').check();
+  await pc.getByLabel('Exact location').fill('M6 J10');
+  await pc.getByLabel('Type of incident').fill('Coach crash');
+  await pc.getByLabel('Hazards').fill('Fuel spill');
+  await pc.getByLabel('Access').fill('Southbound only');
+  await pc.getByLabel('Emergency services').fill('Fire, ambulance on scene');
+  await pc.getByLabel('Number of casualties (estimate)').fill('30');
+  await check(pc, 'declare-desktop');
+  await pc.getByRole('button', { name: 'Raise' }).click();
+  const banner = pc.getByTestId('incident-banner');
+  await banner.waitFor({ timeout: 60_000 });
+  assert.match(await banner.textContent(), /MAJOR INCIDENT DECLARED/);
+  await pc.getByTestId('tally').filter({ hasText: '1 not replied' }).waitFor({ timeout: 30_000 });
+
+  // The nurse sees it on every screen and replies in one tap.
+  const nb = pn.getByTestId('incident-banner');
+  await nb.waitFor({ timeout: 60_000 });
+  assert.match(await nb.textContent(), /MAJOR INCIDENT DECLARED · MI-7/);
+  assert.match(await nb.textContent(), /Coach crash at M6 J10/);
+  await check(pn, 'incident-banner-phone');
+  await pn.getByRole('button', { name: 'Coming now' }).click();
+  await pn.getByTestId('my-reply').filter({ hasText: 'coming now' }).waitFor({ timeout: 30_000 });
+  await pc.getByTestId('tally').filter({ hasText: '1 coming now' }).waitFor({ timeout: 60_000 });
+  assert.match(await pc.getByTestId('tally').textContent(), /0 not replied/);
+  await check(pc, 'incident-tally-desktop');
+
+  // An alert from a CLI user: full-screen in the browser, acknowledged there.
+  const cli = server.data + '-sam';
+  server.cli('--profile', cli, 'enrol', '--server', server.url, '--code', server.invite('sam', 'Sam Site'));
+  const id = server.cli('--profile', cli, 'alert', 'send', '--to', 'user:nina', '--ack-within', '30', 'Resus 1 now please').trim().split('\n').pop().trim();
+  const dialog = pn.getByRole('alertdialog');
+  await dialog.waitFor({ timeout: 60_000 });
+  assert.match(await dialog.textContent(), /Resus 1 now please/);
+  assert.equal(await pn.evaluate(() => document.activeElement?.textContent), 'Acknowledge', 'focus on the one action');
+  await check(pn, 'alert-phone');
+  await pn.getByRole('button', { name: 'Acknowledge' }).click();
+  await dialog.waitFor({ state: 'detached', timeout: 30_000 });
+  let st;
+  for (let i = 0; i < 60; i++) {
+    server.cli('--profile', cli, 'sync');
+    st = JSON.parse(server.cli('--profile', cli, 'alert', 'status', id, '--json').trim().split('\n').pop());
+    if (st.acked) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(st.acked?.[0], 'nina', 'acknowledged by the nurse');
+  // Past its acknowledgement time, nothing escalated.
+  await new Promise((r) => setTimeout(r, 31_000));
+  server.cli('--profile', cli, 'sync');
+  st = JSON.parse(server.cli('--profile', cli, 'alert', 'status', id, '--json').trim().split('\n').pop());
+  assert.deepEqual(st.escalations, [], 'an acknowledged alert does not escalate');
+  await ca.close();
+  await na.close();
+});
+
+async function check(page, name) {
+  assert.deepEqual(await axe(page), [], `axe on ${name}`);
+  await shot(page, name);
+}
