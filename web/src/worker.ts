@@ -318,6 +318,32 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
     syncSoon('sync');
     return true;
   },
+  decisions: ({ name }, now) => JSON.parse(engine.decisions(name, now)),
+  async decide({ name, kind, text }, now) {
+    engine.decide(name, kind, text, now);
+    await flush();
+    syncSoon('sync');
+    return true;
+  },
+  casualties: ({ name }, now) => JSON.parse(engine.casualties(name, now)),
+  async casualty({ name, entry }, now) {
+    engine.casualty(name, JSON.stringify(entry), now);
+    await flush();
+    syncSoon('sync');
+    return true;
+  },
+  // The user's devices, and wiping one (a lost phone): the server revokes
+  // it and every conversation removes it at its members' next sync.
+  async devices() {
+    const r = await perform('GET', '/v1/devices');
+    if (r.status !== 200) throw await apiError(r);
+    return JSON.parse(new TextDecoder().decode(r.body));
+  },
+  async wipe_device({ device }) {
+    const r = await perform('POST', `/v1/devices/${encodeURIComponent(device)}/wipe`, '{}');
+    if (r.status !== 200) throw await apiError(r);
+    return true;
+  },
   async push_key() {
     const r = await perform('GET', '/v1/push/key');
     if (r.status !== 200) throw await apiError(r);

@@ -215,3 +215,36 @@ test('a push delivered through the DevTools protocol shows a content-free notifi
   assert.deepEqual(notes, [{ title: 'New message', body: 'Open Sitrep to read it.', tag: 'sitrep-message' }], 'one notification: repeats collapse under one tag');
   await ctx.close();
 });
+
+test('a lost phone is wiped from another of the user\'s devices', async () => {
+  const desk = await b.newContext({ viewport: DESKTOP });
+  const phone = await b.newContext({ viewport: PHONE });
+  const pd = await desk.newPage();
+  const pp = await phone.newPage();
+  await enrol(pd, server, server.invite('two', 'Tess Two'));
+  await enrol(pp, server, server.invite('two', 'Tess Two'));
+  await pd.goto(server.url + '/#/settings');
+  const list = pd.getByTestId('devices');
+  await list.locator('li').nth(1).waitFor();
+  await check(pd, 'devices-desktop');
+  await pd.getByRole('button', { name: 'Wipe…' }).click();
+  await pd.getByRole('button', { name: 'Wipe it' }).click();
+  await list.getByText('wiped').waitFor();
+  // The phone finds out at its next request and destroys its data.
+  await pp.reload();
+  await pp.getByLabel('Passcode').fill('correct horse battery');
+  await pp.getByRole('button', { name: 'Unlock' }).click();
+  await pp.getByRole('heading', { name: /wiped/ }).waitFor({ timeout: 60_000 });
+  await pp.reload();
+  await pp.getByLabel('Enrolment code').waitFor();
+  const left = await pp.evaluate(() => new Promise((res) => {
+    const r = indexedDB.open('sitrep');
+    r.onsuccess = () => {
+      const q = r.result.transaction('records').objectStore('records').count();
+      q.onsuccess = () => res(q.result);
+    };
+  }));
+  assert.equal(left, 0, 'no sealed record left on the wiped phone');
+  await desk.close();
+  await phone.close();
+});

@@ -60,6 +60,34 @@ test('declare, call-in reply in one tap, the tally moves; an alert is acknowledg
   assert.match(await pc.getByTestId('tally').textContent(), /0 not replied/);
   await check(pc, 'incident-tally-desktop');
 
+  // The casualty board and the decision log of the incident conversation.
+  await pc.getByRole('link', { name: 'Open the incident conversation' }).click();
+  await pc.getByRole('link', { name: 'Casualty board' }).click();
+  await pc.getByLabel('MI number').fill('MI-0001');
+  await pc.getByLabel('Triage').selectOption('P1');
+  await pc.getByLabel('Where').fill('Resus 2');
+  await pc.getByRole('button', { name: 'Save' }).click();
+  await pc.getByRole('rowheader', { name: 'MI-0001' }).waitFor({ timeout: 30_000 });
+  await check(pc, 'casualty-board-desktop');
+  await pn.goto(server.url + '/#/board/MI-7');
+  await pn.getByRole('rowheader', { name: 'MI-0001' }).waitFor({ timeout: 60_000 });
+  await check(pn, 'casualty-board-phone');
+  await pc.goto(server.url + '/#/log/MI-7');
+  await pc.getByLabel('What').fill('Open the second resus bay');
+  await pc.getByRole('button', { name: 'Log it' }).click();
+  await pc.getByTestId('decisions').filter({ hasText: 'Open the second resus bay' }).waitFor({ timeout: 30_000 });
+  const [download] = await Promise.all([pc.waitForEvent('download'), pc.getByRole('link', { name: 'Export the log' }).click()]);
+  const file = await download.path();
+  const exported = JSON.parse(await (await import('node:fs/promises')).readFile(file, 'utf8'));
+  assert.match(exported.format, /^sitrep-decision-log-v\d$/);
+  assert.equal(exported.entries.length, 1);
+  // The browser's export verifies with the CLI: signatures, chain, head.
+  assert.match(server.cli('decisions', 'verify', file), /verified: 1 entries/);
+  await check(pc, 'decision-log-desktop');
+  await pn.goto(server.url + '/#/log/MI-7');
+  await pn.getByTestId('decisions').filter({ hasText: 'Open the second resus bay' }).waitFor({ timeout: 60_000 });
+  await pn.goto(server.url + '/#/');
+
   // An alert from a CLI user: full-screen in the browser, acknowledged there.
   const cli = server.data + '-sam';
   server.cli('--profile', cli, 'enrol', '--server', server.url, '--code', server.invite('sam', 'Sam Site'));

@@ -839,6 +839,68 @@ impl Engine {
     }
 }
 
+/// The decision log and the casualty board of a conversation.
+#[wasm_bindgen]
+impl Engine {
+    /// The decision log as an export (`sitrep-decision-log-v1`, signed,
+    /// in log order; the same JSON `sitrep incident decisions verify`
+    /// checks), for showing and for download.
+    pub fn decisions(&mut self, name: &str, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let log = c.export_decisions(name, now_ms as u64).map_err(err)?;
+        serde_json::to_string(&log).map_err(err)
+    }
+
+    /// Log a decision (`DECISION`) or an action (`ACTION`), signed and
+    /// chained to the log's heads; into the outbox, then run `outbox`.
+    pub fn decide(
+        &mut self,
+        name: &str,
+        kind: &str,
+        text: &str,
+        now_ms: f64,
+    ) -> Result<(), JsError> {
+        use sitrep_wire::incident::DecisionKind;
+        let now = now_ms as u64;
+        let kind = match kind {
+            "DECISION" => DecisionKind::Decision,
+            "ACTION" => DecisionKind::Action,
+            _ => return Err(err("DECISION or ACTION")),
+        };
+        let c = self.session.client(now).map_err(err)?;
+        let item = c.decision(name, kind, text, now).map_err(err)?;
+        c.send_structured(name, &item, now).map_err(err)?;
+        self.session.save().map_err(err)
+    }
+
+    /// The casualty board: `[{mi, triage, location, note, at, by}]`, by MI
+    /// number (no names: the PID guard's rule for the board).
+    pub fn casualties(&mut self, name: &str, now_ms: f64) -> Result<String, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        let rows: Vec<Value> = c
+            .casualties(name)
+            .map_err(err)?
+            .into_iter()
+            .map(|(k, at, by)| {
+                json!({"mi": k.mi, "triage": k.triage, "location": k.location, "note": k.note, "at": at, "by": by})
+            })
+            .collect();
+        Ok(Value::Array(rows).to_string())
+    }
+
+    /// Add or update a casualty (`{mi, triage, location, note}`); into the
+    /// outbox, then run `outbox`.
+    pub fn casualty(&mut self, name: &str, entry: &str, now_ms: f64) -> Result<(), JsError> {
+        use sitrep_wire::incident::{Casualty, Structured};
+        let now = now_ms as u64;
+        let k: Casualty = serde_json::from_str(entry).map_err(err)?;
+        let c = self.session.client(now).map_err(err)?;
+        c.send_structured(name, &Structured::Casualty(k), now)
+            .map_err(err)?;
+        self.session.save().map_err(err)
+    }
+}
+
 fn pid_json(name: &str, policy: sitrep_pid::PidPolicy, body: &str) -> Value {
     use sitrep_pid::PolicyOutcome as O;
     let (outcome, text, findings) = match sitrep_pid::apply_policy(policy, body) {
