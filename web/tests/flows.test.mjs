@@ -34,15 +34,14 @@ test('every screen passes axe, at 360 px and on a desktop', async () => {
     await p.getByRole('button', { name: 'Continue' }).click();
     await p.getByTestId('fingerprint').waitFor();
     await check(p, `enrol-passcode-${size}`);
-    // The passcode field takes paste.
-    await p.getByLabel('Passcode', { exact: true }).focus();
-    await p.evaluate(() => {
-      const dt = new DataTransfer();
-      dt.setData('text/plain', 'pasted passcode 1');
-      document.activeElement.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
-    });
-    await p.getByLabel('Passcode', { exact: true }).fill('pasted passcode 1');
-    await p.getByLabel('Passcode again').fill('pasted passcode 1');
+    // The passcode fields take paste (a password manager's, or the clipboard's).
+    await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+    await p.evaluate(() => navigator.clipboard.writeText('pasted passcode 1'));
+    for (const label of ['Passcode', 'Passcode again']) {
+      await p.getByLabel(label, { exact: true }).focus();
+      await p.keyboard.press('Control+V');
+      assert.equal(await p.getByLabel(label, { exact: true }).inputValue(), 'pasted passcode 1', `paste into ${label}`);
+    }
     await p.getByRole('button', { name: 'Set up this device' }).click();
     await p.getByRole('heading', { name: 'Two-step verification' }).waitFor({ timeout: 60_000 });
     await p.getByRole('img', { name: /QR code/ }).waitFor();
@@ -247,4 +246,19 @@ test('a lost phone is wiped from another of the user\'s devices', async () => {
   assert.equal(left, 0, 'no sealed record left on the wiped phone');
   await desk.close();
   await phone.close();
+});
+
+test('one tab owns the profile: a second one says so and touches nothing', async () => {
+  const ctx = await b.newContext({ viewport: DESKTOP });
+  const p1 = await ctx.newPage();
+  await enrol(p1, server, server.invite('tabs', 'Tab Bee'));
+  const p2 = await ctx.newPage();
+  await p2.goto(server.url + '/');
+  await p2.getByRole('heading', { name: 'Sitrep is open in another tab' }).waitFor();
+  await check(p2, 'second-tab-desktop');
+  // Closing the first lets the next one in.
+  await p1.close();
+  await p2.reload();
+  await p2.getByRole('heading', { name: 'Sitrep is locked' }).waitFor();
+  await ctx.close();
 });
