@@ -25,6 +25,7 @@ let syncBackoff = 2000;
 let syncTimer: ReturnType<typeof setTimeout> | null = null;
 let pollTimer: ReturnType<typeof setInterval> | null = null;
 let policyAnswer = '';
+let adminSession: string | null = null;
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 const unhex = (s: string) => new Uint8Array(s.match(/../g)!.map((h) => parseInt(h, 16)));
@@ -193,6 +194,7 @@ function startLive() {
 function stopLive() {
   live = false;
   token = null;
+  adminSession = null;
   if (ws) {
     const s = ws;
     ws = null;
@@ -343,6 +345,28 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
     const r = await perform('POST', `/v1/devices/${encodeURIComponent(device)}/wipe`, '{}');
     if (r.status !== 200) throw await apiError(r);
     return true;
+  },
+  // Administration: the admin API with this device's token, a two-step
+  // code once for a ten-minute session, kept here (never in the page).
+  async admin_session({ code }) {
+    const headers: Record<string, string> = { authorization: 'Bearer ' + token, 'content-type': 'application/json' };
+    if (code) headers['x-sitrep-totp'] = code;
+    const r = await fetch(origin + '/v1/admin/session', { method: 'POST', headers, body: '{}', cache: 'no-store' });
+    const body = new Uint8Array(await r.arrayBuffer());
+    if (r.status !== 200) throw await apiError({ status: r.status, body });
+    adminSession = JSON.parse(new TextDecoder().decode(body)).session;
+    return true;
+  },
+  async admin({ method, path, body }) {
+    if (!String(path).startsWith('/v1/admin/') || String(path).includes('..')) throw new Error('not an admin path');
+    if (!adminSession) throw Object.assign(new Error('Enter your two-step code to administer'), { kind: 'admin_session' });
+    const headers: Record<string, string> = { authorization: 'Bearer ' + token, 'x-sitrep-admin-session': adminSession };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const r = await fetch(origin + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
+    const bytes = new Uint8Array(await r.arrayBuffer());
+    if (r.status === 401 || r.status === 403) adminSession = null;
+    if (r.status !== 200) throw Object.assign(await apiError({ status: r.status, body: bytes }), { kind: r.status === 401 || r.status === 403 ? 'admin_session' : 'refused' });
+    return JSON.parse(new TextDecoder().decode(bytes));
   },
   async push_key() {
     const r = await perform('GET', '/v1/push/key');
