@@ -32,20 +32,16 @@ self.addEventListener('fetch', (event) => {
   );
 });
 
-// A push has no content (the server sends none); what it says is fixed.
-// `urgent` is the only word a push may carry (an alert), from the server.
+// A push has no content (the server sends none, whatever arrives here is
+// ignored); what it says is fixed, under one tag so repeats collapse.
 self.addEventListener('push', (event) => {
-  const urgent = event.data !== null && event.data.text() === 'urgent';
-  const title = urgent ? 'Urgent alert' : 'New message';
   event.waitUntil(
-    self.registration.showNotification(title, {
-      body: urgent ? 'Open Sitrep to read and acknowledge it.' : 'Open Sitrep to read it.',
-      tag: urgent ? 'sitrep-alert' : 'sitrep-message',
-      renotify: urgent,
-      requireInteraction: urgent,
+    self.registration.showNotification('New message', {
+      body: 'Open Sitrep to read it.',
+      tag: 'sitrep-message',
       icon: '/icon.svg',
     }).then(() => self.clients.matchAll({ type: 'window' }))
-      .then((cs) => cs.forEach((c) => c.postMessage({ event: 'push', urgent }))),
+      .then((cs) => cs.forEach((c) => c.postMessage({ event: 'push' }))),
   );
 });
 

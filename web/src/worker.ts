@@ -265,7 +265,6 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
   },
   touch: (_a, now) => engine.touch(now),
   me: (_a, now) => JSON.parse(engine.me(now)),
-  totp_uri: (_a, now) => engine.totp_uri(now),
   conversations: (_a, now) => JSON.parse(engine.conversations(now)),
   async conversation({ name }, now) {
     // Delivery and read state: one request, only when it can be answered.
@@ -305,8 +304,8 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
   incidents: (_a, now) => JSON.parse(engine.incidents(now)),
   async raise(args, now) {
     engine.touch(now);
-    await run('raise', args);
-    return true;
+    const done = await run('raise', args);
+    return done.result;
   },
   async callin({ id, availability }, now) {
     engine.callin(id, String(availability), now);
@@ -367,6 +366,23 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
     if (r.status === 401 || r.status === 403) adminSession = null;
     if (r.status !== 200) throw Object.assign(await apiError({ status: r.status, body: bytes }), { kind: r.status === 401 || r.status === 403 ? 'admin_session' : 'refused' });
     return JSON.parse(new TextDecoder().decode(bytes));
+  },
+  is_records: (_a, now) => engine.is_records(now),
+  // Search and export: recorded in the organisation's audit log first;
+  // when the server does not record it, nothing is searched or exported.
+  async records({ kind, query }, now) {
+    await run('sync').catch(() => undefined);
+    const { path, body } = JSON.parse(engine.records_begin(kind, JSON.stringify(query), now));
+    let r;
+    try {
+      r = await perform('POST', path, body);
+    } catch {
+      throw new Error('The audit log could not be reached, so nothing was searched or exported.');
+    }
+    if (r.status !== 200) throw new Error('The audit log did not record this, so nothing was searched or exported: ' + (await apiError(r)).message);
+    const out = JSON.parse(engine.records_finish(new TextDecoder().decode(r.body), now));
+    await flush();
+    return out;
   },
   async push_key() {
     const r = await perform('GET', '/v1/push/key');

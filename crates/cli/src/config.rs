@@ -308,6 +308,15 @@ impl File {
         c.web_dir = self.web.dir.clone();
         if let Some(h) = &self.push.allowed_hosts {
             c.push_hosts = h.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+            if let Some(bad) = c
+                .push_hosts
+                .iter()
+                .find(|h| !sitrep_server::push::valid_host(h))
+            {
+                bail!(
+                    "push.allowed_hosts: {bad:?} is not a host name (no scheme, port, path or empty part)"
+                );
+            }
         }
         if let Some(contact) = &self.push.contact {
             if !(contact.starts_with("mailto:") || contact.starts_with("https://")) {
@@ -387,5 +396,35 @@ mod tests {
         );
         assert!(File::load(None, |k| (k == "SITREP_LOG_FORMAT").then(|| "xml".into())).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn push_hosts_must_be_host_names() {
+        for bad in [
+            "",
+            " ",
+            ".",
+            ".fcm.googleapis.com",
+            "https://fcm.googleapis.com",
+            "fcm.googleapis.com:443",
+            "a..b",
+            "host/",
+        ] {
+            let f = File::load(None, |k| {
+                (k == "SITREP_PUSH_ALLOWED_HOSTS").then(|| format!("[\"{bad}\"]"))
+            })
+            .expect("parses");
+            assert!(
+                f.server_config(PathBuf::from("d")).is_err(),
+                "{bad:?} refused"
+            );
+        }
+        let f = File::load(None, |k| {
+            (k == "SITREP_PUSH_ALLOWED_HOSTS")
+                .then(|| "[\"Push.Example.NHS.uk\", \"127.0.0.1\"]".to_string())
+        })
+        .expect("parses");
+        let c = f.server_config(PathBuf::from("d")).expect("valid");
+        assert_eq!(c.push_hosts, ["push.example.nhs.uk", "127.0.0.1"]);
     }
 }

@@ -93,6 +93,19 @@ async fn the_bundle_is_served_with_its_types_and_a_strict_policy() {
             .contains("immutable")
     );
     assert_eq!(&r.bytes().await.expect("b")[..], b"\x1f\x8bGZIPPED");
+    let r = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("client")
+        .get(format!("{}/assets/app-1a2b.js", s.url))
+        .header("accept-encoding", "br, gzip;q=0")
+        .send()
+        .await
+        .expect("answer");
+    assert!(
+        r.headers().get("content-encoding").is_none(),
+        "gzip;q=0 refuses gzip"
+    );
     let r = get(&format!("{}/assets/app-1a2b.js", s.url), false).await;
     assert!(r.headers().get("content-encoding").is_none());
     assert_eq!(r.text().await.expect("b"), "console.log('app')");
@@ -127,6 +140,20 @@ async fn the_bundle_is_served_with_its_types_and_a_strict_policy() {
     ] {
         let (status, body) = raw_get(&s.url, path).await;
         assert!(!body.contains("org key"), "{path}: {status} {body}");
+    }
+
+    // The API's prefixes, and a doubled slash, keep the JSON 404.
+    for path in [
+        "//v1/inbox",
+        "/scim",
+        "/healthz/x",
+        "/metrics/x",
+        "/readyz/x",
+        "/v1",
+    ] {
+        let (status, body) = raw_get(&s.url, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("application/json"), "{path}: {body}");
     }
 
     // The API keeps its JSON answers: an unknown API path, a POST.

@@ -231,7 +231,12 @@ async fn web_or_not_found(
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let path = uri.path();
-    let api = path.starts_with("/v1/") || path.starts_with("/scim/") || path == "/v1";
+    // The API's own prefixes (and a doubled slash, a client's base URL
+    // ending in `/`) keep the JSON 404: only the app's paths get its shell.
+    let api = ["/v1", "/scim", "/healthz", "/readyz", "/metrics"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        || path.contains("//");
     if !api && (method == axum::http::Method::GET || method == axum::http::Method::HEAD) {
         match &st.web {
             Some(b) => {

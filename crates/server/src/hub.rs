@@ -166,7 +166,7 @@ impl Hub {
             let mut frame = None;
             for r in &d.recipients {
                 let Some(v) = conns.get(r) else {
-                    if let Some(o) = offline {
+                    if let Some(o) = offline.filter(|_| crate::push::wakes(d.kind)) {
                         o.wake(r);
                     }
                     continue;

@@ -153,6 +153,29 @@ impl Sink {
     }
 }
 
+/// Whether an entry of this kind wakes an offline browser: what a person
+/// would want to know of (a message, being added); not the group's
+/// housekeeping (commits, proposals, revocations), which would show
+/// notifications for nothing.
+pub fn wakes(kind: sitrep_wire::api::EntryKind) -> bool {
+    matches!(
+        kind,
+        sitrep_wire::api::EntryKind::Application | sitrep_wire::api::EntryKind::Welcome
+    )
+}
+
+/// A host entry of `push.allowed_hosts` that is usable: a DNS name or an
+/// IP address, no scheme, port, path or empty label.
+pub fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && !h.starts_with('.')
+        && !h.ends_with('.')
+        && !h.contains("..")
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
 /// Start the pusher: returns the hub's sink and the task.
 pub(crate) fn spawn(st: Arc<AppState>) -> (Sink, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(65_536);
@@ -168,7 +191,10 @@ async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<String>) {
             return;
         }
     };
+    // At most this many devices are pushed to at once; the rest wait in
+    // `pending` (a slow push service must not pile up tasks).
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let inflight: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut pending: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -181,18 +207,28 @@ async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<String>) {
             _ = tick.tick() => {
                 let now = Instant::now();
                 last.retain(|_, t| now.duration_since(*t) < MIN_GAP);
+                let busy = inflight.lock().map(|g| g.clone()).unwrap_or_default();
                 let due: Vec<String> = pending
                     .iter()
-                    .filter(|d| !last.contains_key(*d))
+                    .filter(|d| !last.contains_key(*d) && !busy.contains(*d))
                     .cloned()
                     .collect();
                 for d in due {
+                    let Ok(permit) = sem.clone().try_acquire_owned() else {
+                        break;
+                    };
                     pending.remove(&d);
                     last.insert(d.clone(), now);
-                    let (st, client, sem) = (st.clone(), client.clone(), sem.clone());
+                    if let Ok(mut g) = inflight.lock() {
+                        g.insert(d.clone());
+                    }
+                    let (st, client, inflight) = (st.clone(), client.clone(), inflight.clone());
                     tokio::spawn(async move {
-                        let Ok(_permit) = sem.acquire().await else { return };
                         push_device(&st, &client, &d).await;
+                        if let Ok(mut g) = inflight.lock() {
+                            g.remove(&d);
+                        }
+                        drop(permit);
                     });
                 }
             }
@@ -237,6 +273,9 @@ async fn push_device(st: &Arc<AppState>, client: &reqwest::Client, device: &str)
             .post(url)
             .header("authorization", auth)
             .header("ttl", "86400")
+            // Pushes waiting at the push service for an offline browser
+            // collapse into one.
+            .header("topic", "sitrep")
             .header("urgency", "high")
             .header("content-length", "0")
             .send()

@@ -138,7 +138,7 @@ impl Bundle {
         let gzip_ok = headers
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+            .is_some_and(accepts_gzip);
         let (body, gz) = match (&file.gzip, gzip_ok) {
             (Some(g), true) => (g.clone(), true),
             _ => (file.body.clone(), false),
@@ -164,6 +164,19 @@ impl Bundle {
         }
         Some(r)
     }
+}
+
+/// Whether an `Accept-Encoding` value takes gzip (`gzip;q=0` refuses it).
+pub fn accepts_gzip(v: &str) -> bool {
+    v.split(',').any(|e| {
+        let mut parts = e.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        coding.eq_ignore_ascii_case("gzip") && q > 0.0
+    })
 }
 
 /// The headers every page of the app carries.
@@ -201,4 +214,24 @@ pub fn not_built() -> Response {
          `sitrep serve --web web/dist`.\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_taken_unless_refused() {
+        for yes in [
+            "gzip",
+            "gzip, deflate, br",
+            "br;q=1, GZIP;q=0.5",
+            "gzip;q=0.001",
+        ] {
+            assert!(accepts_gzip(yes), "{yes}");
+        }
+        for no in ["", "br", "gzip;q=0", "gzip; q=0.0", "x-gzip", "identity"] {
+            assert!(!accepts_gzip(no), "{no}");
+        }
+    }
 }

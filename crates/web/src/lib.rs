@@ -126,6 +126,31 @@ impl ProfileStore for WebStore {
     }
 }
 
+/// The task running: any, or a raise (whose result the screen shows).
+enum Running {
+    Any(Box<dyn Task>),
+    Raise(Box<sitrep_core::engine::incident::Raise>),
+}
+
+impl Running {
+    fn task(&mut self) -> &mut dyn Task {
+        match self {
+            Running::Any(t) => t.as_mut(),
+            Running::Raise(t) => t.as_mut(),
+        }
+    }
+
+    fn result(&self) -> Value {
+        match self {
+            Running::Raise(t) => {
+                let r = t.raised();
+                json!({"called": r.called, "unreachable": r.unreachable, "skipped": r.skipped})
+            }
+            Running::Any(_) => Value::Null,
+        }
+    }
+}
+
 /// An enrolment between its request and the server's answer.
 struct Enrolling {
     pending: PendingEnrolment,
@@ -139,9 +164,19 @@ struct Enrolling {
 pub struct Engine {
     store: WebStore,
     session: Session<WebStore>,
-    task: Option<Box<dyn Task>>,
+    task: Option<Running>,
     failure: Option<Value>,
     enrolling: Option<Enrolling>,
+    audited: Option<Audited>,
+}
+
+/// A records search or export between its audit request and the answer:
+/// nothing is searched or exported until the server recorded it.
+struct Audited {
+    action: &'static str,
+    query: String,
+    hash: String,
+    q: sitrep_core::RecordsQuery,
 }
 
 impl Default for Engine {
@@ -167,6 +202,7 @@ impl Engine {
             task: None,
             failure: None,
             enrolling: None,
+            audited: None,
         }
     }
 
@@ -364,7 +400,7 @@ impl Engine {
     /// Who this device is and what the organisation's policy says, as JSON:
     /// `{user_id, display_name, device_id, org, fingerprint, server,
     /// policy: {lock_after_idle_secs, previews, two_step_required,
-    /// min_passcode_len}, totp_uri}`.
+    /// min_passcode_len}}`.
     pub fn me(&mut self, now_ms: f64) -> Result<String, JsError> {
         let c = self.session.background(now_ms as u64).map_err(err)?;
         let p = c.policy();
@@ -392,12 +428,6 @@ impl Engine {
         Ok(c.token().to_string())
     }
 
-    /// The TOTP set-up URI (`otpauth://`), for the authenticator's QR code.
-    pub fn totp_uri(&mut self, now_ms: f64) -> Result<Option<String>, JsError> {
-        let c = self.session.background(now_ms as u64).map_err(err)?;
-        Ok(c.totp_uri())
-    }
-
     /// Start an engine task, replacing any that was running (its sealed
     /// state makes that safe: a change whose answer was lost is settled by
     /// the next sync). `kind`: `sync` (everything), `catch_up` (what a push
@@ -405,11 +435,11 @@ impl Engine {
     /// pid_policy}`).
     pub fn start(&mut self, kind: &str, args: &str, now_ms: f64) -> Result<(), JsError> {
         let c = self.session.background(now_ms as u64).map_err(err)?;
-        let task: Box<dyn Task> = match kind {
-            "sync" => Box::new(Sync::new()),
-            "catch_up" => Box::new(Sync::catch_up()),
-            "outbox" => Box::new(Outbox::new()),
-            "topup" => Box::new(TopUp::new()),
+        let task: Running = match kind {
+            "sync" => Running::Any(Box::new(Sync::new())),
+            "catch_up" => Running::Any(Box::new(Sync::catch_up())),
+            "outbox" => Running::Any(Box::new(Outbox::new())),
+            "topup" => Running::Any(Box::new(TopUp::new())),
             "raise" => {
                 #[derive(serde::Deserialize)]
                 struct A {
@@ -421,12 +451,12 @@ impl Engine {
                     note: String,
                 }
                 let a: A = serde_json::from_str(args).map_err(err)?;
-                Box::new(sitrep_core::engine::incident::Raise::new(
+                Running::Raise(Box::new(sitrep_core::engine::incident::Raise::new(
                     a.id.trim(),
                     a.level,
                     a.methane,
                     &a.note,
-                ))
+                )))
             }
             "create" => {
                 #[derive(serde::Deserialize)]
@@ -453,7 +483,7 @@ impl Engine {
                     pid_policy: a.pid_policy,
                     ..Setup::default()
                 };
-                Box::new(Create::new(c, name, &a.members, setup))
+                Running::Any(Box::new(Create::new(c, name, &a.members, setup)))
             }
             _ => return Err(err(format!("no such task: {kind}"))),
         };
@@ -467,7 +497,8 @@ impl Engine {
     ///   [`Engine::take_writes`] (and wait for IndexedDB to complete), then
     ///   perform it and call [`Engine::feed`] or [`Engine::feed_lost`];
     /// - `{t: "wait", until}`: poll again then (a backoff);
-    /// - `{t: "done", events}`: finished; write what is left;
+    /// - `{t: "done", events, result}`: finished; write what is left
+    ///   (`result`: a raise's `{called, unreachable, skipped}`);
     /// - `{t: "failed", op, kind, message, retryable}`: stopped (`kind`
     ///   `wiped`: this device's data is destroyed);
     /// - `{t: "idle"}`: no task.
@@ -482,7 +513,7 @@ impl Engine {
             self.task = None;
             return json!({"t": "failed", "op": "syncing", "kind": "locked", "message": "locked", "retryable": true}).to_string();
         };
-        let action = task.poll(c, now_ms as u64);
+        let action = task.task().poll(c, now_ms as u64);
         let v = match action {
             Ok(Action::Request(r)) => {
                 if let Err(e) = self.session.save() {
@@ -499,9 +530,10 @@ impl Engine {
             }
             Ok(Action::Wait { until_ms }) => json!({"t": "wait", "until": until_ms}),
             Ok(Action::Done(events)) => {
+                let result = task.result();
                 self.task = None;
                 let _ = self.session.save();
-                json!({"t": "done", "events": events.iter().map(event_json).collect::<Vec<_>>()})
+                json!({"t": "done", "events": events.iter().map(event_json).collect::<Vec<_>>(), "result": result})
             }
             Ok(_) => {
                 self.task = None;
@@ -684,7 +716,8 @@ impl Engine {
     /// The user has seen the conversation: its unread count goes to 0.
     pub fn mark_shown(&mut self, name: &str, now_ms: f64) -> Result<(), JsError> {
         let c = self.session.client(now_ms as u64).map_err(err)?;
-        c.mark_shown(name).map_err(err)
+        c.mark_shown(name).map_err(err)?;
+        self.session.save().map_err(err)
     }
 
     /// The PID guard on a message about to be sent, under the
@@ -901,6 +934,110 @@ impl Engine {
     }
 }
 
+/// The records account: search and export, each recorded in the
+/// organisation's audit log first.
+#[wasm_bindgen]
+impl Engine {
+    /// Whether this device is the organisation's records account.
+    pub fn is_records(&mut self, now_ms: f64) -> Result<bool, JsError> {
+        let c = self.session.background(now_ms as u64).map_err(err)?;
+        Ok(c.is_records_account())
+    }
+
+    /// Step one of a search (`kind` `search`) or a disclosure export
+    /// (`export`, by identifier): `{path, body}` to `POST` to the audit
+    /// log. `query`: `{identifier, text, from_ms, to_ms, participant}`.
+    pub fn records_begin(
+        &mut self,
+        kind: &str,
+        query: &str,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
+        #[derive(serde::Deserialize)]
+        struct Q {
+            identifier: Option<String>,
+            text: Option<String>,
+            from_ms: Option<u64>,
+            to_ms: Option<u64>,
+            participant: Option<String>,
+        }
+        let q: Q = serde_json::from_str(query).map_err(err)?;
+        let blank = |s: Option<String>| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let q = sitrep_core::RecordsQuery {
+            identifier: blank(q.identifier),
+            text: blank(q.text),
+            from_ms: q.from_ms,
+            to_ms: q.to_ms,
+            participant: blank(q.participant),
+        };
+        let action = match kind {
+            "search" => "records.search",
+            "export" if q.identifier.is_some() => "records.export",
+            "export" => return Err(err("an export is for one identifier")),
+            _ => return Err(err("search or export")),
+        };
+        let c = self.session.client(now_ms as u64).map_err(err)?;
+        if !c.is_records_account() {
+            return Err(err(sitrep_core::Error::NotRecords));
+        }
+        let query = json!({
+            "identifier": q.identifier, "text": q.text, "from_ms": q.from_ms,
+            "to_ms": q.to_ms, "participant": q.participant,
+        })
+        .to_string();
+        let hash = c.audit_hash(&query);
+        let body = serde_json::to_string(&api::AuditRequest {
+            action: action.into(),
+            query_hmac: Some(hash.clone()),
+            ..Default::default()
+        })
+        .map_err(err)?;
+        self.audited = Some(Audited {
+            action,
+            query,
+            hash,
+            q,
+        });
+        Ok(json!({"path": "/v1/audit", "body": body}).to_string())
+    }
+
+    /// Step two, with the audit log's answer (`{seq}`): the search's
+    /// matches (`[{conversation, group, id, sender, body, sent_at, ...}]`)
+    /// or the export's files (`[{name, text}]`); journalled on the device.
+    pub fn records_finish(&mut self, answer: &str, now_ms: f64) -> Result<String, JsError> {
+        let now = now_ms as u64;
+        let a = self
+            .audited
+            .take()
+            .ok_or_else(|| err("no records action waiting for the audit log"))?;
+        let entry: api::AuditResponse = serde_json::from_str(answer)
+            .map_err(|_| err("the audit log did not record this action, so it was not done"))?;
+        let c = self.session.client(now).map_err(err)?;
+        let out = if a.action == "records.search" {
+            serde_json::to_string(&c.records_search(&a.q).map_err(err)?).map_err(err)?
+        } else {
+            let id = a.q.identifier.as_deref().unwrap_or_default();
+            let files = c.records_export(id, entry.seq, now).map_err(err)?;
+            Value::Array(
+                files
+                    .into_iter()
+                    .map(|f| json!({"name": f.name, "text": String::from_utf8_lossy(&f.bytes)}))
+                    .collect(),
+            )
+            .to_string()
+        };
+        c.journal(sitrep_core::JournalEntry {
+            at: now,
+            action: a.action.into(),
+            query: a.query,
+            query_hash: a.hash,
+            audit_seq: entry.seq,
+        });
+        self.session.save().map_err(err)?;
+        Ok(out)
+    }
+}
+
 fn pid_json(name: &str, policy: sitrep_pid::PidPolicy, body: &str) -> Value {
     use sitrep_pid::PolicyOutcome as O;
     let (outcome, text, findings) = match sitrep_pid::apply_policy(policy, body) {
@@ -942,7 +1079,7 @@ impl Engine {
             self.task = None;
             return;
         };
-        if let Err(f) = task.feed(c, reply, now_ms as u64) {
+        if let Err(f) = task.task().feed(c, reply, now_ms as u64) {
             self.task = None;
             let v = self.failed(&f);
             self.failure = Some(v);
