@@ -145,19 +145,37 @@ async function drive(kind: string, args: object) {
 }
 
 // A sync now, and again with a backoff while the server cannot be reached.
+// Wake-ups that come while one runs are folded into one more run after it
+// (a backlog of a thousand pushes is two syncs, not a thousand).
+let syncing = false;
+let again: string | null = null;
 function syncSoon(kind = 'sync', delay = 0) {
   if (!live) return;
+  if (syncing) {
+    if (again !== 'sync') again = kind;
+    return;
+  }
   if (syncTimer) clearTimeout(syncTimer);
   syncTimer = setTimeout(async () => {
     syncTimer = null;
+    syncing = true;
+    let retry = false;
     try {
       await run(kind);
       syncBackoff = 2000;
     } catch (e: any) {
-      if (live && e.retryable !== false && e.kind !== 'wiped' && e.kind !== 'locked') {
-        syncBackoff = Math.min(syncBackoff * 2, 60_000);
-        syncSoon('sync', syncBackoff * (0.5 + Math.random() / 2));
-      }
+      retry = live && e.retryable !== false && e.kind !== 'wiped' && e.kind !== 'locked';
+    } finally {
+      syncing = false;
+    }
+    if (retry) {
+      syncBackoff = Math.min(syncBackoff * 2, 60_000);
+      again = null;
+      syncSoon('sync', syncBackoff * (0.5 + Math.random() / 2));
+    } else if (again) {
+      const k = again;
+      again = null;
+      syncSoon(k);
     }
   }, delay);
 }
@@ -173,7 +191,7 @@ function connect() {
     syncSoon('sync');
   };
   // Frames are only a wake-up: entries are fetched and acknowledged by a sync.
-  s.onmessage = () => syncSoon('catch_up', 50);
+  s.onmessage = () => syncSoon('catch_up');
   s.onclose = () => {
     if (ws === s) ws = null;
     if (!live) return;
@@ -266,10 +284,10 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
   touch: (_a, now) => engine.touch(now),
   me: (_a, now) => JSON.parse(engine.me(now)),
   conversations: (_a, now) => JSON.parse(engine.conversations(now)),
-  async conversation({ name }, now) {
+  async conversation({ name, receipts: withReceipts = true }, now) {
     // Delivery and read state: one request, only when it can be answered.
     let receipts: string | undefined;
-    if (token && online) {
+    if (withReceipts && token && online) {
       try {
         const r = await perform('GET', engine.receipts_path(name, now));
         if (r.status === 200) receipts = new TextDecoder().decode(r.body);
@@ -291,9 +309,10 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
   pid_scan: ({ name, text }, now) => JSON.parse(engine.pid_scan(name, text, now)),
   async send({ name, text, confirmed }, now) {
     const id = engine.queue(name, text, !!confirmed, now);
-    // Sealed in the outbox before anything else happens.
+    // Sealed in the outbox before anything else happens; then the catch-up
+    // that encrypts it at the current epoch and posts it.
     await flush();
-    syncSoon('sync');
+    syncSoon('catch_up');
     return id;
   },
   async create(args, now) {
