@@ -126,7 +126,7 @@ async function drive(kind: string, args: object) {
       await sleep(Math.max(0, a.until - Date.now()));
     } else {
       await flush();
-      if (a.t === 'done' || a.t === 'failed') emit({ event: 'changed', events: a.events ?? [] });
+      if (a.t === 'done' || a.t === 'failed') emit({ event: 'changed', events: a.events ?? [], notification: a.notification ?? null });
       if (a.t === 'failed') {
         if (a.kind === 'wiped') {
           stopLive();
@@ -331,6 +331,12 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
     await flush();
     syncSoon('sync');
     return true;
+  },
+  async send_alert({ name, to, priority, text, ack_within }, now) {
+    const id = engine.send_alert(name, to, priority, text, ack_within, now);
+    await flush();
+    syncSoon('catch_up');
+    return id;
   },
   async ack({ alert }, now) {
     engine.ack_alert(alert, now);

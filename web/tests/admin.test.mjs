@@ -82,11 +82,21 @@ test('an admin invites with a QR link, disables a leaver and reads the audit log
   await pa.getByRole('button', { name: 'Devices' }).click();
   await pa.getByRole('cell', { name: 'newbie' }).waitFor();
   await check(pa, 'admin-devices-desktop');
+  server.cli('admin', 'role', 'add', '--data', server.data, '--id', 'nurse', '--name', 'ED nurse', '--team', 'ed', '--holders', 'newbie');
   await pa.getByRole('button', { name: 'Roles and call-out' }).click();
   await pa.getByRole('heading', { name: 'Call-out lists' }).waitFor();
+  await pa.getByLabel('Standby').fill('nurse');
+  await pa.getByRole('button', { name: 'Sign and publish' }).click();
+  await pa.getByText('The call-out lists are signed and published.').waitFor();
+  await check(pa, 'admin-roles-desktop');
+  assert.deepEqual(JSON.parse(server.cli('admin', 'role', 'list', '--data', server.data)).callout_standby, ['nurse']);
   await pa.getByRole('button', { name: 'Policy' }).click();
   await pa.getByTestId('policy').waitFor();
+  await pa.getByLabel(/Lock after/).fill('5');
+  await pa.getByRole('button', { name: 'Sign and publish' }).click();
+  await pa.getByText('The policy is signed and published.').waitFor();
   await check(pa, 'admin-policy-desktop');
+  assert.match(server.cli('admin', 'policy', 'show', '--data', server.data), /300/);
 
   // A leaver: disabled, and their browser loses everything.
   await pa.getByRole('button', { name: 'Users' }).click();

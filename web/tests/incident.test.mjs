@@ -112,6 +112,18 @@ test('declare, call-in reply in one tap, the tally moves; an alert is acknowledg
   server.cli('--profile', cli, 'sync');
   st = JSON.parse(server.cli('--profile', cli, 'alert', 'status', id, '--json').trim().split('\n').pop());
   assert.deepEqual(st.escalations, [], 'an acknowledged alert does not escalate');
+
+  // The coordinator sends one from the browser; the sender sees it acknowledged.
+  await pc.goto(server.url + '/#/c/MI-7');
+  await pc.getByText('Send an alert that needs acknowledgement').click();
+  await pc.getByLabel(/^To/).fill('user:nina');
+  await pc.getByLabel('Alert', { exact: true }).fill('Bring the trauma kit');
+  await pc.getByRole('button', { name: 'Send alert' }).click();
+  await pc.getByTestId('sent-alert').filter({ hasText: 'Not acknowledged yet' }).waitFor({ timeout: 30_000 });
+  await pn.getByRole('alertdialog').filter({ hasText: 'Bring the trauma kit' }).waitFor({ timeout: 60_000 });
+  await pn.getByRole('button', { name: 'Acknowledge' }).click();
+  await pc.getByTestId('sent-alert').filter({ hasText: 'Acknowledged by nina' }).waitFor({ timeout: 60_000 });
+  await check(pc, 'alert-sent-acknowledged-desktop');
   await ca.close();
   await na.close();
 });

@@ -387,6 +387,11 @@ impl Client {
         self.state.incidents.values()
     }
 
+    /// Every alert this device knows, by message id.
+    pub fn alert_states(&self) -> impl Iterator<Item = (&String, &AlertState)> {
+        self.state.alerts.iter()
+    }
+
     /// One alert's state, by its message id.
     pub fn alert_state(&self, id: &str) -> Option<&AlertState> {
         self.state.alerts.get(id)

@@ -531,9 +531,14 @@ impl Engine {
             Ok(Action::Wait { until_ms }) => json!({"t": "wait", "until": until_ms}),
             Ok(Action::Done(events)) => {
                 let result = task.result();
+                // What a notification may say, by the organisation's policy
+                // (the text itself only where it allows previews).
+                let note = c.notification(&events, None).map(|n| {
+                    json!({"new_messages": n.new_messages, "conversations": n.conversations, "preview": n.preview})
+                });
                 self.task = None;
                 let _ = self.session.save();
-                json!({"t": "done", "events": events.iter().map(event_json).collect::<Vec<_>>(), "result": result})
+                json!({"t": "done", "events": events.iter().map(event_json).collect::<Vec<_>>(), "result": result, "notification": note})
             }
             Ok(_) => {
                 self.task = None;
@@ -813,10 +818,23 @@ impl Engine {
                 })
             })
             .collect();
-        Ok(
-            json!({"can_declare": can_declare, "incidents": incidents, "alerts": alerts})
-                .to_string(),
-        )
+        // Alerts this user sent: who read and acknowledged them, and how
+        // far they escalated.
+        let sent: Vec<Value> = c
+            .alert_states()
+            .filter(|(_, a)| a.sender == me)
+            .map(|(id, a)| {
+                json!({
+                    "id": id,
+                    "text": a.alert.text,
+                    "to": a.recipients,
+                    "read_by": a.read_by,
+                    "acked": a.acked,
+                    "escalations": a.escalations.iter().map(|(step, at, _)| json!({"step": step, "at": at})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(json!({"can_declare": can_declare, "incidents": incidents, "alerts": alerts, "sent": sent}).to_string())
     }
 
     /// Reply to an incident's call-in, in one tap: `availability` is
@@ -848,6 +866,50 @@ impl Engine {
             role,
         });
         let out = c.send_structured(&group, &item, now).map_err(err)?;
+        self.session.save().map_err(err)?;
+        Ok(out.request.client_id)
+    }
+
+    /// Send a priority alert in conversation `name` to `to` (`user:ID`,
+    /// `role:ID`, `team:ID`, or an id: a role if the directory has it);
+    /// `priority` `routine`, `urgent` or `emergency`; it escalates after
+    /// `ack_within_secs` without an acknowledgement. Into the outbox; then
+    /// run `outbox` (or `sync`).
+    pub fn send_alert(
+        &mut self,
+        name: &str,
+        to: &str,
+        priority: &str,
+        text: &str,
+        ack_within_secs: u32,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
+        use sitrep_wire::incident::{Alert, Priority, Structured, Target};
+        let now = now_ms as u64;
+        let priority = match priority {
+            "routine" => Priority::Routine,
+            "urgent" => Priority::Urgent,
+            "emergency" => Priority::Emergency,
+            _ => return Err(err("routine, urgent or emergency")),
+        };
+        let c = self.session.client(now).map_err(err)?;
+        let to = to.trim();
+        let target = match to.split_once(':') {
+            Some(("user", u)) => Target::User(u.into()),
+            Some(("role", r)) => Target::Role(r.into()),
+            Some(("team", t)) => Target::Team(t.into()),
+            _ if c.directory().role(to).is_some() => Target::Role(to.into()),
+            _ => Target::User(to.into()),
+        };
+        let item = Structured::Alert(Alert {
+            priority,
+            to: target,
+            text: text.to_string(),
+            ack_within_secs,
+            breakthrough: priority == Priority::Emergency,
+            escalates: None,
+        });
+        let out = c.send_structured(name, &item, now).map_err(err)?;
         self.session.save().map_err(err)?;
         Ok(out.request.client_id)
     }
