@@ -1,21 +1,12 @@
 // Administration in the browser: a two-step code opens a session; users
 // and devices listed; an invitation with a QR link that a new browser
 // enrols from; disabling a leaver wipes their browser; the audit log shows it.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { Server, browser, enrol, axe, shot, PHONE, DESKTOP } from './harness.mjs';
+import { enrol, axe, shot, PHONE, DESKTOP, useServer } from './harness.mjs';
 
-let server, b;
-before(async () => {
-  server = await new Server().start();
-  b = await browser();
-});
-after(async () => {
-  await b?.close();
-  await server?.stop();
-  server?.cleanup();
-});
+const env = useServer();
 
 // RFC 6238 from an otpauth:// URI.
 function totp(uri) {
@@ -42,6 +33,7 @@ async function check(page, name) {
 }
 
 test('an admin invites with a QR link, disables a leaver and reads the audit log', async () => {
+  const { server, browser: b } = env;
   const actx = await b.newContext({ viewport: DESKTOP });
   const pa = await actx.newPage();
   await enrol(pa, server, server.invite('ada', 'Ada Admin', 'IT'));

@@ -1,21 +1,13 @@
 // Two browsers enrol and chat end to end; a CLI user is in the same
-// conversation; a reload keeps everything; the PID guard warns and blocks.
-import { test, before, after } from 'node:test';
+// conversation; a reload keeps everything, behind the lock.
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Server, browser, enrol, axe, shot, PHONE, DESKTOP } from './harness.mjs';
+import { enrol, axe, shot, PHONE, DESKTOP, useServer } from './harness.mjs';
 
-let server, b;
-before(async () => {
-  server = await new Server().start();
-  b = await browser();
-});
-after(async () => {
-  await b?.close();
-  await server?.stop();
-  server?.cleanup();
-});
+const env = useServer();
 
 test('two browsers enrol and chat, with a CLI user in the conversation', async () => {
+  const { server, browser: b } = env;
   const alice = await b.newContext({ viewport: DESKTOP });
   const bob = await b.newContext({ viewport: PHONE });
   const pa = await alice.newPage();

@@ -3,20 +3,11 @@
 // delivered through the DevTools protocol showing a content-free
 // notification, and every screen checked by axe and photographed at both
 // sizes.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Server, browser, enrol, axe, shot, PHONE, DESKTOP } from './harness.mjs';
+import { enrol, axe, shot, PHONE, DESKTOP, useServer } from './harness.mjs';
 
-let server, b;
-before(async () => {
-  server = await new Server().start();
-  b = await browser();
-});
-after(async () => {
-  await b?.close();
-  await server?.stop();
-  server?.cleanup();
-});
+const env = useServer();
 
 async function check(page, name) {
   assert.deepEqual(await axe(page), [], `axe on ${name}`);
@@ -24,6 +15,7 @@ async function check(page, name) {
 }
 
 test('every screen passes axe, at 360 px and on a desktop', async () => {
+  const { server, browser: b } = env;
   for (const [size, viewport] of [['phone', PHONE], ['desktop', DESKTOP]]) {
     const ctx = await b.newContext({ viewport });
     const p = await ctx.newPage();
@@ -66,6 +58,7 @@ test('every screen passes axe, at 360 px and on a desktop', async () => {
 });
 
 test('keyboard only: enrol without a pointer, the focus always visible', async () => {
+  const { server, browser: b } = env;
   const ctx = await b.newContext({ viewport: DESKTOP });
   const p = await ctx.newPage();
   await p.goto(server.url + '/');
@@ -94,6 +87,7 @@ test('keyboard only: enrol without a pointer, the focus always visible', async (
 });
 
 test('the app locks after the policy idle time on the page clock', async () => {
+  const { server, browser: b } = env;
   const ctx = await b.newContext({ viewport: PHONE });
   const p = await ctx.newPage();
   await p.clock.install({ time: Date.now() });
@@ -112,6 +106,7 @@ test('the app locks after the policy idle time on the page clock', async () => {
 });
 
 test('the PID guard warns, and blocks where the conversation says so', async () => {
+  const { server, browser: b } = env;
   const ctx = await b.newContext({ viewport: DESKTOP });
   const p = await ctx.newPage();
   await enrol(p, server, server.invite('pid', 'Pat Idee'));
@@ -147,6 +142,7 @@ test('the PID guard warns, and blocks where the conversation says so', async () 
 });
 
 test('a message written offline waits, then goes out when the server is back', async () => {
+  const { server, browser: b } = env;
   const a = await b.newContext({ viewport: PHONE });
   const c = await b.newContext({ viewport: DESKTOP });
   const pa = await a.newPage();
@@ -187,6 +183,7 @@ test('a message written offline waits, then goes out when the server is back', a
 });
 
 test('a push delivered through the DevTools protocol shows a content-free notification', async () => {
+  const { server, browser: b } = env;
   const ctx = await b.newContext({ viewport: PHONE });
   await ctx.grantPermissions(['notifications'], { origin: server.url });
   const p = await ctx.newPage();
@@ -216,6 +213,7 @@ test('a push delivered through the DevTools protocol shows a content-free notifi
 });
 
 test('a lost phone is wiped from another of the user\'s devices', async () => {
+  const { server, browser: b } = env;
   const desk = await b.newContext({ viewport: DESKTOP });
   const phone = await b.newContext({ viewport: PHONE });
   const pd = await desk.newPage();
@@ -249,6 +247,7 @@ test('a lost phone is wiped from another of the user\'s devices', async () => {
 });
 
 test('one tab owns the profile: a second one says so and touches nothing', async () => {
+  const { server, browser: b } = env;
   const ctx = await b.newContext({ viewport: DESKTOP });
   const p1 = await ctx.newPage();
   await enrol(p1, server, server.invite('tabs', 'Tab Bee'));

@@ -8,6 +8,7 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 import { chromium } from 'playwright-core';
+import { before, after } from 'node:test';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const root = resolve(here, '..', '..');
@@ -113,4 +114,21 @@ export async function axe(page) {
 
 export async function shot(page, name) {
   await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+}
+
+// A test file's server and browser: started before its tests, stopped after.
+// `setup(s)` runs once the server is up (directory, roles).
+export function useServer(setup) {
+  const env = {};
+  before(async () => {
+    env.server = await new Server().start();
+    env.browser = await browser();
+    if (setup) await setup(env.server);
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.server?.stop();
+    env.server?.cleanup();
+  });
+  return env;
 }

@@ -2,27 +2,20 @@
 // METHANE form, a nurse on the call-out list sees the banner and replies in
 // one tap, the coordinator's tally moves; an alert from a CLI user is shown
 // full-screen and acknowledged in the browser, which stops its escalation.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Server, browser, enrol, axe, shot, PHONE, DESKTOP } from './harness.mjs';
+import { enrol, axe, shot, PHONE, DESKTOP, useServer } from './harness.mjs';
 
-let server, b;
-before(async () => {
-  server = await new Server().start();
-  b = await browser();
-  const d = server.data;
-  server.cli('admin', 'role', 'add', '--data', d, '--id', 'mi-lead', '--name', 'Major incident lead', '--team', 'ed', '--holders', 'coord', '--can-declare', '--commander');
-  server.cli('admin', 'role', 'add', '--data', d, '--id', 'nurse', '--name', 'ED nurse', '--team', 'ed', '--holders', 'nina');
-  server.cli('admin', 'callout', '--data', d, '--level', 'standby', '--roles', 'nurse');
-  server.cli('admin', 'callout', '--data', d, '--level', 'declared', '--roles', 'nurse');
-});
-after(async () => {
-  await b?.close();
-  await server?.stop();
-  server?.cleanup();
+const env = useServer((s) => {
+  const d = s.data;
+  s.cli('admin', 'role', 'add', '--data', d, '--id', 'mi-lead', '--name', 'Major incident lead', '--team', 'ed', '--holders', 'coord', '--can-declare', '--commander');
+  s.cli('admin', 'role', 'add', '--data', d, '--id', 'nurse', '--name', 'ED nurse', '--team', 'ed', '--holders', 'nina');
+  s.cli('admin', 'callout', '--data', d, '--level', 'standby', '--roles', 'nurse');
+  s.cli('admin', 'callout', '--data', d, '--level', 'declared', '--roles', 'nurse');
 });
 
 test('declare, call-in reply in one tap, the tally moves; an alert is acknowledged in the browser', async () => {
+  const { server, browser: b } = env;
   const ca = await b.newContext({ viewport: DESKTOP });
   const na = await b.newContext({ viewport: PHONE });
   const pc = await ca.newPage();

@@ -1,23 +1,16 @@
 // The records account in the browser: a recorded conversation's message
 // about a patient is found by NHS number, audited first; a disclosure
 // bundle is exported; another user's device refuses.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Server, browser, enrol, axe, shot, DESKTOP } from './harness.mjs';
+import { enrol, axe, shot, DESKTOP, useServer } from './harness.mjs';
 
-let server, b;
-before(async () => {
-  server = await new Server().start();
-  b = await browser();
-  server.cli('admin', 'records', '--data', server.data, '--user', 'records');
-});
-after(async () => {
-  await b?.close();
-  await server?.stop();
-  server?.cleanup();
+const env = useServer((s) => {
+  s.cli('admin', 'records', '--data', s.data, '--user', 'records');
 });
 
 test('records search and export, audited, for the records account only', async () => {
+  const { server, browser: b } = env;
   const ctx = await b.newContext({ viewport: DESKTOP });
   const p = await ctx.newPage();
   await enrol(p, server, server.invite('records', 'Health Records'));

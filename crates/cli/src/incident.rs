@@ -9,10 +9,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use sitrep_core::Client;
-use sitrep_wire::directory::Directory;
 use sitrep_wire::incident::{
     Ack, Alert, Availability, CallinReply, Casualty, DecisionKind, Level, Methane, Priority,
-    Structured, Target,
+    Structured,
 };
 
 use crate::{Profile, flush_outbox, now_ms, sync};
@@ -122,18 +121,6 @@ pub(crate) fn incident_conversation(c: &Client, id: &str) -> anyhow::Result<Stri
         .context("the incident's conversation is gone")
 }
 
-/// Parse `user:ID`, `role:ID`, `team:ID`, or a bare id (a role if the
-/// directory has it, else a user).
-pub fn parse_target(dir: &Directory, s: &str) -> Target {
-    match s.split_once(':') {
-        Some(("user", u)) => Target::User(u.into()),
-        Some(("role", r)) => Target::Role(r.into()),
-        Some(("team", t)) => Target::Team(t.into()),
-        _ if dir.role(s).is_some() => Target::Role(s.into()),
-        _ => Target::User(s.into()),
-    }
-}
-
 /// Send a priority alert. Without `conv`, it goes in a conversation named
 /// `alerts-<target>` holding the recipients and everyone on its escalation
 /// chain (created if needed). Returns the alert id.
@@ -147,7 +134,7 @@ pub async fn alert_send(
 ) -> anyhow::Result<String> {
     sync(p).await?;
     let dir = p.client.directory();
-    let target = parse_target(&dir, to);
+    let target = p.client.parse_target(to);
     let conv = match conv {
         Some(c) => c,
         None => {

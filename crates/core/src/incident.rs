@@ -420,6 +420,19 @@ impl Client {
         })
     }
 
+    /// A target as a person types it: `user:ID`, `role:ID`, `team:ID`, or a
+    /// bare id (a role if the directory has it, else a user).
+    pub fn parse_target(&self, s: &str) -> Target {
+        let s = s.trim();
+        match s.split_once(':') {
+            Some(("user", u)) => Target::User(u.into()),
+            Some(("role", r)) => Target::Role(r.into()),
+            Some(("team", t)) => Target::Team(t.into()),
+            _ if self.directory().role(s).is_some() => Target::Role(s.into()),
+            _ => Target::User(s.into()),
+        }
+    }
+
     /// Who an alert target means now.
     pub fn expand_target(&self, t: &Target) -> Vec<String> {
         let d = self.directory();

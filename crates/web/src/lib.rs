@@ -884,7 +884,7 @@ impl Engine {
         ack_within_secs: u32,
         now_ms: f64,
     ) -> Result<String, JsError> {
-        use sitrep_wire::incident::{Alert, Priority, Structured, Target};
+        use sitrep_wire::incident::{Alert, Priority, Structured};
         let now = now_ms as u64;
         let priority = match priority {
             "routine" => Priority::Routine,
@@ -893,14 +893,7 @@ impl Engine {
             _ => return Err(err("routine, urgent or emergency")),
         };
         let c = self.session.client(now).map_err(err)?;
-        let to = to.trim();
-        let target = match to.split_once(':') {
-            Some(("user", u)) => Target::User(u.into()),
-            Some(("role", r)) => Target::Role(r.into()),
-            Some(("team", t)) => Target::Team(t.into()),
-            _ if c.directory().role(to).is_some() => Target::Role(to.into()),
-            _ => Target::User(to.into()),
-        };
+        let target = c.parse_target(to);
         let item = Structured::Alert(Alert {
             priority,
             to: target,
