@@ -24,6 +24,8 @@ echo "== bundle (npm ci, vite)"
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# The TypeScript and Svelte types, then the bundle.
+npx svelte-check --tsconfig ./tsconfig.json --fail-on-warnings --output machine | tail -1
 npx vite build --logLevel warn
 find dist -type f ! -name '*.gz' -exec gzip -9 -k -f {} \;
 echo "== web app in web/dist"

@@ -18,7 +18,7 @@ export async function enablePush(): Promise<void> {
   const key: string = await call('push_key');
   // A browser with no push service reachable can wait for ever: give up.
   const sub = await Promise.race([
-    reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64url(key) }),
+    reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64url(key) as BufferSource }),
     new Promise<never>((_, reject) => setTimeout(() => reject(new Error('The browser’s push service did not answer. Try again later.')), 15_000)),
   ]);
   await call('push_subscribe', { endpoint: sub.endpoint });
