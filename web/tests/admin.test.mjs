@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { enrol, axe, shot, PHONE, DESKTOP, useServer } from './harness.mjs';
+import { enrol, axe, shot, screen, PHONE, DESKTOP, useServer } from './harness.mjs';
 
 const env = useServer();
 
@@ -28,8 +28,7 @@ function totp(uri) {
 }
 
 async function check(page, name) {
-  assert.deepEqual(await axe(page), [], `axe on ${name}`);
-  await shot(page, name);
+  assert.deepEqual(await screen(page, name.replace(/-(phone|desktop)$/, '')), [], `axe on ${name}`);
 }
 
 test('an admin invites with a QR link, disables a leaver and reads the audit log', async () => {

@@ -5,13 +5,12 @@
 // sizes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { enrol, axe, shot, PHONE, DESKTOP, useServer } from './harness.mjs';
+import { enrol, axe, shot, screen, PHONE, DESKTOP, useServer } from './harness.mjs';
 
 const env = useServer();
 
 async function check(page, name) {
-  assert.deepEqual(await axe(page), [], `axe on ${name}`);
-  await shot(page, name);
+  assert.deepEqual(await screen(page, name.replace(/-(phone|desktop)$/, '')), [], `axe on ${name}`);
 }
 
 test('every screen passes axe, at 360 px and on a desktop', async () => {

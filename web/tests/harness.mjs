@@ -132,3 +132,17 @@ export function useServer(setup) {
   });
   return env;
 }
+
+// One screen checked as a phone and a desktop would show it: axe at both
+// sizes, and a screenshot of each (`NAME-phone.png`, `NAME-desktop.png`).
+export async function screen(page, name) {
+  const size = page.viewportSize();
+  const out = {};
+  for (const [tag, vp] of [['phone', PHONE], ['desktop', DESKTOP]]) {
+    await page.setViewportSize(vp);
+    out[tag] = await axe(page);
+    await shot(page, `${name}-${tag}`);
+  }
+  if (size) await page.setViewportSize(size);
+  return [...out.phone.map((v) => 'phone: ' + v), ...out.desktop.map((v) => 'desktop: ' + v)];
+}

@@ -4,7 +4,7 @@
 // full-screen and acknowledged in the browser, which stops its escalation.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { enrol, axe, shot, PHONE, DESKTOP, useServer } from './harness.mjs';
+import { enrol, axe, shot, screen, PHONE, DESKTOP, useServer } from './harness.mjs';
 
 const env = useServer((s) => {
   const d = s.data;
@@ -122,6 +122,5 @@ test('declare, call-in reply in one tap, the tally moves; an alert is acknowledg
 });
 
 async function check(page, name) {
-  assert.deepEqual(await axe(page), [], `axe on ${name}`);
-  await shot(page, name);
+  assert.deepEqual(await screen(page, name.replace(/-(phone|desktop)$/, '')), [], `axe on ${name}`);
 }

@@ -576,6 +576,7 @@ impl Engine {
             .conversations()
             .map(|conv| {
                 let last = conv.history.iter().rev().find(|h| h.kind != "system");
+                let last_body = last.map(shown_body);
                 let at = conv.history.last().map_or(0, |h| h.received_at);
                 (
                     at,
@@ -587,7 +588,7 @@ impl Engine {
                         "posters": conv.posters,
                         "last": last.map(|h| json!({
                             "sender_name": h.sender_name,
-                            "body": h.body,
+                            "body": last_body,
                             "sent_at": h.sent_at,
                         })),
                     }),
@@ -638,7 +639,7 @@ impl Engine {
                     "mine": h.sender == me,
                     "sent_at": h.sent_at,
                     "kind": h.kind,
-                    "body": h.body,
+                    "body": shown_body(h),
                     "seq": h.seq,
                     "state": if h.sender == me { "sent" } else { "received" },
                 });
@@ -1090,6 +1091,15 @@ impl Engine {
         });
         self.session.save().map_err(err)?;
         Ok(out)
+    }
+}
+
+/// What a history line says to a person: the text, or for a structured
+/// item (incident level, call-in, alert, ...) its one-line summary.
+fn shown_body(h: &sitrep_core::HistoryEntry) -> String {
+    match h.kind.as_str() {
+        "text" | "system" => h.body.clone(),
+        k => sitrep_core::incident::summary(k, &h.body),
     }
 }
 
