@@ -32,16 +32,26 @@ self.addEventListener('fetch', (event) => {
   );
 });
 
-// A push has no content (the server sends none, whatever arrives here is
-// ignored); what it says is fixed, under one tag so repeats collapse.
+// A push says nothing of the message: it is empty, or (a priority alert)
+// holds the one word `urgent`, encrypted to this browser by the server
+// (RFC 8291) and decrypted by the browser. What the notification says is
+// fixed, under one tag per kind so repeats collapse.
 self.addEventListener('push', (event) => {
+  let urgent = false;
+  try {
+    urgent = event.data !== null && event.data.text() === 'urgent';
+  } catch {
+    urgent = false;
+  }
   event.waitUntil(
-    self.registration.showNotification('New message', {
-      body: 'Open Sitrep to read it.',
-      tag: 'sitrep-message',
+    self.registration.showNotification(urgent ? 'Urgent alert' : 'New message', {
+      body: urgent ? 'Open Sitrep to read and acknowledge it.' : 'Open Sitrep to read it.',
+      tag: urgent ? 'sitrep-alert' : 'sitrep-message',
+      renotify: urgent,
+      requireInteraction: urgent,
       icon: '/icon.svg',
     }).then(() => self.clients.matchAll({ type: 'window' }))
-      .then((cs) => cs.forEach((c) => c.postMessage({ event: 'push' }))),
+      .then((cs) => cs.forEach((c) => c.postMessage({ event: 'push', urgent }))),
   );
 });
 

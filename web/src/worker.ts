@@ -414,8 +414,8 @@ const commands: Record<string, (args: any, now: number) => Promise<unknown> | un
     if (r.status !== 200) throw await apiError(r);
     return JSON.parse(new TextDecoder().decode(r.body)).public_key;
   },
-  async push_subscribe({ endpoint }) {
-    const r = await perform('POST', '/v1/push/subscribe', JSON.stringify({ endpoint }));
+  async push_subscribe({ endpoint, keys }) {
+    const r = await perform('POST', '/v1/push/subscribe', JSON.stringify({ endpoint, keys }));
     if (r.status !== 200) throw await apiError(r);
     return true;
   },
@@ -444,12 +444,15 @@ async function main() {
   emit({ event: 'ready', has_profile: engine.has_profile() });
 }
 
-// One tab owns the profile: a second one waits and says so.
-navigator.locks.request('sitrep-profile', { ifAvailable: true }, (lock) => {
-  if (!lock) {
-    emit({ event: 'busy' });
-    return undefined;
-  }
+// One tab owns the profile: a second one says so, waits its turn, and
+// opens once the first is closed.
+const own = () => {
   main().catch((e) => emit({ event: 'fatal', error: String(e?.message ?? e) }));
-  return new Promise(() => undefined);
+  return new Promise<void>(() => undefined);
+};
+navigator.locks.request('sitrep-profile', { ifAvailable: true }, (lock) => {
+  if (lock) return own();
+  emit({ event: 'busy' });
+  navigator.locks.request('sitrep-profile', own);
+  return undefined;
 });

@@ -208,6 +208,19 @@ test('a push delivered through the DevTools protocol shows a content-free notifi
     if (notes.length === 0) await p.waitForTimeout(100);
   }
   assert.deepEqual(notes, [{ title: 'New message', body: 'Open Sitrep to read it.', tag: 'sitrep-message' }], 'one notification: repeats collapse under one tag');
+  // An urgent alert's push (the one word the server may encrypt into it).
+  await cdp.send('ServiceWorker.deliverPushMessage', { origin: server.url + '/', registrationId, data: 'urgent' });
+  for (let i = 0; i < 100 && notes.length < 2; i++) {
+    notes = await p.evaluate(async () =>
+      (await (await navigator.serviceWorker.ready).getNotifications()).map((n) => ({ title: n.title, tag: n.tag, sticky: n.requireInteraction })),
+    );
+    if (notes.length < 2) await p.waitForTimeout(100);
+  }
+  assert.deepEqual(
+    notes.find((n) => n.tag === 'sitrep-alert'),
+    { title: 'Urgent alert', tag: 'sitrep-alert', sticky: true },
+    'an urgent push stays until it is dealt with',
+  );
   await ctx.close();
 });
 
@@ -254,9 +267,8 @@ test('one tab owns the profile: a second one says so and touches nothing', async
   await p2.goto(server.url + '/');
   await p2.getByRole('heading', { name: 'Sitrep is open in another tab' }).waitFor();
   await check(p2, 'second-tab-desktop');
-  // Closing the first lets the next one in.
+  // Closing the first lets the waiting one in, without a reload.
   await p1.close();
-  await p2.reload();
   await p2.getByRole('heading', { name: 'Sitrep is locked' }).waitFor();
   await ctx.close();
 });

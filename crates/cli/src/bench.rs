@@ -961,6 +961,7 @@ async fn bench_commit(members: usize, commits: usize, cs: Ciphersuite) -> anyhow
                 &api::SendRequest {
                     client_id: sender.new_client_id(),
                     payload,
+                    urgent: false,
                 },
             )
             .await?;

@@ -97,6 +97,7 @@ impl Pair {
                     &api::SendRequest {
                         client_id: format!("{len:016x}{i:016x}"),
                         payload,
+                        urgent: false,
                     },
                 )
                 .await,

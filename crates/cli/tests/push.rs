@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::*;
 use p256::ecdsa::signature::Verifier as _;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use sitrep_core::DEFAULT_CIPHERSUITE;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -22,6 +23,7 @@ struct Hit {
     path: String,
     head: String,
     body_len: usize,
+    body: Vec<u8>,
 }
 
 /// A push service: answers 410 under `/gone/`, 201 elsewhere, and keeps
@@ -64,6 +66,15 @@ async fn push_service() -> (String, Arc<Mutex<Vec<Hit>>>) {
                             .map(|v| v.trim().parse().unwrap_or(0))
                     })
                     .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = c.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
                 let status = if path.starts_with("/gone/") {
                     "410 Gone"
                 } else {
@@ -73,6 +84,7 @@ async fn push_service() -> (String, Arc<Mutex<Vec<Hit>>>) {
                     path,
                     head: head.clone(),
                     body_len: len.max(buf.len() - head_end),
+                    body: buf[head_end..].to_vec(),
                 });
                 let _ = c
                     .write_all(
@@ -296,5 +308,126 @@ async fn an_offline_browser_gets_an_empty_signed_push_and_nothing_else() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(count(&hits, "/ok/bob"), 2, "none after unsubscribing");
     drop(bob);
+    s.stop().await;
+}
+
+/// What a browser does with an `aes128gcm` push body (RFC 8291/8188).
+fn open_push(ua: &p256::SecretKey, auth: &[u8], body: &[u8]) -> Vec<u8> {
+    use aes_gcm::aead::{Aead as _, KeyInit as _};
+    let salt = &body[..16];
+    let idlen = body[20] as usize;
+    let as_public = &body[21..21 + idlen];
+    let sealed = &body[21 + idlen..];
+    let ua_public = ua.public_key().to_encoded_point(false);
+    let shared = p256::ecdh::diffie_hellman(
+        ua.to_nonzero_scalar(),
+        p256::PublicKey::from_sec1_bytes(as_public)
+            .expect("point")
+            .as_affine(),
+    );
+    let mut info = b"WebPush: info\0".to_vec();
+    info.extend_from_slice(ua_public.as_bytes());
+    info.extend_from_slice(as_public);
+    let mut ikm = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(auth), shared.raw_secret_bytes().as_slice())
+        .expand(&info, &mut ikm)
+        .expect("ikm");
+    let prk = hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), &ikm);
+    let (mut cek, mut nonce) = ([0u8; 16], [0u8; 12]);
+    prk.expand(b"Content-Encoding: aes128gcm\0", &mut cek)
+        .expect("cek");
+    prk.expand(b"Content-Encoding: nonce\0", &mut nonce)
+        .expect("nonce");
+    let mut plain = aes_gcm::Aes128Gcm::new_from_slice(&cek)
+        .expect("key")
+        .decrypt(aes_gcm::Nonce::from_slice(&nonce), sealed)
+        .expect("the browser can open it");
+    assert_eq!(plain.pop(), Some(2), "one last record");
+    plain
+}
+
+#[tokio::test]
+async fn an_urgent_alert_carries_one_encrypted_word_and_a_message_none() {
+    let (push, hits) = push_service().await;
+    let s = TestServer::start_with(|c| c.push_hosts = vec!["127.0.0.1".into()]).await;
+    let (_da, mut alice) = device(&s.url, &s.invite("alice"), DEFAULT_CIPHERSUITE).await;
+    let (_de, erin) = device(&s.url, &s.invite("erin"), DEFAULT_CIPHERSUITE).await;
+    let ua = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let auth = [9u8; 16];
+    let keys = serde_json::json!({
+        "p256dh": B64.encode(ua.public_key().to_encoded_point(false).as_bytes()),
+        "auth": B64.encode(auth),
+    });
+    // Keys that are not a browser's are refused.
+    for bad in [
+        serde_json::json!({"p256dh": "AAAA", "auth": B64.encode(auth)}),
+        serde_json::json!({"p256dh": keys["p256dh"], "auth": "AAAA"}),
+    ] {
+        let (st, body) = post(
+            &s.url,
+            erin.client.token(),
+            "/v1/push/subscribe",
+            serde_json::json!({"endpoint": format!("{push}/ok/erin"), "keys": bad}),
+        )
+        .await;
+        assert_eq!(st, 400, "{body}");
+        assert!(body.contains("bad_keys"), "{body}");
+    }
+    let (st, body) = post(
+        &s.url,
+        erin.client.token(),
+        "/v1/push/subscribe",
+        serde_json::json!({"endpoint": format!("{push}/ok/erin"), "keys": keys}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+
+    sitrep_cli::chat_create(&mut alice, "resus", &["erin".into()], "off")
+        .await
+        .expect("create");
+    // The Welcome: an empty push.
+    let first = wait_for(&hits, "/ok/erin").await;
+    assert_eq!(first.body_len, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = count(&hits, "/ok/erin");
+    // An alert goes at once, past the coalescing gap, with `urgent` inside.
+    sitrep_cli::incident::alert_send(
+        &mut alice,
+        "user:erin",
+        sitrep_wire::incident::Priority::Urgent,
+        "Resus now: NHS 943 476 5919",
+        60,
+        Some("resus".into()),
+    )
+    .await
+    .expect("alert");
+    let mut hit = None;
+    for _ in 0..100 {
+        let h = hits
+            .lock()
+            .expect("hits")
+            .iter()
+            .filter(|h| h.path == "/ok/erin")
+            .nth(before)
+            .cloned();
+        if h.is_some() {
+            hit = h;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hit = hit.expect("an urgent push");
+    assert!(
+        hit.head
+            .to_ascii_lowercase()
+            .contains("content-encoding: aes128gcm"),
+        "{}",
+        hit.head
+    );
+    assert_eq!(
+        open_push(&ua, &auth, &hit.body),
+        b"urgent",
+        "the one word, nothing of the alert"
+    );
     s.stop().await;
 }

@@ -1691,7 +1691,11 @@ impl Client {
         });
         Ok(Outgoing {
             group_hex,
-            request: SendRequest { client_id, payload },
+            request: SendRequest {
+                client_id,
+                payload,
+                urgent: false,
+            },
         })
     }
 
@@ -1705,6 +1709,7 @@ impl Client {
                 request: SendRequest {
                     client_id: p.client_id.clone(),
                     payload: p.payload.to_vec(),
+                    urgent: p.entry.kind == "alert",
                 },
             })
             .collect()

@@ -122,6 +122,7 @@ fn api() -> Seeds {
             &SendRequest {
                 client_id: CLIENT_ID.into(),
                 payload: vec![7; 24],
+                urgent: false,
             },
         ),
         api_seed(

@@ -185,6 +185,9 @@ CREATE TABLE IF NOT EXISTS submissions (
 /// Why a take was refused (the directory names who may hold each role).
 const NOT_ELIGIBLE: &str = "not eligible for the role";
 
+/// A Web Push endpoint and its browser's keys (`p256dh`, `auth`).
+pub type PushEndpoint = (String, Option<(Vec<u8>, Vec<u8>)>);
+
 /// One device's view of one message: see [`Db::message_status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageStatusRow {
@@ -308,6 +311,8 @@ pub fn connect(dir: &Path) -> Result<Connection, rusqlite::Error> {
     conn.execute_batch(SCHEMA)?;
     // Columns added since the first release, for a store made before them.
     add_column(&conn, "devices", "last_seen INTEGER")?;
+    add_column(&conn, "push_subscriptions", "p256dh BLOB")?;
+    add_column(&conn, "push_subscriptions", "auth BLOB")?;
     Ok(conn)
 }
 
@@ -1229,11 +1234,19 @@ impl Db {
 
     /// Register a Web Push endpoint for a device (a repeat is a no-op); the
     /// oldest go past [`crate::push::MAX_PER_DEVICE`].
-    pub fn push_subscribe(&self, device: &str, endpoint: &str, now: u64) -> Result<(), ApiErr> {
+    pub fn push_subscribe(
+        &self,
+        device: &str,
+        endpoint: &str,
+        keys: Option<(Vec<u8>, Vec<u8>)>,
+        now: u64,
+    ) -> Result<(), ApiErr> {
+        let (p256dh, auth) = keys.unzip();
         self.without_fsync(|tx| {
             tx.execute(
-                "INSERT OR IGNORE INTO push_subscriptions (device_id, endpoint, created_at) VALUES (?1, ?2, ?3)",
-                params![device, endpoint, now as i64],
+                "INSERT INTO push_subscriptions (device_id, endpoint, created_at, p256dh, auth) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (device_id, endpoint) DO UPDATE SET p256dh = excluded.p256dh, auth = excluded.auth",
+                params![device, endpoint, now as i64, p256dh, auth],
             )
             .map_err(db_err)?;
             tx.execute(
@@ -1260,18 +1273,28 @@ impl Db {
         })
     }
 
-    /// A device's Web Push endpoints; none for a revoked device.
-    pub fn push_endpoints(&self, device: &str) -> Result<Vec<String>, ApiErr> {
+    /// A device's Web Push endpoints, with their encryption keys where the
+    /// browser gave them; none for a revoked device.
+    pub fn push_endpoints(&self, device: &str) -> Result<Vec<PushEndpoint>, ApiErr> {
         let g = self.lock();
         let mut q = g
             .conn
             .prepare_cached(
-                "SELECT p.endpoint FROM push_subscriptions p JOIN devices d ON d.device_id = p.device_id \
+                "SELECT p.endpoint, p.p256dh, p.auth FROM push_subscriptions p JOIN devices d ON d.device_id = p.device_id \
                  WHERE p.device_id = ?1 AND d.revoked_at IS NULL",
             )
             .map_err(db_err)?;
-        let rows: Result<Vec<String>, _> = q
-            .query_map([device], |r| r.get(0))
+        let rows: Result<Vec<PushEndpoint>, _> = q
+            .query_map([device], |r| {
+                let keys = match (
+                    r.get::<_, Option<Vec<u8>>>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                ) {
+                    (Some(k), Some(a)) => Some((k, a)),
+                    _ => None,
+                };
+                Ok((r.get(0)?, keys))
+            })
             .map_err(db_err)?
             .collect();
         rows.map_err(db_err)

@@ -188,9 +188,16 @@ async fn push_subscribe(
 ) -> Result<Json<serde_json::Value>, ApiErr> {
     crate::push::check_endpoint(&req.endpoint, &st.config.push_hosts)
         .map_err(|why| ApiErr::bad_request("bad_endpoint", why))?;
+    let keys = match &req.keys {
+        Some(k) => Some(
+            crate::push::check_keys(&k.p256dh, &k.auth)
+                .map_err(|e| ApiErr::bad_request("bad_keys", &e.to_string()))?,
+        ),
+        None => None,
+    };
     blocking(move || {
         st.db
-            .push_subscribe(&dev.device_id, &req.endpoint, now_secs())
+            .push_subscribe(&dev.device_id, &req.endpoint, keys, now_secs())
     })
     .await?;
     Ok(Json(serde_json::json!({ "subscribed": true })))
@@ -1295,7 +1302,7 @@ async fn send(
                 crate::ds::application(payload, gid, epoch)
                     .map_err(|e| ApiErr::bad_request("bad_message", &e.to_string()))
             },
-            |p| st2.hub.publish(p),
+            |p| st2.hub.publish_marked(p, req.urgent),
         )
     })
     .await?;

@@ -157,6 +157,12 @@ impl Hub {
     /// Push entries that were just committed to the store; recipients with
     /// no connection get a wake-up through their push service.
     pub fn publish(&self, deliveries: Vec<Delivery>) {
+        self.publish_marked(deliveries, false)
+    }
+
+    /// [`Hub::publish`] of a message its sender marked urgent (a priority
+    /// alert): offline browsers get an "Urgent alert" push.
+    pub fn publish_marked(&self, deliveries: Vec<Delivery>, urgent: bool) {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let offline = self.offline.get();
         if conns.is_empty() && offline.is_none() {
@@ -167,7 +173,7 @@ impl Hub {
             for r in &d.recipients {
                 let Some(v) = conns.get(r) else {
                     if let Some(o) = offline.filter(|_| crate::push::wakes(d.kind)) {
-                        o.wake(r);
+                        o.wake(r, urgent);
                     }
                     continue;
                 };

@@ -141,15 +141,16 @@ pub fn check_endpoint(endpoint: &str, hosts: &[String]) -> Result<url::Url, &'st
     Ok(u)
 }
 
-/// Where the hub sends the ids of devices that were not connected.
+/// Where the hub sends the ids of devices that were not connected, and
+/// whether what arrived is urgent.
 #[derive(Clone)]
-pub struct Sink(mpsc::Sender<String>);
+pub struct Sink(mpsc::Sender<(String, bool)>);
 
 impl Sink {
     /// Ask for a wake-up of `device`; dropped when the queue is full (a
     /// push is only a wake-up: the app fetches everything when it opens).
-    pub fn wake(&self, device: &str) {
-        let _ = self.0.try_send(device.to_string());
+    pub fn wake(&self, device: &str, urgent: bool) {
+        let _ = self.0.try_send((device.to_string(), urgent));
     }
 }
 
@@ -183,7 +184,7 @@ pub(crate) fn spawn(st: Arc<AppState>) -> (Sink, tokio::task::JoinHandle<()>) {
     (Sink(tx), task)
 }
 
-async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<String>) {
+async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<(String, bool)>) {
     let client = match client() {
         Ok(c) => c,
         Err(e) => {
@@ -196,35 +197,37 @@ async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<String>) {
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let inflight: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
     let mut last: HashMap<String, Instant> = HashMap::new();
-    let mut pending: HashSet<String> = HashSet::new();
+    // Device to "something urgent is among what waits".
+    let mut pending: HashMap<String, bool> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             d = rx.recv() => match d {
-                Some(d) => { pending.insert(d); }
+                Some((d, urgent)) => { *pending.entry(d).or_default() |= urgent; }
                 None => return,
             },
             _ = tick.tick() => {
                 let now = Instant::now();
                 last.retain(|_, t| now.duration_since(*t) < MIN_GAP);
                 let busy = inflight.lock().map(|g| g.clone()).unwrap_or_default();
+                // An urgent one goes at once, past the coalescing gap.
                 let due: Vec<String> = pending
                     .iter()
-                    .filter(|d| !last.contains_key(*d) && !busy.contains(*d))
-                    .cloned()
+                    .filter(|(d, urgent)| (**urgent || !last.contains_key(*d)) && !busy.contains(*d))
+                    .map(|(d, _)| d.clone())
                     .collect();
                 for d in due {
                     let Ok(permit) = sem.clone().try_acquire_owned() else {
                         break;
                     };
-                    pending.remove(&d);
+                    let urgent = pending.remove(&d).unwrap_or(false);
                     last.insert(d.clone(), now);
                     if let Ok(mut g) = inflight.lock() {
                         g.insert(d.clone());
                     }
                     let (st, client, inflight) = (st.clone(), client.clone(), inflight.clone());
                     tokio::spawn(async move {
-                        push_device(&st, &client, &d).await;
+                        push_device(&st, &client, &d, urgent).await;
                         if let Ok(mut g) = inflight.lock() {
                             g.remove(&d);
                         }
@@ -255,31 +258,49 @@ fn client() -> Result<reqwest::Client, reqwest::Error> {
     }
 }
 
-async fn push_device(st: &Arc<AppState>, client: &reqwest::Client, device: &str) {
+async fn push_device(st: &Arc<AppState>, client: &reqwest::Client, device: &str, urgent: bool) {
     let st2 = st.clone();
     let d = device.to_string();
     let Ok(Ok(endpoints)) = tokio::task::spawn_blocking(move || st2.db.push_endpoints(&d)).await
     else {
         return;
     };
-    for e in endpoints {
+    for (e, keys) in endpoints {
         let Ok(url) = check_endpoint(&e, &st.config.push_hosts) else {
             continue;
         };
         let auth = st
             .vapid
             .authorization(&url, crate::now_secs(), &st.config.push_contact);
-        let r = client
+        // Urgent: the one word `urgent`, encrypted to the browser (RFC 8291);
+        // otherwise nothing at all.
+        let body = match (urgent, keys) {
+            (true, Some((p256dh, secret))) => encrypt(&p256dh, &secret, b"urgent").ok(),
+            _ => None,
+        };
+        let mut r = client
             .post(url)
             .header("authorization", auth)
             .header("ttl", "86400")
             // Pushes waiting at the push service for an offline browser
-            // collapse into one.
-            .header("topic", "sitrep")
-            .header("urgency", "high")
-            .header("content-length", "0")
-            .send()
-            .await;
+            // collapse into one (an urgent one under its own topic).
+            .header(
+                "topic",
+                if body.is_some() {
+                    "sitrep-urgent"
+                } else {
+                    "sitrep"
+                },
+            )
+            .header("urgency", "high");
+        r = match body {
+            Some(b) => r
+                .header("content-encoding", "aes128gcm")
+                .header("content-type", "application/octet-stream")
+                .body(b),
+            None => r.header("content-length", "0"),
+        };
+        let r = r.send().await;
         match r.map(|r| r.status().as_u16()) {
             Ok(404 | 410) => {
                 let st2 = st.clone();
@@ -291,4 +312,68 @@ async fn push_device(st: &Arc<AppState>, client: &reqwest::Client, device: &str)
             Ok(_) | Err(_) => st.metrics.pushed("failed"),
         }
     }
+}
+
+/// Why a browser's push keys were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("push keys: {0}")]
+pub struct BadKeys(&'static str);
+
+/// Check a browser's push keys (`p256dh`: an uncompressed P-256 point;
+/// `auth`: 16 bytes), base64url as browsers give them.
+pub fn check_keys(p256dh: &str, auth: &str) -> Result<(Vec<u8>, Vec<u8>), BadKeys> {
+    let decode = |s: &str| {
+        B64.decode(s.trim_end_matches('='))
+            .map_err(|_| BadKeys("not base64url"))
+    };
+    let (public, secret) = (decode(p256dh)?, decode(auth)?);
+    if public.len() != 65 || p256::PublicKey::from_sec1_bytes(&public).is_err() {
+        return Err(BadKeys("p256dh is not an uncompressed P-256 point"));
+    }
+    if secret.len() != 16 {
+        return Err(BadKeys("auth is not 16 bytes"));
+    }
+    Ok((public, secret))
+}
+
+/// RFC 8291 message encryption (`aes128gcm`, RFC 8188, one record) of a
+/// push payload to a browser's keys, with a fresh P-256 key and salt.
+pub fn encrypt(ua_public: &[u8], auth: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, BadKeys> {
+    use aes_gcm::aead::{Aead as _, KeyInit as _};
+    let ua = p256::PublicKey::from_sec1_bytes(ua_public).map_err(|_| BadKeys("p256dh"))?;
+    let eph = p256::ecdh::EphemeralSecret::random(&mut rand_core::OsRng);
+    let as_public = p256::EncodedPoint::from(eph.public_key());
+    let as_public = as_public.as_bytes();
+    let shared = eph.diffie_hellman(&ua);
+    // IKM = HKDF(auth, ECDH, "WebPush: info" || 0 || ua_public || as_public, 32)
+    let mut info = b"WebPush: info\0".to_vec();
+    info.extend_from_slice(ua_public);
+    info.extend_from_slice(as_public);
+    let mut ikm = zeroize::Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(auth), shared.raw_secret_bytes().as_slice())
+        .expand(&info, &mut ikm[..])
+        .map_err(|_| BadKeys("hkdf"))?;
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|_| BadKeys("no randomness"))?;
+    let prk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&salt), &ikm[..]);
+    let mut cek = zeroize::Zeroizing::new([0u8; 16]);
+    let mut nonce = [0u8; 12];
+    prk.expand(b"Content-Encoding: aes128gcm\0", &mut cek[..])
+        .map_err(|_| BadKeys("hkdf"))?;
+    prk.expand(b"Content-Encoding: nonce\0", &mut nonce)
+        .map_err(|_| BadKeys("hkdf"))?;
+    // One record: the plaintext and the last-record delimiter.
+    let mut record = plaintext.to_vec();
+    record.push(2);
+    let sealed = aes_gcm::Aes128Gcm::new_from_slice(&cek[..])
+        .map_err(|_| BadKeys("key"))?
+        .encrypt(aes_gcm::Nonce::from_slice(&nonce), record.as_slice())
+        .map_err(|_| BadKeys("seal"))?;
+    let mut out = Vec::with_capacity(16 + 4 + 1 + as_public.len() + sealed.len());
+    out.extend_from_slice(&salt);
+    out.extend_from_slice(&4096u32.to_be_bytes());
+    out.push(as_public.len() as u8);
+    out.extend_from_slice(as_public);
+    out.extend_from_slice(&sealed);
+    Ok(out)
 }

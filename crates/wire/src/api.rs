@@ -262,6 +262,20 @@ pub struct ReadRequest {
 pub struct PushSubscription {
     /// The `endpoint` of the browser's `PushSubscription`.
     pub endpoint: String,
+    /// Its `keys` (RFC 8291: `p256dh`, `auth`, base64url), for the one word
+    /// a push may carry, encrypted to the browser: `urgent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<PushKeys>,
+}
+
+/// A browser's push encryption keys (RFC 8291).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushKeys {
+    /// The browser's P-256 public key, uncompressed, base64url.
+    pub p256dh: String,
+    /// Its 16-byte authentication secret, base64url.
+    pub auth: String,
 }
 
 /// `GET /v1/push/key`: the server's VAPID public key.
@@ -373,6 +387,10 @@ pub struct SendRequest {
     #[serde(with = "crate::b64")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub payload: Vec<u8>,
+    /// A priority alert: offline browsers get an "Urgent alert" push, not
+    /// "New message". All the server learns is that a message is urgent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 /// `POST /v1/groups/{group}/leave`: this device leaves. The server stops
@@ -602,7 +620,7 @@ mod tests {
 
         #[test]
         fn send_request_round_trips(id in "[0-9a-f]{32}", payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            let r = SendRequest { client_id: id.clone(), payload: payload.clone() };
+            let r = SendRequest { client_id: id.clone(), payload: payload.clone(), urgent: false };
             let back: SendRequest = serde_json::from_str(&serde_json::to_string(&r).expect("encode")).expect("decode");
             proptest::prop_assert_eq!(back.client_id, id);
             proptest::prop_assert_eq!(back.payload, payload);

@@ -21,5 +21,7 @@ export async function enablePush(): Promise<void> {
     reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64url(key) as BufferSource }),
     new Promise<never>((_, reject) => setTimeout(() => reject(new Error('The browser’s push service did not answer. Try again later.')), 15_000)),
   ]);
-  await call('push_subscribe', { endpoint: sub.endpoint });
+  // The keys let the server encrypt the one word an urgent push carries.
+  const { keys } = sub.toJSON();
+  await call('push_subscribe', { endpoint: sub.endpoint, keys });
 }

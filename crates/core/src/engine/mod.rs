@@ -118,6 +118,8 @@ impl Client {
         let body = serde_json::to_vec(&api::SendRequest {
             client_id: p.client_id.clone(),
             payload: p.payload.to_vec(),
+            // A priority alert wakes offline browsers as one.
+            urgent: p.entry.kind == "alert",
         })
         .expect("a SendRequest serialises");
         Some(Request {
