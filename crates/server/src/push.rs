@@ -339,12 +339,26 @@ pub fn check_keys(p256dh: &str, auth: &str) -> Result<(Vec<u8>, Vec<u8>), BadKey
 /// RFC 8291 message encryption (`aes128gcm`, RFC 8188, one record) of a
 /// push payload to a browser's keys, with a fresh P-256 key and salt.
 pub fn encrypt(ua_public: &[u8], auth: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, BadKeys> {
+    let eph = p256::SecretKey::random(&mut rand_core::OsRng);
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|_| BadKeys("no randomness"))?;
+    encrypt_with(ua_public, auth, plaintext, &eph, salt)
+}
+
+/// [`encrypt`] with a given key and salt (RFC 8291 Appendix A checks it).
+fn encrypt_with(
+    ua_public: &[u8],
+    auth: &[u8],
+    plaintext: &[u8],
+    eph: &p256::SecretKey,
+    salt: [u8; 16],
+) -> Result<Vec<u8>, BadKeys> {
     use aes_gcm::aead::{Aead as _, KeyInit as _};
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
     let ua = p256::PublicKey::from_sec1_bytes(ua_public).map_err(|_| BadKeys("p256dh"))?;
-    let eph = p256::ecdh::EphemeralSecret::random(&mut rand_core::OsRng);
-    let as_public = p256::EncodedPoint::from(eph.public_key());
+    let as_public = eph.public_key().to_encoded_point(false);
     let as_public = as_public.as_bytes();
-    let shared = eph.diffie_hellman(&ua);
+    let shared = p256::ecdh::diffie_hellman(eph.to_nonzero_scalar(), ua.as_affine());
     // IKM = HKDF(auth, ECDH, "WebPush: info" || 0 || ua_public || as_public, 32)
     let mut info = b"WebPush: info\0".to_vec();
     info.extend_from_slice(ua_public);
@@ -353,8 +367,6 @@ pub fn encrypt(ua_public: &[u8], auth: &[u8], plaintext: &[u8]) -> Result<Vec<u8
     hkdf::Hkdf::<sha2::Sha256>::new(Some(auth), shared.raw_secret_bytes().as_slice())
         .expand(&info, &mut ikm[..])
         .map_err(|_| BadKeys("hkdf"))?;
-    let mut salt = [0u8; 16];
-    getrandom::getrandom(&mut salt).map_err(|_| BadKeys("no randomness"))?;
     let prk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&salt), &ikm[..]);
     let mut cek = zeroize::Zeroizing::new([0u8; 16]);
     let mut nonce = [0u8; 12];
@@ -376,4 +388,42 @@ pub fn encrypt(ua_public: &[u8], auth: &[u8], plaintext: &[u8]) -> Result<Vec<u8
     out.extend_from_slice(as_public);
     out.extend_from_slice(&sealed);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Vec<u8> {
+        B64.decode(s).expect("base64url")
+    }
+
+    /// RFC 8291 Appendix A: fixed keys and salt give the published message,
+    /// byte for byte.
+    #[test]
+    fn the_rfc_8291_example() {
+        let eph = p256::SecretKey::from_slice(&d("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"))
+            .expect("key");
+        let salt: [u8; 16] = d("DGv6ra1nlYgDCS1FRnbzlw").try_into().expect("16 bytes");
+        let out = encrypt_with(
+            &d("BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"),
+            &d("BTBZMqHH6r4Tts7J_aSIgg"),
+            b"When I grow up, I want to be a watermelon",
+            &eph,
+            salt,
+        )
+        .expect("encrypts");
+        assert_eq!(
+            B64.encode(out),
+            "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN"
+        );
+    }
+
+    #[test]
+    fn keys_that_are_not_a_browsers_are_refused() {
+        assert!(check_keys("AAAA", "BTBZMqHH6r4Tts7J_aSIgg").is_err());
+        let public = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+        assert!(check_keys(public, "AAAA").is_err());
+        assert!(check_keys(public, "BTBZMqHH6r4Tts7J_aSIgg").is_ok());
+    }
 }
