@@ -10,8 +10,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use sitrep_core::Client;
 use sitrep_wire::incident::{
-    Ack, Alert, Availability, CallinReply, Casualty, DecisionKind, Level, Methane, Priority,
-    Structured,
+    Alert, Availability, Casualty, DecisionKind, Level, Methane, Priority, Structured,
 };
 
 use crate::{Profile, flush_outbox, now_ms, sync};
@@ -89,23 +88,7 @@ pub async fn callin_reply_synced(
     availability: Availability,
     role: Option<String>,
 ) -> anyhow::Result<()> {
-    let role = match role {
-        Some(r) => r,
-        None => p
-            .client
-            .directory()
-            .roles_of(p.client.user_id())
-            .next()
-            .map(|r| r.id.clone())
-            .unwrap_or_else(|| "staff".into()),
-    };
-    let conv = incident_conversation(&p.client, id)?;
-    let item = Structured::Callin(CallinReply {
-        incident: id.to_string(),
-        availability,
-        role,
-    });
-    p.client.send_structured(&conv, &item, now_ms())?;
+    p.client.callin_reply(id, availability, role, now_ms())?;
     p.save()?;
     flush_outbox(p).await.map(drop)
 }
@@ -155,14 +138,7 @@ pub async fn alert_send(
             name
         }
     };
-    let item = Structured::Alert(Alert {
-        priority,
-        to: target,
-        text: text.to_string(),
-        ack_within_secs,
-        breakthrough: priority == Priority::Emergency,
-        escalates: None,
-    });
+    let item = Structured::Alert(Alert::new(priority, target, text, ack_within_secs));
     let out = p.client.send_structured(&conv, &item, now_ms())?;
     p.save()?;
     flush_outbox(p).await?;
@@ -172,20 +148,7 @@ pub async fn alert_send(
 /// Acknowledge an alert by id.
 pub async fn ack(p: &mut Profile, alert: &str) -> anyhow::Result<()> {
     sync(p).await?;
-    let st = p
-        .client
-        .alert_state(alert)
-        .with_context(|| format!("no alert {alert} on this device"))?;
-    let conv = p
-        .client
-        .conversations()
-        .find(|c| sitrep_core::records::group_hex_of(c) == st.group)
-        .map(sitrep_core::records::group_hex_of)
-        .context("the alert's conversation is gone")?;
-    let item = Structured::Ack(Ack {
-        alert: alert.to_string(),
-    });
-    p.client.send_structured(&conv, &item, now_ms())?;
+    p.client.ack_alert(alert, now_ms())?;
     p.save()?;
     flush_outbox(p).await.map(drop)
 }

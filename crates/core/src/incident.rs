@@ -459,6 +459,56 @@ impl Client {
         self.encrypt_content(name, kind, &body, None, now_ms)
     }
 
+    /// Reply to incident `id`'s call-in, into the outbox of the
+    /// conversation it was raised in; `role` by default the user's first
+    /// role in the directory (`staff` without one).
+    pub fn callin_reply(
+        &mut self,
+        id: &str,
+        availability: Availability,
+        role: Option<String>,
+        now_ms: u64,
+    ) -> Result<Outgoing, Error> {
+        let group = self
+            .incidents()
+            .find(|i| i.id == id)
+            .map(|i| i.group.clone())
+            .ok_or_else(|| {
+                Error::Invalid(format!("no incident {id} on this device (sync first?)"))
+            })?;
+        if !self.state.conversations.contains_key(&group) {
+            return Err(Error::Invalid("the incident's conversation is gone".into()));
+        }
+        let role = role.unwrap_or_else(|| {
+            self.directory()
+                .roles_of(self.user_id())
+                .next()
+                .map_or_else(|| "staff".into(), |r| r.id.clone())
+        });
+        let item = Structured::Callin(sitrep_wire::incident::CallinReply {
+            incident: id.to_string(),
+            availability,
+            role,
+        });
+        self.send_structured(&group, &item, now_ms)
+    }
+
+    /// Acknowledge alert `alert` (its message id), into the outbox of its
+    /// conversation: it stops escalating on every device.
+    pub fn ack_alert(&mut self, alert: &str, now_ms: u64) -> Result<Outgoing, Error> {
+        let group = self
+            .alert_state(alert)
+            .map(|a| a.group.clone())
+            .ok_or_else(|| Error::Invalid(format!("no alert {alert} on this device")))?;
+        if !self.state.conversations.contains_key(&group) {
+            return Err(Error::Invalid("the alert's conversation is gone".into()));
+        }
+        let item = Structured::Ack(Ack {
+            alert: alert.to_string(),
+        });
+        self.send_structured(&group, &item, now_ms)
+    }
+
     /// A signed decision-log entry chained to this conversation's log head.
     pub fn decision(
         &self,

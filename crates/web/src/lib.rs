@@ -842,31 +842,15 @@ impl Engine {
     /// `now`, `unavailable`, or minutes until arrival. Into the outbox;
     /// then run `outbox` (or `sync`).
     pub fn callin(&mut self, id: &str, availability: &str, now_ms: f64) -> Result<String, JsError> {
-        use sitrep_wire::incident::{Availability, CallinReply, Structured};
+        use sitrep_wire::incident::Availability;
         let now = now_ms as u64;
-        let c = self.session.client(now).map_err(err)?;
         let availability = match availability {
             "now" => Availability::Now,
             "unavailable" => Availability::Unavailable,
             m => Availability::In(m.parse().map_err(|_| err("minutes, now or unavailable"))?),
         };
-        let inc = c
-            .incidents()
-            .find(|i| i.id == id)
-            .ok_or_else(|| err(format!("no incident {id} on this device")))?;
-        let group = inc.group.clone();
-        let role = c
-            .directory()
-            .roles_of(c.user_id())
-            .next()
-            .map(|r| r.id.clone())
-            .unwrap_or_else(|| "staff".into());
-        let item = Structured::Callin(CallinReply {
-            incident: id.to_string(),
-            availability,
-            role,
-        });
-        let out = c.send_structured(&group, &item, now).map_err(err)?;
+        let c = self.session.client(now).map_err(err)?;
+        let out = c.callin_reply(id, availability, None, now).map_err(err)?;
         self.session.save().map_err(err)?;
         Ok(out.request.client_id)
     }
@@ -895,14 +879,7 @@ impl Engine {
         };
         let c = self.session.client(now).map_err(err)?;
         let target = c.parse_target(to);
-        let item = Structured::Alert(Alert {
-            priority,
-            to: target,
-            text: text.to_string(),
-            ack_within_secs,
-            breakthrough: priority == Priority::Emergency,
-            escalates: None,
-        });
+        let item = Structured::Alert(Alert::new(priority, target, text, ack_within_secs));
         let out = c.send_structured(name, &item, now).map_err(err)?;
         self.session.save().map_err(err)?;
         Ok(out.request.client_id)
@@ -911,20 +888,10 @@ impl Engine {
     /// Acknowledge an alert (it stops escalating on every device). Into
     /// the outbox; then run `outbox` (or `sync`).
     pub fn ack_alert(&mut self, alert: &str, now_ms: f64) -> Result<(), JsError> {
-        use sitrep_wire::incident::{Ack, Structured};
         let now = now_ms as u64;
         let c = self.session.client(now).map_err(err)?;
-        let group = c
-            .alert_state(alert)
-            .ok_or_else(|| err(format!("no alert {alert} on this device")))?
-            .group
-            .clone();
-        let item = Structured::Ack(Ack {
-            alert: alert.to_string(),
-        });
-        c.send_structured(&group, &item, now).map_err(err)?;
-        self.session.save().map_err(err)?;
-        Ok(())
+        c.ack_alert(alert, now).map_err(err)?;
+        self.session.save().map_err(err)
     }
 }
 

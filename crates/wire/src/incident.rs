@@ -181,6 +181,21 @@ pub struct Alert {
     pub escalates: Option<(String, u8)>,
 }
 
+impl Alert {
+    /// A new alert (not an escalation); an emergency always breaks through
+    /// do-not-disturb.
+    pub fn new(priority: Priority, to: Target, text: &str, ack_within_secs: u32) -> Self {
+        Self {
+            priority,
+            to,
+            text: text.to_string(),
+            ack_within_secs,
+            breakthrough: priority == Priority::Emergency,
+            escalates: None,
+        }
+    }
+}
+
 /// An acknowledgement of an alert (its message id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
